@@ -1,0 +1,126 @@
+"""The one place in mechcheck that registers torch hooks.
+
+:func:`hooked` installs forward hooks for one forward pass (recording activations,
+replacing them, reading attention patterns) and removes exactly the handles it
+installed when the block exits, also when the forward pass raises.  Hooks that the
+user or transformers installed are left alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import torch
+
+from mechcheck.models.adapter import ModelAdapter, Site
+
+__all__ = ["Patch", "hook_count", "hooked"]
+
+# A patch takes the activation at a site and returns its replacement (same shape).
+Patch = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _pre_activation(args: tuple, kwargs: dict) -> torch.Tensor:
+    if args:
+        return args[0]
+    return kwargs["hidden_states"]
+
+
+def _with_pre_activation(args: tuple, kwargs: dict, new: torch.Tensor) -> tuple[tuple, dict]:
+    if args:
+        return (new, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": new}
+
+
+def _post_activation(output: Any) -> torch.Tensor:
+    return output if isinstance(output, torch.Tensor) else output[0]
+
+
+def _with_post_activation(output: Any, new: torch.Tensor) -> Any:
+    if isinstance(output, torch.Tensor):
+        return new
+    return (new, *output[1:])
+
+
+def _site_hook(
+    site: Site, patch: Patch | None, record: dict[Any, torch.Tensor] | None
+) -> Callable[..., Any]:
+    """One hook doing, in order, recording (of the unpatched value) and patching."""
+
+    def apply(act: torch.Tensor) -> torch.Tensor | None:
+        if record is not None:
+            record[site] = act.detach().clone()
+        return None if patch is None else patch(act)
+
+    if site.when == "pre":
+
+        def pre_hook(module: Any, args: tuple, kwargs: dict) -> Any:
+            new = apply(_pre_activation(args, kwargs))
+            return None if new is None else _with_pre_activation(args, kwargs, new)
+
+        return pre_hook
+
+    def post_hook(module: Any, args: tuple, output: Any) -> Any:
+        new = apply(_post_activation(output))
+        return None if new is None else _with_post_activation(output, new)
+
+    return post_hook
+
+
+def _pattern_hook(layer: int, store: dict[Any, torch.Tensor]) -> Callable[..., Any]:
+    def post_hook(module: Any, args: tuple, output: Any) -> None:
+        weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+        if weights is None:
+            raise RuntimeError(
+                "the attention module returned no pattern; mechcheck selects eager "
+                "attention for pattern claims, so this model's attention class does not "
+                "return its weights"
+            )
+        store[("pattern", layer)] = weights.detach().float().clone()
+
+    return post_hook
+
+
+@contextmanager
+def hooked(
+    adapter: ModelAdapter,
+    *,
+    patches: Mapping[Site, Patch] | None = None,
+    record: Sequence[Site] = (),
+    patterns: Sequence[int] = (),
+) -> Iterator[dict[Any, torch.Tensor]]:
+    """Install hooks for one forward pass; yield the dict that recordings land in.
+
+    Args:
+        adapter: the model's adapter (it resolves module paths).
+        patches: site -> function returning the replacement activation.
+        record: sites whose (unpatched) activations to store under their ``Site``.
+        patterns: layers whose attention weights ``[batch, head, query, key]`` to store
+            under ``("pattern", layer)``; the model must run eager attention.
+
+    Yields:
+        The dict of recordings, filled during the forward pass.
+    """
+    patches = dict(patches or {})
+    store: dict[Any, torch.Tensor] = {}
+    wanted = set(record)
+    with ExitStack() as stack:
+        for site in sorted(set(patches) | wanted, key=lambda s: (s.module, s.when)):
+            module = adapter.module(site.module)
+            hook = _site_hook(site, patches.get(site), store if site in wanted else None)
+            if site.when == "pre":
+                handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+            else:
+                handle = module.register_forward_hook(hook)
+            stack.callback(handle.remove)
+        for layer in sorted(set(patterns)):
+            module = adapter.module(adapter.attention_module(layer))
+            stack.callback(module.register_forward_hook(_pattern_hook(layer, store)).remove)
+        yield store
+
+
+def hook_count(model: torch.nn.Module) -> int:
+    """Number of forward (pre-)hooks installed on ``model`` and its submodules."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())

@@ -1,0 +1,102 @@
+"""pytest nodes for claim files: one :class:`ClaimFileNode` per file, one
+:class:`ClaimItem` per claim.
+
+A file that cannot be read as a claim file still collects, as a single item that
+fails with the error: a broken file never interrupts the session.  A bad claim in a
+readable file is an item that fails with its spec error, without a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from mechcheck.errors import MechcheckError
+
+if TYPE_CHECKING:
+    from mechcheck.results import ClaimResult
+
+__all__ = ["ClaimFailed", "ClaimFileNode", "ClaimItem"]
+
+
+class ClaimFailed(Exception):
+    """A claim was measured and did not pass its decision rule."""
+
+    def __init__(self, result: ClaimResult) -> None:
+        super().__init__(result.message)
+        self.result = result
+
+
+class ClaimErrored(Exception):
+    """A claim could not be measured (spec, data or model error)."""
+
+    def __init__(self, result: ClaimResult) -> None:
+        super().__init__(result.message)
+        self.result = result
+
+
+class ClaimFileNode(pytest.File):
+    """A YAML claim file."""
+
+    def collect(self) -> Iterator[ClaimItem]:
+        from mechcheck.spec.loader import claim_name, load_claim_file, parse_claim_text
+
+        plugin = self.config.stash[PLUGIN_KEY]
+        kinds = plugin.session.registry.kind_keys()
+        try:
+            shown = str(self.path.relative_to(self.config.rootpath))
+            text = self.path.read_text(encoding="utf-8")
+        except (ValueError, OSError, UnicodeDecodeError):
+            parsed = load_claim_file(self.path, kinds)
+        else:
+            parsed = parse_claim_text(text, shown, kinds, base_dir=str(self.path.parent))
+        plugin.parsed[str(self.path)] = parsed
+        if parsed.error is not None:
+            yield ClaimItem.from_parent(self, name="<file>", line=parsed.error.line)
+            return
+        seen: set[str] = set()
+        for i, claim in enumerate(parsed.claims):
+            name = claim_name(claim, i)
+            if name in seen:
+                name = f"{name}@line{claim.line}"
+            seen.add(name)
+            item = ClaimItem.from_parent(self, name=name, line=claim.line, entry=claim)
+            reason = getattr(claim, "xfail", None)
+            if reason:
+                item.add_marker(pytest.mark.xfail(reason=reason, strict=True,
+                                                  raises=ClaimFailed))
+            yield item
+
+
+class ClaimItem(pytest.Item):
+    """One claim of a claim file."""
+
+    def __init__(self, *, line: int | None = None, entry: Any = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.line = line
+        self.entry = entry
+        self.result: ClaimResult | None = None
+
+    def runtest(self) -> None:
+        plugin = self.config.stash[PLUGIN_KEY]
+        self.result = plugin.result_for(self)
+        if self.result.verdict == "fail":
+            raise ClaimFailed(self.result)
+        if self.result.verdict == "error":
+            raise ClaimErrored(self.result)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],
+                     style: Any = None) -> Any:
+        if isinstance(excinfo.value, (ClaimFailed, ClaimErrored, MechcheckError)):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo, style=style)
+
+    def reportinfo(self) -> tuple[Any, int | None, str]:
+        line = None if self.line is None else self.line - 1
+        return self.path, line, f"claim: {self.name}"
+
+
+# Set by mechcheck.pytest_plugin (kept here so both modules share one key).
+PLUGIN_KEY: pytest.StashKey[Any] = pytest.StashKey()

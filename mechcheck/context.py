@@ -1,0 +1,197 @@
+"""What a claim kind can ask for while it measures: components, metrics, runs.
+
+:class:`Context` is the claim kinds' only window onto models, data and registries.
+Every error it raises is located at the claim key at fault, so a kind never needs to
+build error messages about components, metrics or interventions itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from mechcheck.attention import SCORES
+from mechcheck.engine import Needs, Runner
+from mechcheck.errors import ClaimSpecError, DataError, MechcheckError
+
+if TYPE_CHECKING:
+    from mechcheck.addresses import Address
+    from mechcheck.interventions import Intervention
+    from mechcheck.metrics import Metric
+    from mechcheck.session import Session
+    from mechcheck.spec.schema import ClaimSpec
+
+__all__ = ["Context"]
+
+
+class Context:
+    """Services for claim kinds, bound to one :class:`~mechcheck.session.Session`."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.n_resamples = session.n_resamples
+
+    # -- lookups ---------------------------------------------------------------
+    def runner(self, claim: ClaimSpec) -> Runner:
+        return self.session.runner(claim)
+
+    def components(self, claim: ClaimSpec) -> tuple[Address, ...]:
+        adapter = self.runner(claim).loaded.adapter
+        try:
+            return adapter.resolve(claim.params["components"])
+        except MechcheckError as exc:
+            raise exc.located(key="components") from None
+
+    def component_names(self, claim: ClaimSpec) -> tuple[str, ...]:
+        return tuple(str(a) for a in self.components(claim))
+
+    def metric(self, claim: ClaimSpec) -> Metric:
+        metric = self.session.registry.lookup("metrics", claim.params["metric"], key="metric")
+        if metric.needs_wrong and self.runner(claim).dataset.wrongs is None:
+            raise DataError(f"metric {metric.name} needs a 'wrong' column in the data",
+                            key="metric", hint="add a wrong (contrast) token to every row, "
+                            "or use logprob, prob, accuracy or kl")
+        return metric
+
+    def intervention(self, claim: ClaimSpec, name: str, *, base: str, key: str) -> Intervention:
+        iv = self.session.registry.lookup("interventions", name, key=key)
+        if iv.base_run != base:
+            raise ClaimSpecError(
+                f"intervention '{name}' runs on {iv.base_run} prompts, but this claim kind "
+                f"intervenes on the {base} run", key=key,
+                hint="necessary/negligible take ablations of the clean run (zero, mean, "
+                "resample, noise); sufficient takes denoise",
+            )
+        return iv
+
+    def require_test(self, claim: ClaimSpec, allowed: str, why: str) -> None:
+        if claim.test != allowed:
+            raise ClaimSpecError(f"test: {claim.test} does not apply here", key="test",
+                                 hint=why)
+
+    # -- needs -----------------------------------------------------------------
+    def _targets(self, claim: ClaimSpec, name: str, base: str) -> list[tuple[Address, Any]]:
+        key = "patch" if base == "corrupt" else "ablation"
+        iv = self.intervention(claim, name, base=base, key=key)
+        return [(address, iv) for address in self.components(claim)]
+
+    def intervention_needs(self, claim: ClaimSpec, name: str, *, base: str) -> Needs:
+        runner = self.runner(claim)
+        needs = runner.needs_for(self._targets(claim, name, base))
+        needs.runs.add("clean")
+        return needs
+
+    def pattern_needs(self, claim: ClaimSpec) -> Needs:
+        return Needs(patterns={int(self._head(claim).layer)})  # type: ignore[arg-type]
+
+    # -- measurements ------------------------------------------------------------
+    def metric_values(self, claim: ClaimSpec, run: str) -> np.ndarray:
+        runner = self.runner(claim)
+        return self._apply_metric(claim, runner.logits(run))
+
+    def metric_pair(self, claim: ClaimSpec, name: str, *,
+                    base: str) -> tuple[np.ndarray, np.ndarray, str]:
+        """Metric values of the base run and of the intervened run, and a label."""
+        runner = self.runner(claim)
+        targets = self._targets(claim, name, base)
+        try:
+            patched = runner.patched_logits(targets, claim.params.get("at"))
+        except DataError as exc:
+            raise exc.located(key=exc.key or "data") from None
+        label = targets[0][1].description
+        if claim.params.get("at") is not None:
+            label += f" at {', '.join(map(str, claim.params['at']))}"
+        return self.metric_values(claim, base), self._apply_metric(claim, patched), label
+
+    def _apply_metric(self, claim: ClaimSpec, logits: torch.Tensor) -> np.ndarray:
+        runner = self.runner(claim)
+        metric = self.metric(claim)
+        ds = runner.dataset
+        inputs = _metric_inputs(ds, runner.logits("clean"))
+        return metric(logits, inputs).double().cpu().numpy()
+
+    def percent_of_clean(self, claim: ClaimSpec, key: str, value: float | str,
+                         clean: np.ndarray) -> float:
+        if not isinstance(value, str):
+            return float(value)
+        fraction = float(value.rstrip("%")) / 100.0
+        base = float(np.mean(clean))
+        if base <= 0:
+            raise ClaimSpecError(
+                f"{key}: '{value}' is a share of the clean metric's mean, which is "
+                f"{base:.4g} here", key=key,
+                hint="a percentage needs a positive clean mean: give an absolute number",
+            )
+        return fraction * base
+
+    def stats_call(self, claim: ClaimSpec, key: str, fn: Callable[..., Any], *args: Any,
+                   **kwargs: Any) -> Any:
+        """Call a decision rule, turning its ValueError into a located error."""
+        try:
+            return fn(*args, **kwargs)
+        except ValueError as exc:
+            raise MechcheckError(str(exc), key=key) from None
+
+    # -- attention ----------------------------------------------------------------
+    def _head(self, claim: ClaimSpec) -> Address:
+        addresses = self.components(claim)
+        if len(addresses) != 1 or addresses[0].site != "head":
+            raise ClaimSpecError(
+                f"attends takes exactly one head, got {', '.join(map(str, addresses))}",
+                key="components", hint='write one head, e.g. components: ["head 1.4"]')
+        return addresses[0]
+
+    def attention_scores(self, claim: ClaimSpec) -> tuple[np.ndarray, str]:
+        head = self._head(claim)
+        runner = self.runner(claim)
+        patterns = runner.pattern(int(head.layer), int(head.index))  # type: ignore[arg-type]
+        scores = np.empty(len(runner.dataset))
+        source, target = claim.params.get("from"), claim.params.get("to")
+        pattern_name = claim.params.get("pattern")
+        label = self._pattern_label(pattern_name, source, target)
+        for rows, pattern in zip(runner.batches, patterns):
+            if pattern_name:
+                tokens = torch.tensor([runner.dataset.prompts[int(r)] for r in rows],
+                                      device=pattern.device)
+                scores[rows] = SCORES[pattern_name](pattern, tokens).double().cpu().numpy()
+            else:
+                for b, row in enumerate(rows):
+                    named = runner.dataset.positions[int(row)]
+                    for name in (source, target):
+                        if name not in named:
+                            raise DataError(f"{runner.dataset.row_label(int(row))} defines "
+                                            f"no position named {name!r}", key="from",
+                                            hint="add it to the row's positions column")
+                    scores[row] = float(pattern[b, named[source], named[target]])
+        bad = np.flatnonzero(np.isnan(scores))
+        if bad.size:
+            raise DataError(f"{runner.dataset.row_label(int(bad[0]))} has no position to "
+                            f"score for {label}", key="pattern",
+                            hint="every prompt needs a repeated token for induction and "
+                            "duplicate_token scores")
+        return scores, label
+
+    def _pattern_label(self, pattern: str | None, source: str | None,
+                       target: str | None) -> str:
+        if pattern and (source or target):
+            raise ClaimSpecError("give either pattern: or from:/to:, not both", key="pattern",
+                                 hint="remove one of them")
+        if pattern:
+            return f"{pattern} score"
+        if not (source and target):
+            raise ClaimSpecError("attends needs pattern: or both from: and to:", key="pattern",
+                                 hint="e.g. pattern: induction, or from: END and to: IO")
+        return f"attention {source}->{target}"
+
+
+def _metric_inputs(ds: Any, clean_logits: torch.Tensor) -> Any:
+    from mechcheck.metrics import MetricInputs
+
+    return MetricInputs(
+        answers=torch.as_tensor(ds.answers),
+        wrongs=None if ds.wrongs is None else torch.as_tensor(ds.wrongs),
+        clean_logits=clean_logits,
+    )

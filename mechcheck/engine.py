@@ -1,0 +1,255 @@
+"""Forward passes over a dataset: the shared clean/corrupt runs and patched runs.
+
+A :class:`Runner` belongs to one model and one dataset.  It computes the clean run
+(and the corrupt run where a claim needs it) once, recording in that same pass every
+activation and attention pattern that the claims will need, and then serves each
+claim's patched run as one batched forward pass per group of equal-length prompts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from mechcheck._torch_hooks import Patch, hooked
+from mechcheck.addresses import Address
+from mechcheck.data import Dataset
+from mechcheck.errors import DataError
+from mechcheck.interventions import Intervention
+from mechcheck.models.adapter import Site
+from mechcheck.models.loading import LoadedModel, eager_attention
+
+__all__ = ["Needs", "Runner", "position_mask"]
+
+
+@dataclass(slots=True)
+class Needs:
+    """What the shared runs must record: ``(run, site)`` pairs and attention layers."""
+
+    record: set[tuple[str, Site]] = field(default_factory=set)
+    patterns: set[int] = field(default_factory=set)
+    runs: set[str] = field(default_factory=lambda: {"clean"})
+
+    def update(self, other: Needs) -> None:
+        self.record |= other.record
+        self.patterns |= other.patterns
+        self.runs |= other.runs
+
+
+def position_mask(dataset: Dataset, rows: np.ndarray, length: int,
+                  at: Sequence[int | str] | None) -> torch.Tensor:
+    """``[len(rows), length]`` booleans: where an intervention acts for these rows.
+
+    ``at`` is None (every position), or a list of ``"last"``, indices (negative ones
+    count from the end) and names that each row's ``positions`` define.
+    """
+    mask = torch.zeros(len(rows), length, dtype=torch.bool)
+    if at is None:
+        mask[:] = True
+        return mask
+    for b, row in enumerate(rows):
+        for item in at:
+            mask[b, _resolve_position(dataset, int(row), length, item)] = True
+    return mask
+
+
+def _resolve_position(dataset: Dataset, row: int, length: int, item: int | str) -> int:
+    where = dataset.row_label(row)
+    if item == "last":
+        return length - 1
+    if isinstance(item, str):
+        named = dataset.positions[row]
+        if item not in named:
+            known = ", ".join(sorted(named)) or "none"
+            raise DataError(f"{where} defines no position named {item!r} (it has: {known})",
+                            key="at", hint="add it to the row's positions, or use last or "
+                            "a token index")
+        return named[item]
+    index = item + length if item < 0 else item
+    if not 0 <= index < length:
+        raise DataError(f"at: position {item} is outside {where}'s {length} tokens",
+                        key="at", hint=f"use an index from {-length} to {length - 1}")
+    return index
+
+
+class Runner:
+    """Runs one model over one dataset, caching the shared runs.
+
+    Args:
+        loaded: the model with its adapter.
+        dataset: the tokenized prompts.
+        batch_size: the most prompts in one forward pass.
+    """
+
+    def __init__(self, loaded: LoadedModel, dataset: Dataset, *, batch_size: int = 128) -> None:
+        self.loaded = loaded
+        self.dataset = dataset
+        self.batches = tuple(
+            chunk for group in dataset.groups
+            for chunk in np.array_split(group, max(1, -(-len(group) // batch_size)))
+        )
+        self._logits: dict[str, torch.Tensor] = {}
+        self._recorded: dict[tuple[str, Site], list[torch.Tensor]] = {}
+        self._patterns: dict[int, list[torch.Tensor]] = {}
+        self._means: dict[Site, torch.Tensor] = {}
+        self._keep_one = "logits_to_keep" in _forward_parameters(loaded.model)
+
+    # -- the shared runs -------------------------------------------------------
+    def prepare(self, needs: Needs) -> None:
+        """Run (or re-run) the shared passes so that everything in ``needs`` is cached."""
+        for run in sorted(needs.runs | {r for r, _ in needs.record}):
+            sites = sorted({s for r, s in needs.record if r == run} - self._sites(run),
+                           key=lambda s: (s.module, s.when))
+            layers = sorted(needs.patterns - set(self._patterns)) if run == "clean" else []
+            if run in self._logits and not sites and not layers:
+                continue
+            self._shared_pass(run, sites, layers)
+
+    def _sites(self, run: str) -> set[Site]:
+        return {s for r, s in self._recorded if r == run}
+
+    def _shared_pass(self, run: str, sites: list[Site], layers: list[int]) -> None:
+        self._check_run(run)
+        logits, recorded, patterns = [], {s: [] for s in sites}, {la: [] for la in layers}
+        for rows in self.batches:
+            with hooked(self.loaded.adapter, record=sites, patterns=layers) as store:
+                if layers:
+                    with eager_attention(self.loaded.model):
+                        logits.append(self._forward(self._inputs(run, rows)))
+                else:
+                    logits.append(self._forward(self._inputs(run, rows)))
+            for site in sites:
+                recorded[site].append(store[site])
+            for layer in layers:
+                patterns[layer].append(store[("pattern", layer)])
+        self._logits[run] = self._in_row_order(logits)
+        for site, values in recorded.items():
+            self._recorded[(run, site)] = values
+        self._patterns.update(patterns)
+
+    def _check_run(self, run: str) -> None:
+        if run == "corrupt" and self.dataset.corrupts is None:
+            raise DataError(f"{self.dataset.source} has no 'corrupt' column", key="data",
+                            hint="this claim patches from corrupt prompts: add a corrupt "
+                            "prompt (same token count) to every row")
+
+    def logits(self, run: str = "clean") -> torch.Tensor:
+        """Last-position logits ``[n, vocab]`` of the clean or corrupt run, row order."""
+        if run not in self._logits:
+            self.prepare(Needs(runs={run}))
+        return self._logits[run]
+
+    def pattern(self, layer: int, head: int) -> list[torch.Tensor]:
+        """Per batch, head ``layer.head``'s clean attention pattern ``[b, query, key]``."""
+        if layer not in self._patterns:
+            self.prepare(Needs(patterns={layer}))
+        return [p[:, head] for p in self._patterns[layer]]
+
+    # -- patched runs -----------------------------------------------------------
+    def patched_logits(self, targets: Sequence[tuple[Address, Intervention]],
+                       at: Sequence[int | str] | None = None) -> torch.Tensor:
+        """Last-position logits ``[n, vocab]`` with every target intervened on."""
+        base_runs = {iv.base_run for _, iv in targets}
+        if len(base_runs) != 1:
+            raise ValueError("all interventions of one run must share their base run")
+        (base,) = base_runs
+        self._check_run(base)
+        self.prepare(self.needs_for(targets))
+        logits = []
+        for b, rows in enumerate(self.batches):
+            mask = position_mask(self.dataset, rows, len(self.dataset.prompts[rows[0]]), at)
+            patches = self._patches(targets, b, mask.to(self.loaded.device))
+            with hooked(self.loaded.adapter, patches=patches):
+                logits.append(self._forward(self._inputs(base, rows)))
+        return self._in_row_order(logits)
+
+    def needs_for(self, targets: Iterable[tuple[Address, Intervention]]) -> Needs:
+        """The shared-run recordings that patching ``targets`` will read."""
+        needs = Needs()
+        for address, iv in targets:
+            needs.runs.add(iv.base_run)
+            if iv.source is not None:
+                run = "clean" if iv.source == "mean" else iv.source
+                needs.record.add((run, self.loaded.adapter.site(address)))
+        return needs
+
+    def _patches(self, targets: Sequence[tuple[Address, Intervention]], batch: int,
+                 mask: torch.Tensor) -> dict[Site, Patch]:
+        adapter = self.loaded.adapter
+        by_site: dict[Site, list[tuple[slice, Intervention]]] = {}
+        for address, iv in targets:
+            by_site.setdefault(adapter.site(address), []).append((adapter.columns(address), iv))
+        return {site: self._site_patch(site, parts, batch, mask)
+                for site, parts in by_site.items()}
+
+    def _site_patch(self, site: Site, parts: list[tuple[slice, Intervention]], batch: int,
+                    mask: torch.Tensor) -> Patch:
+        sources = {iv.source: self._source(iv.source, site, batch) for _, iv in parts}
+
+        def patch(act: torch.Tensor) -> torch.Tensor:
+            new = act.clone()
+            keep = mask.view(*mask.shape, 1)
+            for cols, iv in parts:
+                src = sources[iv.source]
+                current = act[..., cols]
+                replacement = iv.replace(current, None if src is None else src[..., cols])
+                new[..., cols] = torch.where(keep, replacement.to(act.dtype), current)
+            return new
+
+        return patch
+
+    def _source(self, source: str | None, site: Site, batch: int) -> torch.Tensor | None:
+        if source is None:
+            return None
+        if source == "mean":
+            length = len(self.dataset.prompts[self.batches[batch][0]])
+            mean = self._mean(site)[:length]
+            return mean.unsqueeze(0).expand(len(self.batches[batch]), *mean.shape)
+        return self._recorded[(source, site)][batch]
+
+    def _mean(self, site: Site) -> torch.Tensor:
+        """The clean run's mean activation per position ``[max_len, width]``."""
+        if site not in self._means:
+            values = self._recorded[("clean", site)]
+            width = values[0].shape[-1]
+            total = torch.zeros(self.dataset.max_len, width, dtype=torch.float64,
+                                device=values[0].device)
+            count = torch.zeros(self.dataset.max_len, 1, dtype=torch.float64,
+                                device=values[0].device)
+            for batch in values:
+                total[: batch.shape[1]] += batch.double().sum(dim=0)
+                count[: batch.shape[1]] += batch.shape[0]
+            self._means[site] = (total / count.clamp_min(1)).to(values[0].dtype)
+        return self._means[site]
+
+    # -- plumbing -----------------------------------------------------------------
+    def _inputs(self, run: str, rows: np.ndarray) -> torch.Tensor:
+        prompts = self.dataset.prompts if run == "clean" else self.dataset.corrupts
+        assert prompts is not None
+        ids = torch.tensor([prompts[int(i)] for i in rows], dtype=torch.long)
+        return ids.to(self.loaded.device)
+
+    def _forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        kwargs: dict[str, Any] = {"use_cache": False}
+        if self._keep_one:
+            kwargs["logits_to_keep"] = 1
+        with torch.inference_mode():
+            out = self.loaded.model(input_ids=input_ids, **kwargs)
+        return out.logits[:, -1].float()
+
+    def _in_row_order(self, per_batch: list[torch.Tensor]) -> torch.Tensor:
+        order = torch.as_tensor(np.concatenate(self.batches))
+        stacked = torch.cat(per_batch)
+        out = torch.empty_like(stacked)
+        out[order.to(stacked.device)] = stacked
+        return out
+
+
+def _forward_parameters(model: Any) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(model.forward).parameters)

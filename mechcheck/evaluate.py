@@ -1,0 +1,176 @@
+"""Evaluate the claims of one file into :class:`~mechcheck.results.ClaimResult` records.
+
+The claims of a file form one family: their p-values are corrected together (Holm by
+default, the file's ``correction:`` otherwise), so every claim of the file is measured
+whenever any of them is asked for, and ``-k`` never changes a verdict.  Before any
+claim is measured, the shared clean/corrupt runs record everything the file's claims
+will read, in one pass each.  This module never imports pytest.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from mechcheck.context import Context
+from mechcheck.engine import Needs
+from mechcheck.errors import ClaimSpecError, MechcheckError
+from mechcheck.kinds import Measurement
+from mechcheck.results import ClaimResult, format_failure
+from mechcheck.session import Session
+from mechcheck.spec.schema import ClaimFile, ClaimSpec
+
+__all__ = ["evaluate_claims", "evaluate_file", "library_versions"]
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries a result depends on."""
+    import numpy
+    import scipy
+    import torch
+    import transformers
+
+    from mechcheck import __version__
+
+    return {"mechcheck": __version__, "torch": torch.__version__,
+            "transformers": transformers.__version__, "scipy": scipy.__version__,
+            "numpy": numpy.__version__}
+
+
+def evaluate_file(claim_file: ClaimFile, session: Session) -> list[ClaimResult]:
+    """Measure every claim of a parsed file and apply the file's correction."""
+    if claim_file.error is not None:
+        return [_error_result(claim_file.path, "<file>", claim_file.error, None)]
+    specs = [c for c in claim_file.claims if isinstance(c, ClaimSpec)]
+    return evaluate_claims(specs, session, correction=claim_file.correction,
+                           order=claim_file.claims)
+
+
+def evaluate_claims(specs: Sequence[ClaimSpec], session: Session, *, correction: str = "holm",
+                    order: Sequence[Any] | None = None) -> list[ClaimResult]:
+    """Measure ``specs`` as one family.
+
+    ``order`` lists the file's entries (specs and the ClaimSpecErrors that replaced
+    bad claims) in file order; the results follow it, errors included.
+    """
+    ctx = Context(session)
+    failed = _prepare(specs, ctx)
+    measured = {id(s): failed.get(id(s)) or _measure(s, ctx) for s in specs}
+    done = _correct(measured, specs, correction)
+    results = []
+    for i, item in enumerate(order if order is not None else specs):
+        if isinstance(item, ClaimSpec):
+            results.append(done[id(item)])
+        else:
+            results.append(_error_result(item.path or "", item.claim_id or f"claim[{i}]",
+                                         item, None))
+    return results
+
+
+def _prepare(specs: Sequence[ClaimSpec], ctx: Context) -> dict[int, ClaimResult]:
+    """Record what every claim needs in one shared pass per runner."""
+    failed: dict[int, ClaimResult] = {}
+    plans: dict[int, tuple[Any, Needs]] = {}
+    for spec in specs:
+        try:
+            runner = ctx.runner(spec)
+            needs = ctx.session.registry.lookup("kinds", spec.kind, key="kind").needs(spec, ctx)
+        except MechcheckError as exc:
+            failed[id(spec)] = _error_result(spec.path, spec.id, exc, spec)
+            continue
+        except Exception as exc:  # noqa: BLE001 - a plugin's bug must not stop the file
+            failed[id(spec)] = _internal_error(spec, exc)
+            continue
+        plan = plans.setdefault(id(runner), (runner, Needs()))
+        plan[1].update(needs)
+    for runner, needs in plans.values():
+        try:
+            runner.prepare(needs)
+        except MechcheckError:
+            pass  # each claim meets this error again when measured, at its own key
+    return failed
+
+
+@dataclass(frozen=True, slots=True)
+class _Measured:
+    """A claim measured but not yet corrected: the decision and its context."""
+
+    spec: ClaimSpec
+    measurement: Measurement
+    loaded: Any
+    duration_s: float
+
+
+def _measure(spec: ClaimSpec, ctx: Context) -> ClaimResult | _Measured:
+    start = time.perf_counter()
+    try:
+        kind = ctx.session.registry.lookup("kinds", spec.kind, key="kind")
+        measurement = kind.measure(spec, ctx)
+        loaded = ctx.runner(spec).loaded
+    except MechcheckError as exc:
+        return replace(_error_result(spec.path, spec.id, exc, spec),
+                       duration_s=time.perf_counter() - start)
+    except Exception as exc:  # noqa: BLE001
+        return _internal_error(spec, exc)
+    return _Measured(spec, measurement, loaded, time.perf_counter() - start)
+
+
+def _correct(measured: dict[int, ClaimResult | _Measured], specs: Sequence[ClaimSpec],
+             correction: str) -> dict[int, ClaimResult]:
+    from mechcheck.stats import adjust
+
+    keys = [id(s) for s in specs]
+    raw = [m.measurement.decision.p_value if isinstance(m, _Measured) else math.nan
+           for m in (measured[k] for k in keys)]
+    adjusted = adjust(raw, correction) if keys else []
+    done: dict[int, ClaimResult] = {}
+    for k, p_adj in zip(keys, adjusted):
+        item = measured[k]
+        done[k] = _result(item, p_adj, correction) if isinstance(item, _Measured) else item
+    return done
+
+
+def _result(item: _Measured, p_adjusted: float, correction: str) -> ClaimResult:
+    from mechcheck.stats import outcome
+
+    spec, m, loaded = item.spec, item.measurement, item.loaded
+    d = m.decision
+    label = outcome(d, p_adjusted)
+    result = ClaimResult(
+        file=spec.path, id=spec.id, model=spec.model, checkpoint=loaded.source.revision,
+        kind=spec.kind, components=m.components, intervention=m.intervention,
+        metric=m.metric, n=d.n, effect=d.effect, ci_low=d.ci_low, ci_high=d.ci_high,
+        threshold=d.threshold, p_value=d.p_value, p_adjusted=p_adjusted,
+        verdict="pass" if label == "pass" else "fail",
+        reason="" if label == "pass" else label, seed=spec.seed,
+        duration_s=item.duration_s, line=spec.line, expected=m.expected, alpha=spec.alpha,
+        confidence_level=d.confidence_level, method=d.method, correction=correction,
+        xfail=spec.xfail, device=loaded.device, dtype=loaded.dtype,
+        versions=library_versions(),
+    )
+    return result if label == "pass" else replace(result, message=format_failure(result))
+
+
+def _error_result(path: str, claim_id: str, exc: MechcheckError,
+                  spec: ClaimSpec | None) -> ClaimResult:
+    if spec is not None:
+        exc.located(path=spec.path, claim_id=spec.id, line=spec.line_of(exc.key))
+    return ClaimResult(
+        file=path, id=claim_id, model=spec.model if spec else None,
+        kind=spec.kind if spec else None, verdict="error", message=str(exc),
+        seed=spec.seed if spec else None, line=exc.line, xfail=spec.xfail if spec else None,
+    )
+
+
+def _internal_error(spec: ClaimSpec, exc: Exception) -> ClaimResult:
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    error = MechcheckError(
+        f"internal error while measuring: {type(exc).__name__}: {exc}",
+        hint="this is a bug in mechcheck or in a plugin; please report it with this "
+        "traceback:\n" + text,
+    )
+    return _error_result(spec.path, spec.id, error, spec)

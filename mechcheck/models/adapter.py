@@ -1,0 +1,161 @@
+"""Map component addresses onto the modules of a transformers model.
+
+An :class:`ArchMap` is a declarative description of one architecture family (which
+module holds the blocks, which linear layer reads the heads ...).  A
+:class:`ModelAdapter` binds a map to a live model and answers, for any address, the
+:class:`Site` where its activation can be read or replaced: a module, whether the
+activation is that module's input (``"pre"``) or output (``"post"``), and which slice
+of the last dimension belongs to the address.  Weights are never converted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from mechcheck.addresses import Address, ModelDims
+from mechcheck.errors import AddressError, ModelLoadError
+
+__all__ = ["ArchMap", "ModelAdapter", "Site", "adapter_for"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ArchMap:
+    """Where each part of the address grammar lives in one architecture.
+
+    Module paths are dotted attribute paths; block-relative paths (``attn``,
+    ``attn_out_proj``, ``mlp``, ``mlp_out_proj``, ``resid_mid``) are relative to one
+    block.  ``a|b`` means "a if the model has it, else b" (renamed modules across
+    transformers versions).  ``n_layers`` ... ``d_mlp`` name config attributes.
+    """
+
+    name: str
+    model_types: tuple[str, ...]
+    blocks: str
+    attn: str
+    attn_out_proj: str
+    mlp: str
+    mlp_out_proj: str
+    resid_mid: str | None
+    embed: str
+    pos_embed: str | None
+    ln_final: str
+    unembed: str
+    n_layers: str
+    n_heads: str
+    d_model: str
+    d_mlp: str
+    resid_mid_unless: str | None = None  # a config flag that removes resid_mid
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """A place in the forward pass: a module's input (``pre``) or output (``post``)."""
+
+    module: str
+    when: str  # "pre" | "post"
+
+
+class ModelAdapter:
+    """An :class:`ArchMap` bound to one model: address -> site, slice and shape."""
+
+    def __init__(self, arch: ArchMap, model: object) -> None:
+        self.arch = arch
+        self.model = model
+        config = model.config  # type: ignore[attr-defined]
+        d_model = int(getattr(config, arch.d_model))
+        d_mlp = getattr(config, arch.d_mlp, None) or 4 * d_model
+        self.dims = ModelDims(
+            n_layers=int(getattr(config, arch.n_layers)),
+            n_heads=int(getattr(config, arch.n_heads)),
+            d_mlp=int(d_mlp),
+            d_model=d_model,
+            has_pos_embed=arch.pos_embed is not None,
+        )
+        self.d_head = int(getattr(config, "head_dim", None) or d_model // self.dims.n_heads)
+        self._has_resid_mid = arch.resid_mid is not None and not (
+            arch.resid_mid_unless and getattr(config, arch.resid_mid_unless, False)
+        )
+
+    # -- addresses ------------------------------------------------------------
+    def resolve(self, items: Sequence[object]) -> tuple[Address, ...]:
+        """Parse, expand and check component addresses against this model."""
+        from mechcheck.addresses import parse_components
+
+        addresses = parse_components(items, self.dims)
+        for address in addresses:
+            if address.site == "resid_mid" and not self._has_resid_mid:
+                raise AddressError(
+                    f"{address} does not exist in this model: {self.arch.name} with a "
+                    "parallel residual has no stream between attention and MLP",
+                    hint=f"use blocks.{address.layer}.resid_pre or blocks.{address.layer}.attn",
+                )
+        return addresses
+
+    def site(self, address: Address) -> Site:
+        """The module and hook direction holding ``address``'s activation."""
+        arch, layer = self.arch, address.layer
+        block = f"{arch.blocks}.{layer}"
+        table = {
+            "embed": Site(arch.embed, "post"),
+            "pos_embed": Site(arch.pos_embed or "", "post"),
+            "ln_final": Site(arch.ln_final, "post"),
+            "unembed": Site(arch.unembed, "post"),
+            "resid_pre": Site(block, "pre"),
+            "resid_mid": Site(f"{block}.{arch.resid_mid}", "pre"),
+            "resid_post": Site(block, "post"),
+            "attn": Site(f"{block}.{arch.attn}", "post"),
+            "head": Site(f"{block}.{arch.attn_out_proj}", "pre"),
+            "mlp": Site(f"{block}.{arch.mlp}", "post"),
+            "neuron": Site(f"{block}.{arch.mlp_out_proj}", "pre"),
+        }
+        site = table[address.site]
+        return Site(self._existing(site.module), site.when)
+
+    def columns(self, address: Address) -> slice:
+        """The slice of the site's last dimension that belongs to ``address``."""
+        if address.site == "head":
+            start = int(address.index) * self.d_head  # type: ignore[arg-type]
+            return slice(start, start + self.d_head)
+        if address.site == "neuron":
+            return slice(int(address.index), int(address.index) + 1)  # type: ignore[arg-type]
+        return slice(None)
+
+    def attention_module(self, layer: int) -> str:
+        """The attention module of ``layer`` (its output holds the pattern)."""
+        return self._existing(f"{self.arch.blocks}.{layer}.{self.arch.attn}")
+
+    def module(self, path: str) -> object:
+        """The submodule at a dotted path."""
+        return self.model.get_submodule(path)  # type: ignore[attr-defined]
+
+    def _existing(self, path: str) -> str:
+        """Pick the first existing alternative in each ``a|b`` part of ``path``."""
+        options = [""]
+        for part in path.split("."):
+            options = [f"{o}.{alt}" if o else alt for o in options for alt in part.split("|")]
+        for option in options:
+            try:
+                self.module(option)
+            except AttributeError:
+                continue
+            return option
+        raise ModelLoadError(
+            f"the {self.arch.name} adapter expects a module '{path}' that this model lacks",
+            hint="the model's layout differs from the adapter's map: register an adapter "
+            "for it with the mechcheck_model_adapters hook",
+        )
+
+
+def adapter_for(model: object, archs: Sequence[ArchMap]) -> ModelAdapter:
+    """The adapter whose map covers ``model.config.model_type``."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    for arch in archs:
+        if model_type in arch.model_types:
+            return ModelAdapter(arch, model)
+    known = sorted(t for arch in archs for t in arch.model_types)
+    raise ModelLoadError(
+        f"no mechcheck adapter for model_type '{model_type}'",
+        hint=f"supported model types: {', '.join(known)}; a plugin can add one through "
+        "the mechcheck_model_adapters hook",
+    )

@@ -1,0 +1,210 @@
+"""Load a model and its tokenizer from a claim file's ``model:`` value.
+
+Three sources share one entry point, :func:`load_model`:
+
+- a local folder written by ``save_pretrained`` (relative paths resolve against the
+  claim file's folder);
+- ``hf:<repo id>[@<revision>]``: the hub or the local HF cache;
+- ``zoo:<name>[@<checkpoint>]``: the tiny models that ship with mechcheck.
+
+Weights load from safetensors; a pickle checkpoint only with ``allow_pickle=True``.
+``trust_remote_code`` stays off unless asked for.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mechcheck.errors import ModelLoadError
+from mechcheck.models.adapter import ArchMap, ModelAdapter, adapter_for
+
+__all__ = ["LoadedModel", "ModelSource", "eager_attention", "load_model", "parse_source"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelSource:
+    """Where a model comes from: ``kind`` is ``folder``, ``hf`` or ``zoo``."""
+
+    kind: str
+    name: str
+    revision: str | None = None
+
+    def __str__(self) -> str:
+        if self.kind == "folder":
+            return self.name
+        suffix = f"@{self.revision}" if self.revision else ""
+        return f"{self.kind}:{self.name}{suffix}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoadedModel:
+    """A model ready for mechcheck: the HF model, its tokenizer and its adapter."""
+
+    source: ModelSource
+    model: Any
+    tokenizer: Any
+    adapter: ModelAdapter
+    device: str
+    dtype: str
+
+    @property
+    def key(self) -> str:
+        return str(self.source)
+
+
+def parse_source(spec: str, *, base_dir: str | os.PathLike = ".") -> ModelSource:
+    """Read a ``model:`` value into a :class:`ModelSource` (no loading)."""
+    for kind in ("hf", "zoo"):
+        if spec.startswith(f"{kind}:"):
+            name, _, revision = spec[len(kind) + 1 :].partition("@")
+            if not name:
+                raise ModelLoadError(
+                    f"'{spec}' names no model", key="model",
+                    hint=f"write {kind}:<name>, e.g. hf:gpt2 or zoo:induction-2l",
+                )
+            return ModelSource(kind=kind, name=name, revision=revision or None)
+    path = Path(spec).expanduser()
+    if not path.is_absolute():
+        path = Path(base_dir) / path
+    return ModelSource(kind="folder", name=str(path.resolve()))
+
+
+def _pick_device(device: str | None) -> str:
+    import torch
+
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _folder_for(source: ModelSource) -> tuple[str, dict[str, Any]]:
+    """The ``from_pretrained`` path and keyword arguments for a source."""
+    if source.kind == "zoo":
+        from mechcheck import zoo
+
+        spec = source.name + (f"@{source.revision}" if source.revision else "")
+        return str(zoo.resolve(spec)), {}
+    if source.kind == "hf":
+        return source.name, {"revision": source.revision} if source.revision else {}
+    path = Path(source.name)
+    if not path.is_dir():
+        raise ModelLoadError(
+            f"no model folder at {path}", key="model",
+            hint="model: takes a folder written by save_pretrained (relative to the claim "
+            "file's folder), hf:<repo id>[@<revision>] or zoo:<name>",
+        )
+    return str(path), {}
+
+
+def _check_weights(path: str, source: ModelSource, allow_pickle: bool) -> bool:
+    """Whether to load safetensors; refuse a pickle-only folder unless allowed."""
+    if source.kind != "folder":
+        return not allow_pickle
+    files = os.listdir(path)
+    if any(f.endswith(".safetensors") for f in files):
+        return True
+    if any(f.endswith(".bin") or f.endswith(".pt") for f in files):
+        if allow_pickle:
+            return False
+        raise ModelLoadError(
+            f"{path} holds only pickle weights (.bin), which can run code when loaded",
+            key="model",
+            hint="re-save the model with save_pretrained(safe_serialization=True), or opt "
+            "in with --mechcheck-allow-pickle if you trust the file",
+        )
+    raise ModelLoadError(
+        f"{path} holds no model weights (*.safetensors)", key="model",
+        hint="point model: at a folder written by save_pretrained",
+    )
+
+
+def _hub_error(source: ModelSource, exc: Exception) -> ModelLoadError:
+    revision = f" --revision {source.revision}" if source.revision else ""
+    return ModelLoadError(
+        f"model '{source.name}'{' at ' + source.revision if source.revision else ''} is not "
+        f"in the local HF cache and could not be fetched ({type(exc).__name__})",
+        key="model",
+        hint=f"on a machine with network run `hf download {source.name}{revision}` "
+        "(or huggingface-cli download), then rerun; set HF_HOME to use another cache",
+    )
+
+
+def _from_pretrained(source: ModelSource, *, allow_pickle: bool, trust_remote_code: bool,
+                     dtype: Any) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    path, kwargs = _folder_for(source)
+    use_safetensors = _check_weights(path, source, allow_pickle)
+    common = {"trust_remote_code": trust_remote_code, **kwargs}
+    attempts = [True] if source.kind != "hf" else [True, False]
+    for local_only in attempts:
+        try:
+            tok = AutoTokenizer.from_pretrained(path, local_files_only=local_only, **common)
+            model = AutoModelForCausalLM.from_pretrained(
+                path, local_files_only=local_only, use_safetensors=use_safetensors or None,
+                dtype=dtype, **common,
+            )
+            return model, tok
+        except (OSError, ValueError) as exc:  # transformers raises both for missing files
+            if source.kind != "hf":
+                raise ModelLoadError(f"could not load {path}: {exc}", key="model",
+                                     hint="check that the folder holds a model and a "
+                                     "tokenizer saved with save_pretrained") from None
+            if local_only and os.environ.get("HF_HUB_OFFLINE") not in ("1", "true", "True"):
+                continue
+            raise _hub_error(source, exc) from None
+    raise AssertionError("unreachable")
+
+
+def load_model(
+    spec: str,
+    *,
+    base_dir: str | os.PathLike = ".",
+    archs: Sequence[ArchMap],
+    device: str | None = None,
+    dtype: str = "float32",
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load ``spec`` (folder, ``hf:`` or ``zoo:``) for evaluation.
+
+    Raises:
+        ModelLoadError: the model cannot be found or has no adapter; the message says
+            how to get it.
+    """
+    import torch
+
+    source = parse_source(spec, base_dir=base_dir)
+    torch_dtype = getattr(torch, dtype, None)
+    if not isinstance(torch_dtype, torch.dtype):
+        raise ModelLoadError(f"unknown dtype '{dtype}'", key="dtype",
+                             hint="use float32, bfloat16 or float16")
+    model, tokenizer = _from_pretrained(source, allow_pickle=allow_pickle,
+                                        trust_remote_code=trust_remote_code, dtype=torch_dtype)
+    device = _pick_device(device)
+    model.to(device)
+    model.eval()
+    adapter = adapter_for(model, archs)
+    return LoadedModel(source=source, model=model, tokenizer=tokenizer, adapter=adapter,
+                       device=device, dtype=dtype)
+
+
+@contextmanager
+def eager_attention(model: Any) -> Iterator[None]:
+    """Run ``model`` with eager attention (which returns patterns) inside the block."""
+    before = model.config._attn_implementation
+    if before == "eager":
+        yield
+        return
+    model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)

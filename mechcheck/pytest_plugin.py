@@ -1,0 +1,179 @@
+"""The pytest plugin (entry point ``pytest11: mechcheck``).
+
+pytest imports this module on every run, so it imports nothing heavy: torch and
+transformers load only when a claim file is collected or the ``mechcheck`` fixture
+is used.  Plugin state lives on a :class:`MechcheckPlugin` object kept in
+``config.stash``; results travel from xdist workers in ``report.user_properties``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from mechcheck.collect import PLUGIN_KEY, ClaimFileNode, ClaimItem
+
+if TYPE_CHECKING:
+    from mechcheck.results import ClaimResult
+    from mechcheck.session import Session
+
+__all__ = ["MechcheckPlugin"]
+
+REPORT_OPTION = "--mechcheck-report"
+DEVICE_OPTION = "--mechcheck-device"
+DTYPE_OPTION = "--mechcheck-dtype"
+BATCH_OPTION = "--mechcheck-batch-size"
+RESAMPLES_OPTION = "--mechcheck-n-resamples"
+PICKLE_OPTION = "--mechcheck-allow-pickle"
+REMOTE_CODE_OPTION = "--mechcheck-trust-remote-code"
+FILES_INI = "mechcheck_files"
+RESULT_PROPERTY = "mechcheck_result"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("mechcheck", "mechanistic claims")
+    group.addoption(REPORT_OPTION, metavar="PATH", default=None,
+                    help="write every claim result to PATH (.json or .csv)")
+    group.addoption(DEVICE_OPTION, default=None,
+                    help="device for models: cpu, cuda, cuda:1 ... (default: cuda if available)")
+    group.addoption(DTYPE_OPTION, default="float32", help="model dtype (default float32)")
+    group.addoption(BATCH_OPTION, type=int, default=128,
+                    help="most prompts per forward pass (default 128)")
+    group.addoption(RESAMPLES_OPTION, type=int, default=9999,
+                    help="resamples for bootstrap and permutation rules (default 9999)")
+    group.addoption(PICKLE_OPTION, action="store_true",
+                    help="allow loading pickle (.bin) checkpoints, which can run code")
+    group.addoption(REMOTE_CODE_OPTION, action="store_true",
+                    help="pass trust_remote_code=True to transformers")
+    parser.addini(FILES_INI, default="test_*.yaml",
+                  help="glob(s) of claim files to collect, space separated (default test_*.yaml)")
+
+
+class MechcheckPlugin:
+    """Session state: the mechcheck session, parsed files and gathered results."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self._session: Session | None = None
+        self.parsed: dict[str, Any] = {}
+        self._file_results: dict[str, dict[str, ClaimResult]] = {}
+        self.results: list[ClaimResult] = []
+
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            from mechcheck.session import Session
+
+            opt = self.config.getoption
+            self._session = Session(
+                device=opt(DEVICE_OPTION), dtype=opt(DTYPE_OPTION),
+                batch_size=opt(BATCH_OPTION), n_resamples=opt(RESAMPLES_OPTION),
+                allow_pickle=opt(PICKLE_OPTION), trust_remote_code=opt(REMOTE_CODE_OPTION),
+            )
+        return self._session
+
+    def result_for(self, item: ClaimItem) -> ClaimResult:
+        """The item's result; the first item of a file evaluates the whole file."""
+        from mechcheck.evaluate import evaluate_file
+        from mechcheck.spec.loader import claim_name
+
+        key = str(item.path)
+        if key not in self._file_results:
+            parsed = self.parsed[key]
+            results = evaluate_file(parsed, self.session)
+            names = ["<file>"] if parsed.error is not None else [
+                claim_name(c, i) for i, c in enumerate(parsed.claims)]
+            self._file_results[key] = {}
+            for name, result in zip(names, results):
+                self._file_results[key].setdefault(name, result)
+                self._file_results[key].setdefault(f"{name}@line{result.line}", result)
+        return self._file_results[key][item.name]
+
+    def record(self, result: ClaimResult) -> None:
+        self.results.append(result)
+
+    # -- hooks, registered with this object in pytest_configure --------------------
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        from mechcheck.results import ClaimResult
+
+        if report.when != "call":
+            return
+        for name, value in report.user_properties:
+            if name == RESULT_PROPERTY:
+                self.record(ClaimResult.from_record(value))
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        path = self.config.getoption(REPORT_OPTION)
+        if path and not hasattr(self.config, "workerinput"):
+            from mechcheck.report import write_report
+
+            write_report(self.ordered(), Path(path))
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.results:
+            return
+        from mechcheck.report import summary_table
+
+        terminalreporter.section("mechcheck claims")
+        for line in summary_table(self.ordered()):
+            terminalreporter.write_line(line)
+        path = self.config.getoption(REPORT_OPTION)
+        if path:
+            terminalreporter.write_line(f"report written to {os.fspath(path)}")
+
+    def ordered(self) -> list[ClaimResult]:
+        """Results in file and line order, whatever order workers finished in."""
+        return sorted(self.results, key=lambda r: (r.file, r.line or 0, r.checkpoint or "",
+                                                   r.id))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    plugin = MechcheckPlugin(config)
+    config.stash[PLUGIN_KEY] = plugin
+    config.pluginmanager.register(plugin, "mechcheck-session")
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    if file_path.suffix not in (".yaml", ".yml"):
+        return None
+    patterns = str(parent.config.getini(FILES_INI)).split()
+    if any(fnmatch.fnmatch(file_path.name, p) for p in patterns):
+        return ClaimFileNode.from_parent(parent, path=file_path)
+    return None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    outcome = yield
+    report = outcome.get_result()
+    if call.when != "call":
+        return
+    results = [getattr(item, "result", None)]
+    checker = getattr(item, "mechcheck_checker", None)
+    results += list(checker.results) if checker is not None else []
+    for result in results:
+        if result is not None:
+            report.user_properties.append((RESULT_PROPERTY, result.record()))
+
+
+@pytest.fixture
+def mechcheck(request: pytest.FixtureRequest) -> Any:
+    """Check claims written in Python, on the same engine and into the same report.
+
+    Example::
+
+        def test_head(mechcheck):
+            mechcheck.check(id="h", kind="necessary", model="zoo:induction-2l",
+                            data="induction.jsonl", metric="logprob",
+                            components=["head 1.0"], ablation="zero", min_drop=0.5)
+    """
+    from mechcheck.python_form import Checker
+
+    plugin = request.config.stash[PLUGIN_KEY]
+    checker = Checker(plugin.session, path=str(request.path))
+    request.node.mechcheck_checker = checker
+    return checker

@@ -1,0 +1,73 @@
+"""Results as a pandas DataFrame, a JSON or CSV report, and a terminal table."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from mechcheck.errors import MechcheckError
+from mechcheck.results import REPORT_FIELDS, ClaimResult
+
+__all__ = ["read_report", "results_frame", "summary_table", "write_report"]
+
+
+def results_frame(results: Iterable[ClaimResult]) -> Any:
+    """A pandas DataFrame with one row per result, report columns first."""
+    import pandas as pd
+
+    records = [r.record() for r in results]
+    frame = pd.DataFrame.from_records(records)
+    if frame.empty:
+        return pd.DataFrame(columns=list(REPORT_FIELDS))
+    return frame
+
+
+def write_report(results: Sequence[ClaimResult], path: str | os.PathLike,
+                 *, meta: dict[str, Any] | None = None) -> Path:
+    """Write ``.json`` (an object whose ``results`` is a list) or ``.csv``."""
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        body = {"mechcheck_report": 1, **(meta or {}), "results": [r.record() for r in results]}
+        path.write_text(json.dumps(body, indent=2, allow_nan=False) + "\n")
+    elif path.suffix.lower() == ".csv":
+        frame = results_frame(results)
+        frame["components"] = frame["components"].map(lambda c: " ".join(c or []))
+        frame[list(REPORT_FIELDS)].to_csv(path, index=False)
+    else:
+        raise MechcheckError(f"unknown report format '{path.suffix}'",
+                             key="--mechcheck-report", hint="name the report *.json or *.csv")
+    return path
+
+
+def read_report(path: str | os.PathLike) -> list[ClaimResult]:
+    """Read a JSON report back into results."""
+    body = json.loads(Path(path).read_text())
+    return [ClaimResult.from_record(r) for r in body["results"]]
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def summary_table(results: Sequence[ClaimResult]) -> list[str]:
+    """A compact fixed-width table: claim, verdict, effect [CI], threshold, p_adj, n."""
+    header = ("claim", "verdict", "effect", "CI", "threshold", "p_adj", "n")
+    rows = [header]
+    for r in results:
+        ci = f"[{_cell(r.ci_low)}, {_cell(r.ci_high)}]" if r.ci_low is not None else "-"
+        verdict = r.verdict if not r.reason else f"{r.verdict} ({r.reason})"
+        name = f"{Path(r.file).name}::{r.id}"
+        if r.checkpoint:
+            name += f"[{r.checkpoint}]"
+        rows.append((name, verdict, _cell(r.effect), ci, _cell(r.threshold),
+                     _cell(r.p_adjusted), _cell(r.n)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]

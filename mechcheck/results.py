@@ -1,0 +1,114 @@
+"""The result of one claim: a frozen record of plain values.
+
+:class:`ClaimResult` pickles across pytest-xdist workers, serialises into the JSON and
+CSV reports and becomes one DataFrame row.  ``REPORT_FIELDS`` are the report columns
+that researchers' tooling depends on: new fields may be added, none renamed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["REPORT_FIELDS", "ClaimResult", "format_failure"]
+
+REPORT_FIELDS = (
+    "file", "id", "model", "checkpoint", "kind", "components", "intervention", "metric",
+    "n", "effect", "ci_low", "ci_high", "threshold", "p_value", "p_adjusted", "verdict",
+    "message", "seed", "duration_s",
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClaimResult:
+    """One claim's verdict with its numbers.
+
+    ``verdict`` is ``pass``, ``fail`` or ``error``; ``reason`` says why a claim failed
+    (``not supported`` or ``refuted``) and is empty otherwise.  ``ci_low``/``ci_high``
+    are one-sided (1 - alpha) bounds, together a (1 - 2 alpha) interval.
+    """
+
+    file: str
+    id: str
+    model: str | None
+    checkpoint: str | None = None
+    kind: str | None = None
+    components: tuple[str, ...] = ()
+    intervention: str | None = None
+    metric: str | None = None
+    n: int | None = None
+    effect: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    threshold: float | None = None
+    p_value: float | None = None
+    p_adjusted: float | None = None
+    verdict: str = "error"
+    message: str = ""
+    seed: int | None = None
+    duration_s: float = 0.0
+    line: int | None = None
+    reason: str = ""
+    expected: str = ""
+    alpha: float | None = None
+    confidence_level: float | None = None
+    method: str | None = None
+    correction: str | None = None
+    xfail: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def record(self) -> dict[str, Any]:
+        """A JSON-ready dict: report fields first, NaN/inf as None."""
+        raw = asdict(self)
+        raw["components"] = list(self.components)
+        ordered = {k: raw.pop(k) for k in REPORT_FIELDS}
+        ordered.update(raw)
+        return {k: _plain(v) for k, v in ordered.items()}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> ClaimResult:
+        known = {f for f in cls.__dataclass_fields__}
+        values = {k: v for k, v in record.items() if k in known}
+        values["components"] = tuple(values.get("components") or ())
+        return cls(**values)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.4g}"
+
+
+def format_failure(result: ClaimResult) -> str:
+    """The failure text of a claim that did not pass: location, what was tested, the
+    evidence, the reason and what to try."""
+    where = f"{result.file}:{result.line}" if result.line else result.file
+    level = f"{result.confidence_level:.0%}" if result.confidence_level else "CI"
+    lines = [
+        f"{where} claim '{result.id}' failed: {result.reason}",
+        f"  intervention  {result.intervention} {', '.join(result.components)}".rstrip(),
+        f"  metric        {result.metric or 'attention pattern'}",
+        f"  expected      {result.expected}",
+        f"  observed      {_num(result.effect)}  ({level} CI {_num(result.ci_low)} to "
+        f"{_num(result.ci_high)}, n={result.n}, {result.method}, seed {result.seed})",
+        f"  p             {_num(result.p_value)} (adjusted, {result.correction}: "
+        f"{_num(result.p_adjusted)}; alpha {result.alpha})",
+        f"  fix           {_advice(result)}",
+    ]
+    return "\n".join(lines)
+
+
+def _advice(result: ClaimResult) -> str:
+    if result.reason == "refuted":
+        return ("the interval lies wholly on the wrong side of the threshold: the data "
+                "contradict the claim; revise the claim (other components, threshold or "
+                "intervention) rather than adding data")
+    return ("the interval straddles the threshold: more prompts (a larger n) may settle "
+            "it; or state a threshold the effect can clear")

@@ -1,0 +1,105 @@
+"""A mechcheck session: the registry, and the models, datasets and runners in use.
+
+The session keeps one model in memory at a time (loading the next releases the
+last), and one :class:`~mechcheck.engine.Runner` per model x dataset, so the clean
+and corrupt runs are computed once and shared by every claim that uses them.
+"""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mechcheck.errors import MechcheckError
+
+if TYPE_CHECKING:
+    from mechcheck.engine import Runner
+    from mechcheck.models.loading import LoadedModel
+    from mechcheck.plugins import Registry
+    from mechcheck.spec.schema import ClaimSpec
+
+__all__ = ["Session"]
+
+
+class Session:
+    """Shared state of one run over many claim files.
+
+    Args:
+        registry: plugins' tables; built from the installed plugins when None.
+        device: ``cpu``, ``cuda``, ... or None for cuda when available.
+        dtype: the model's dtype name.
+        batch_size: the most prompts in one forward pass.
+        n_resamples: resamples for bootstrap and permutation rules.
+        allow_pickle: allow pickle (``.bin``) checkpoints.
+        trust_remote_code: passed to transformers; off unless asked for.
+    """
+
+    def __init__(self, *, registry: Registry | None = None, device: str | None = None,
+                 dtype: str = "float32", batch_size: int = 128, n_resamples: int = 9999,
+                 allow_pickle: bool = False, trust_remote_code: bool = False) -> None:
+        if registry is None:
+            from mechcheck.plugins import Registry
+
+            registry = Registry.from_plugins()
+        self.registry = registry
+        self.device = device
+        self.dtype = dtype
+        self.batch_size = batch_size
+        self.n_resamples = n_resamples
+        self.allow_pickle = allow_pickle
+        self.trust_remote_code = trust_remote_code
+        self._model: LoadedModel | None = None
+        self._model_errors: dict[str, MechcheckError] = {}
+        self._runners: dict[tuple[Any, ...], Runner] = {}
+
+    def model(self, spec: str, base_dir: str) -> LoadedModel:
+        """The loaded model for a ``model:`` value; loading it releases the previous."""
+        from mechcheck.models.loading import load_model, parse_source
+
+        key = str(parse_source(spec, base_dir=base_dir))
+        if self._model is not None and self._model.key == key:
+            return self._model
+        if key in self._model_errors:
+            raise self._model_errors[key]
+        self.release()
+        try:
+            self._model = load_model(spec, base_dir=base_dir, archs=self.registry.archs,
+                                     device=self.device, dtype=self.dtype,
+                                     allow_pickle=self.allow_pickle,
+                                     trust_remote_code=self.trust_remote_code)
+        except MechcheckError as exc:
+            self._model_errors[key] = exc.located(key="model")
+            raise
+        return self._model
+
+    def release(self) -> None:
+        """Drop the current model and every runner built on it."""
+        self._model = None
+        self._runners.clear()
+        gc.collect()
+
+    def runner(self, claim: ClaimSpec) -> Runner:
+        """The runner for the claim's model and data (built on first use)."""
+        from mechcheck.data import load_rows, tokenize_rows
+        from mechcheck.engine import Runner
+
+        if claim.model is None:
+            raise MechcheckError("no model given", key="model",
+                                 hint="add model: to the claim or the top of the file")
+        loaded = self.model(claim.model, claim.base_dir)
+        if claim.data is None:
+            raise MechcheckError("no data given", key="data",
+                                 hint="add data: (a .jsonl or .csv file) to the claim or file")
+        path = Path(claim.data)
+        if not path.is_absolute():
+            path = Path(claim.base_dir) / path
+        key = (loaded.key, str(path.resolve()), claim.n)
+        if key not in self._runners:
+            try:
+                rows = load_rows(path, n=claim.n)
+                dataset = tokenize_rows(rows, loaded.tokenizer, source=claim.data)
+            except MechcheckError as exc:
+                raise exc.located(key="data") from None
+            self._runners[key] = Runner(loaded, dataset, batch_size=self.batch_size)
+        return self._runners[key]

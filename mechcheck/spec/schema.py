@@ -1,0 +1,202 @@
+"""Claim specifications as frozen dataclasses, and the key specs that validate them.
+
+A claim kind declares the keys it accepts as :class:`KeySpec` objects; the loader
+(:mod:`mechcheck.spec.loader`) checks every key of every claim against them and turns
+a bad value into a :class:`~mechcheck.errors.ClaimSpecError` naming the file, line,
+claim and key, with ``KeySpec.expected`` as the fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "COMMON_KEYS",
+    "FILE_KEYS",
+    "ClaimFile",
+    "ClaimSpec",
+    "KeySpec",
+    "as_alpha",
+    "as_bool",
+    "as_choice",
+    "as_components",
+    "as_int",
+    "as_number",
+    "as_positions",
+    "as_str",
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeySpec:
+    """One claim-file key: how to check it and what to tell the user when it is wrong.
+
+    Attributes:
+        name: the key as written in the file.
+        expected: the expected form in words, shown when the value is wrong.
+        parse: turns the YAML value into the stored value; raises ``ValueError`` with a
+            short reason when the value is wrong.
+        required: the claim is an error without it (after file-level defaults apply).
+        default: the value used when the key is absent and not required.
+    """
+
+    name: str
+    expected: str
+    parse: Callable[[Any], Any]
+    required: bool = False
+    default: Any = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClaimSpec:
+    """One validated claim, with where it was written.
+
+    ``params`` holds the kind-specific keys (``components``, ``ablation``,
+    ``min_drop``, ``at`` ...) already parsed by their :class:`KeySpec`.
+    """
+
+    id: str
+    kind: str
+    path: str
+    line: int
+    base_dir: str
+    model: str | None
+    data: str | None = None
+    alpha: float = 0.05
+    seed: int = 0
+    n: int | None = None
+    test: str = "t"
+    correction: str = "holm"
+    xfail: str | None = None
+    description: str | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    key_lines: Mapping[str, int] = field(default_factory=dict)
+
+    def line_of(self, key: str | None) -> int:
+        """The line where ``key`` was written (the claim's own line if unknown)."""
+        if key is None:
+            return self.line
+        return self.key_lines.get(key, self.line)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClaimFile:
+    """A parsed claim file: its claims, each either a spec or the error that replaced it.
+
+    ``error`` is set when the file as a whole is unusable (not YAML, no ``claims:``
+    list, a bad file-level key); ``claims`` is then empty.
+    """
+
+    path: str
+    claims: tuple[Any, ...] = ()  # ClaimSpec | ClaimSpecError, in file order
+    error: Any = None  # ClaimSpecError | None
+    correction: str = "holm"
+
+
+# ---------------------------------------------------------------------------
+# Value parsers.  Each raises ValueError with a short reason; the loader adds the
+# location and KeySpec.expected.
+
+
+def as_str(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"got {value!r}")
+    return value
+
+
+def as_number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"got {value!r}")
+    return float(value)
+
+
+def as_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"got {value!r}")
+    return value
+
+
+def as_bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"got {value!r}")
+    return value
+
+
+def as_alpha(value: Any) -> float:
+    number = as_number(value)
+    if not 0.0 < number < 0.5:
+        raise ValueError(f"got {value!r}, which is not between 0 and 0.5")
+    return number
+
+
+def as_choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"got {value!r}")
+        return str(value)
+
+    return parse
+
+
+def as_components(value: Any) -> tuple[str, ...]:
+    """A component address or a list of them, each a string."""
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ValueError("got an empty list")
+    for item in items:
+        if isinstance(item, bool) or isinstance(item, (int, float)):
+            raise ValueError(
+                f"got the number {item!r}; YAML reads an unquoted 5.10 as the number 5.1, "
+                f"so quote every address, e.g. \"head 5.10\""
+            )
+        if not isinstance(item, str) or not item.strip():
+            raise ValueError(f"got {item!r}")
+    return tuple(items)
+
+
+def as_positions(value: Any) -> tuple[int | str, ...]:
+    """``last``, a position name, an index, or a list of indices and names."""
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ValueError("got an empty list")
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, (int, str)):
+            raise ValueError(f"got {item!r}")
+    return tuple(items)
+
+
+# Keys every claim may carry, whatever its kind.
+COMMON_KEYS: Mapping[str, KeySpec] = {
+    spec.name: spec
+    for spec in (
+        KeySpec(name="id", expected="a unique name such as head_9_9_necessary", parse=as_str,
+                required=True),
+        KeySpec(name="kind", expected="a claim kind such as necessary", parse=as_str,
+                required=True),
+        KeySpec(name="description", expected="free text", parse=as_str),
+        KeySpec(name="model", expected="a folder, hf:<repo id>[@<revision>] or zoo:<name>",
+                parse=as_str, required=True),
+        KeySpec(name="data", expected="a .jsonl or .csv file next to the claim file",
+                parse=as_str),
+        KeySpec(name="alpha", expected="a number between 0 and 0.5, e.g. 0.05",
+                parse=as_alpha, default=0.05),
+        KeySpec(name="seed", expected="an integer, e.g. 0", parse=as_int, default=0),
+        KeySpec(name="n", expected="a positive integer: use the first n rows", parse=as_int),
+        KeySpec(name="test", expected="one of t, wilcoxon, permutation, bootstrap",
+                parse=as_choice("t", "wilcoxon", "permutation", "bootstrap"), default="t"),
+        KeySpec(name="xfail", expected="a reason string: the claim is expected to fail",
+                parse=as_str),
+    )
+}
+
+# Keys allowed at the top of a claim file.  All but ``claims`` and ``correction``
+# are defaults that a claim may override.
+FILE_KEYS: Mapping[str, KeySpec] = {
+    **{k: COMMON_KEYS[k] for k in ("model", "data", "alpha", "seed", "n", "test", "description")},
+    "metric": KeySpec(name="metric", expected="a metric such as logit_diff, logprob, prob, "
+                      "accuracy or kl", parse=as_str),
+    "correction": KeySpec(name="correction", expected="one of holm, bh, none",
+                          parse=as_choice("holm", "bh", "none"), default="holm"),
+}

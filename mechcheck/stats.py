@@ -1,0 +1,540 @@
+"""Pre-registered statistical decision rules for per-prompt effects.
+
+Every rule takes per-prompt values (1-D float arrays) and returns a :class:`Decision`:
+
+* ``effect`` is the point estimate: the mean of the values (the ratio of the two means
+  for :func:`test_ratio`).
+* ``ci_low`` / ``ci_high`` are the one-sided ``1 - alpha`` lower / upper confidence
+  bounds of the effect; together a two-sided ``1 - 2 * alpha`` interval
+  (``confidence_level``). For the t, TOST, bootstrap and ratio rules ``p <= alpha`` is
+  the same event as "the bound lies past the threshold" (up to rounding exactly there).
+* Resampling draws only from ``np.random.default_rng(seed)``: the same arguments give
+  bit-identical decisions on every call.
+
+The ``test_*`` functions carry ``__test__ = False`` so that pytest does not collect them
+when they are imported into a test module.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from scipy import stats as _st
+
+__all__ = [
+    "Alternative",
+    "Correction",
+    "Decision",
+    "GreaterTest",
+    "Outcome",
+    "adjust",
+    "outcome",
+    "test_greater",
+    "test_inside",
+    "test_ratio",
+]
+
+Alternative = Literal["greater", "inside"]
+Outcome = Literal["pass", "not supported", "refuted"]
+GreaterTest = Literal["t", "wilcoxon", "permutation", "bootstrap"]
+Correction = Literal["holm", "bh", "none"]
+
+_Floats = NDArray[np.float64]
+_Rule = tuple[float, float, float]  # (p_value, ci_low, ci_high)
+_BLOCK_ELEMENTS = 1 << 20  # resampled values held in memory at once
+_EPS = float(np.finfo(np.float64).eps)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Decision:
+    """The result of one decision rule applied to one claim.
+
+    Attributes:
+        effect: point estimate (mean of the values; ratio of means for the ratio rule).
+        ci_low: one-sided ``1 - alpha`` lower confidence bound of the effect.
+        ci_high: one-sided ``1 - alpha`` upper confidence bound of the effect.
+        confidence_level: ``1 - 2 * alpha``, the level of ``[ci_low, ci_high]``.
+        n: number of prompts.
+        p_value: raw (unadjusted) p-value of the rule.
+        threshold: X for ``greater``, the margin m for ``inside``, R for the ratio rule.
+        alternative: ``"greater"`` (effect > threshold) or ``"inside"`` (|effect| < m).
+        method: ``"t"``, ``"wilcoxon"``, ``"permutation"``, ``"bootstrap"``,
+            ``"tost"`` or ``"bootstrap-ratio"``.
+        seed: seed of the random generator used for resampling.
+        alpha: significance level of the rule.
+    """
+
+    effect: float
+    ci_low: float
+    ci_high: float
+    confidence_level: float
+    n: int
+    p_value: float
+    threshold: float
+    alternative: Alternative
+    method: str
+    seed: int
+    alpha: float
+
+
+def outcome(decision: Decision, p_adjusted: float | None = None) -> Outcome:
+    """Label a decision ``"pass"``, ``"not supported"`` or ``"refuted"``.
+
+    Args:
+        decision: the rule's result.
+        p_adjusted: the multiplicity-adjusted p-value (see :func:`adjust`); None uses
+            ``decision.p_value``. NaN never passes.
+
+    Returns:
+        ``"pass"`` iff the p-value is at most ``alpha``; otherwise ``"refuted"`` when the
+        interval lies wholly on the wrong side of the threshold (greater:
+        ``ci_high <= threshold``; inside: ``ci_low >= m`` or ``ci_high <= -m``), else
+        ``"not supported"``.
+    """
+    p = decision.p_value if p_adjusted is None else p_adjusted
+    if p <= decision.alpha:
+        return "pass"
+    if decision.alternative == "greater":
+        wrong_side = decision.ci_high <= decision.threshold
+    else:
+        m = decision.threshold
+        wrong_side = decision.ci_low >= m or decision.ci_high <= -m
+    return "refuted" if wrong_side else "not supported"
+
+
+def test_greater(
+    values: ArrayLike,
+    threshold: float,
+    *,
+    alpha: float = 0.05,
+    test: GreaterTest = "t",
+    seed: int = 0,
+    n_resamples: int = 9999,
+) -> Decision:
+    """Test H0: E[d] <= threshold against H1: E[d] > threshold.
+
+    * ``"t"``: one-sample t-test of ``values - threshold``; bounds mean -/+ t * se.
+    * ``"wilcoxon"``: signed-rank test of ``values - threshold`` (zeros dropped; tests
+      the mean only for symmetric data); bounds: percentile bootstrap of the mean.
+    * ``"permutation"``: sign-flip test of the mean of ``values - threshold`` (exact
+      when ``2**n <= n_resamples``, else p = (1 + #)/(B + 1)); bounds as wilcoxon.
+    * ``"bootstrap"``: studentised bootstrap (bootstrap-t) of the mean. With
+      ``t* = (mean* - mean) / se*`` over B resamples and
+      ``t_obs = (mean - threshold) / se``, p = (1 + #{t* >= t_obs}) / (B + 1); the
+      bounds are ``mean - t*_(k) * se`` for the order statistics ``t*_(k)`` at which
+      that p crosses alpha, so ``p <= alpha`` iff ``ci_low > threshold``. (Percentile
+      and BCa bounds reject a true null too often at n = 30.)
+
+    Values with no spread (all equal up to rounding) give p = 0 if the value exceeds the
+    threshold else 1, and ``ci_low = ci_high = effect``.
+
+    Args:
+        values: per-prompt effects, 1-D, finite, at least 2.
+        threshold: X in the claim "the effect exceeds X".
+        alpha: significance level, in (0, 0.5).
+        test: which rule to run.
+        seed: seed of ``np.random.default_rng`` for the resampling rules.
+        n_resamples: resamples B of the resampling rules; needs ``(B + 1) * alpha >= 1``.
+
+    Returns:
+        The decision, with ``alternative="greater"`` and ``method=test``.
+
+    Raises:
+        ValueError: on invalid values or arguments, or an unknown ``test``.
+    """
+    x = _as_values(values)
+    threshold = _as_finite(threshold, "threshold")
+    _check_alpha(alpha)
+    if test not in _GREATER_RULES:
+        raise ValueError(f"unknown test {test!r}; use one of {', '.join(_GREATER_RULES)}")
+    if test != "t":
+        _max_exceedances(alpha, n_resamples)
+    effect = _mean(x)
+    if _is_constant(x):
+        rule = _constant_rule(effect, effect > threshold)
+    else:
+        rng = np.random.default_rng(seed)
+        rule = _GREATER_RULES[test](x, threshold, alpha, rng, n_resamples)
+    return _decision(rule, effect, x.size, threshold, "greater", test, seed, alpha)
+
+
+def test_inside(
+    values: ArrayLike, margin: float, *, alpha: float = 0.05, seed: int = 0
+) -> Decision:
+    """Two one-sided t-tests (TOST) of H0: |E[d]| >= m against H1: -m < E[d] < m.
+
+    p is the larger p-value of the t-tests of H0: E[d] <= -m and H0: E[d] >= m; the
+    bounds are the ``1 - 2 * alpha`` t interval, so the rule passes iff
+    ``-m < ci_low`` and ``ci_high < m``. Values with no spread give p = 0 if
+    ``|value| < m`` else 1.
+
+    Args:
+        values: per-prompt effects, 1-D, finite, at least 2.
+        margin: the equivalence margin m, > 0.
+        alpha: significance level, in (0, 0.5).
+        seed: recorded in the decision (the rule draws no random numbers).
+
+    Returns:
+        The decision, with ``alternative="inside"`` and ``method="tost"``.
+
+    Raises:
+        ValueError: on invalid values or arguments, or ``margin <= 0``.
+    """
+    x = _as_values(values)
+    margin = _as_finite(margin, "margin")
+    if margin <= 0:
+        raise ValueError(f"margin must be > 0, got {margin}")
+    _check_alpha(alpha)
+    effect = _mean(x)
+    if _is_constant(x):
+        rule = _constant_rule(effect, abs(effect) < margin)
+    else:
+        above = _st.ttest_1samp(x, -margin, alternative="greater").pvalue
+        below = _st.ttest_1samp(x, margin, alternative="less").pvalue
+        rule = (float(max(above, below)), *_t_bounds(x, alpha))
+    return _decision(rule, effect, x.size, margin, "inside", "tost", seed, alpha)
+
+
+def test_ratio(
+    numerator: ArrayLike,
+    denominator: ArrayLike,
+    threshold: float,
+    *,
+    alpha: float = 0.05,
+    seed: int = 0,
+    n_resamples: int = 9999,
+) -> Decision:
+    """Test H0: E[num] / E[den] <= R against H1: E[num] / E[den] > R.
+
+    For recovery, ``num_i = patched_i - corrupt_i`` and ``den_i = clean_i - corrupt_i``.
+    The effect is ``ratio = mean(num) / mean(den)``. The rule is a paired (prompts
+    resampled jointly) studentised bootstrap of the ratio with the delta-method error
+    ``se = sd(num - ratio * den) / (sqrt(n) * |mean(den)|)``, recomputed in every
+    resample: with ``t* = (ratio* - ratio) / se*``,
+    p = (1 + #{t* >= (ratio - R) / se}) / (B + 1), and the bounds come from the same
+    order statistics, so ``p <= alpha`` iff ``ci_low > R``. (Percentile and BCa bounds
+    of the ratio reject a true null too often at n = 30.) Exactly proportional data give
+    p = 0 if the ratio exceeds R else 1, and ``ci_low = ci_high = ratio``.
+
+    Args:
+        numerator: per-prompt numerator values, 1-D, finite, at least 2.
+        denominator: per-prompt denominator values, paired with ``numerator``.
+        threshold: R in the claim "the ratio exceeds R".
+        alpha: significance level, in (0, 0.5).
+        seed: seed of ``np.random.default_rng`` for the bootstrap.
+        n_resamples: bootstrap resamples B; needs ``(B + 1) * alpha >= 1``.
+
+    Returns:
+        The decision, with ``alternative="greater"`` and ``method="bootstrap-ratio"``.
+
+    Raises:
+        ValueError: on invalid values or arguments, arrays of different lengths, or a
+            denominator whose mean is 0 or of unstable sign (its ``1 - 2 * alpha`` t
+            interval contains 0, i.e. the Fieller interval of the ratio is unbounded).
+    """
+    num = _as_values(numerator, "numerator")
+    den = _as_values(denominator, "denominator")
+    if num.size != den.size:
+        raise ValueError(
+            "numerator and denominator must be paired per prompt, got "
+            f"n={num.size} and n={den.size}"
+        )
+    threshold = _as_finite(threshold, "threshold")
+    _check_alpha(alpha)
+    _max_exceedances(alpha, n_resamples)
+    _check_denominator(den, alpha)
+    ratio = float(np.mean(num) / np.mean(den))
+    residual = num - ratio * den
+    se = float(np.std(residual, ddof=1) / (math.sqrt(num.size) * abs(np.mean(den))))
+    tolerance = 64 * _EPS * (np.abs(num) + np.abs(ratio * den))
+    if se == 0 or np.all(np.abs(residual) <= tolerance):  # num proportional to den
+        rule = _constant_rule(ratio, ratio > threshold)
+    else:
+        rng = np.random.default_rng(seed)
+        pivots = _ratio_pivots(num, den, ratio, rng, n_resamples)
+        rule = _studentized(ratio, se, pivots, threshold, alpha)
+    method = "bootstrap-ratio"
+    return _decision(rule, ratio, num.size, threshold, "greater", method, seed, alpha)
+
+
+def adjust(p_values: ArrayLike, method: Correction) -> list[float]:
+    """Adjust the p-values of one family (one claim file) for multiple comparisons.
+
+    NaN entries (claims that errored) come back as NaN and are not counted in the family.
+
+    Args:
+        p_values: raw p-values in [0, 1] or NaN, 1-D.
+        method: ``"holm"`` (Holm step-down, family-wise error rate), ``"bh"``
+            (Benjamini-Hochberg, false discovery rate) or ``"none"``.
+
+    Returns:
+        The adjusted p-values in input order, each in [0, 1] or NaN.
+
+    Raises:
+        ValueError: on an unknown method or p-values outside [0, 1].
+    """
+    if method not in ("holm", "bh", "none"):
+        raise ValueError(f"unknown correction {method!r}; use one of holm, bh, none")
+    p = np.asarray(p_values, dtype=np.float64)
+    if p.ndim != 1:
+        raise ValueError(f"p_values must be 1-D, got shape {p.shape}")
+    present = ~np.isnan(p)
+    family = p[present]
+    if np.any((family < 0) | (family > 1)):
+        raise ValueError("p-values must lie in [0, 1] (or be NaN for errored claims)")
+    adjusted = np.full(p.shape, np.nan)
+    if family.size and method == "holm":
+        adjusted[present] = _holm(family)
+    elif family.size and method == "bh":
+        adjusted[present] = _st.false_discovery_control(family, method="bh")
+    else:
+        adjusted[present] = family
+    return [float(v) for v in adjusted]
+
+
+test_greater.__test__ = False  # type: ignore[attr-defined]
+test_inside.__test__ = False  # type: ignore[attr-defined]
+test_ratio.__test__ = False  # type: ignore[attr-defined]
+
+
+# --- rules of test_greater -----------------------------------------------------------
+
+
+def _t_rule(x: _Floats, threshold: float, alpha: float, _rng: object, _b: int) -> _Rule:
+    p = float(_st.ttest_1samp(x, threshold, alternative="greater").pvalue)
+    return (p, *_t_bounds(x, alpha))
+
+
+def _wilcoxon_rule(
+    x: _Floats, threshold: float, alpha: float, rng: np.random.Generator, b: int
+) -> _Rule:
+    p = float(_st.wilcoxon(x - threshold, alternative="greater").pvalue)
+    return (p, *_percentile_bounds(x, alpha, rng, b))
+
+
+def _permutation_rule(
+    x: _Floats, threshold: float, alpha: float, rng: np.random.Generator, b: int
+) -> _Rule:
+    result = _st.permutation_test(
+        (x - threshold,),
+        _mean_statistic,
+        permutation_type="samples",  # with one sample: random sign flips
+        vectorized=True,
+        n_resamples=b,
+        batch=max(1, _BLOCK_ELEMENTS // x.size),
+        alternative="greater",
+        rng=rng,
+    )
+    return (float(result.pvalue), *_percentile_bounds(x, alpha, rng, b))
+
+
+def _bootstrap_rule(
+    x: _Floats, threshold: float, alpha: float, rng: np.random.Generator, b: int
+) -> _Rule:
+    mean = float(np.mean(x))
+    se = float(np.std(x, ddof=1)) / math.sqrt(x.size)
+    means, ses = [], []
+    for idx in _index_blocks(rng, x.size, b):
+        sample = x[idx]
+        means.append(sample.mean(axis=1))
+        ses.append(sample.std(axis=1, ddof=1) / math.sqrt(x.size))
+    pivots = _pivots(np.concatenate(means) - mean, np.concatenate(ses))
+    return _studentized(mean, se, pivots, threshold, alpha)
+
+
+_GREATER_RULES: dict[
+    str, Callable[[_Floats, float, float, np.random.Generator, int], _Rule]
+] = {
+    "t": _t_rule,
+    "wilcoxon": _wilcoxon_rule,
+    "permutation": _permutation_rule,
+    "bootstrap": _bootstrap_rule,
+}
+
+
+# --- validation ----------------------------------------------------------------------
+
+
+def _as_values(values: ArrayLike, name: str = "values") -> _Floats:
+    """Validate per-prompt values: float64, 1-D, finite, at least 2 entries."""
+    try:
+        x = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be numbers, one per prompt: {exc}") from exc
+    if x.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (one value per prompt), got shape {x.shape}")
+    bad = np.flatnonzero(~np.isfinite(x))
+    if bad.size:
+        raise ValueError(
+            f"{name} contains {bad.size} NaN or infinite value(s), first at index "
+            f"{bad[0]} ({x[bad[0]]}); drop or fix those prompts"
+        )
+    if x.size < 2:
+        raise ValueError(f"need at least 2 prompts, got n={x.size}")
+    return x
+
+
+def _as_finite(value: float, name: str) -> float:
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return number
+
+
+def _check_alpha(alpha: float) -> None:
+    if not 0 < alpha < 0.5:
+        raise ValueError(f"alpha must lie strictly between 0 and 0.5, got {alpha!r}")
+
+
+def _max_exceedances(alpha: float, n_resamples: int) -> int:
+    """Largest count k with (1 + k) / (B + 1) <= alpha, exactly in floating point."""
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, int | np.integer):
+        raise ValueError(f"n_resamples must be an integer, got {n_resamples!r}")
+    total = int(n_resamples) + 1
+    k = math.floor(alpha * total) - 1
+    while (k + 2) / total <= alpha:
+        k += 1
+    while k >= 0 and (k + 1) / total > alpha:
+        k -= 1
+    if k < 0:
+        raise ValueError(
+            f"n_resamples={n_resamples} is too small for alpha={alpha}: the smallest "
+            "attainable p-value, 1 / (n_resamples + 1), must be <= alpha"
+        )
+    return k
+
+
+def _check_denominator(den: _Floats, alpha: float) -> None:
+    mean = float(np.mean(den))
+    se = float(np.std(den, ddof=1)) / math.sqrt(den.size)
+    if mean == 0 or abs(mean) <= _st.t.ppf(1 - alpha, den.size - 1) * se:
+        raise ValueError(
+            "the clean and corrupt runs do not differ on the metric (mean of the "
+            f"denominator = {mean:.3g}, its sign is not stable at alpha={alpha}), so "
+            "recovery is undefined; use a stronger corruption or another metric"
+        )
+
+
+# --- numerics ------------------------------------------------------------------------
+
+
+def _is_constant(x: _Floats) -> bool:
+    """True when the values have no usable spread (equal up to rounding)."""
+    negligible = float(np.ptp(x)) <= 32 * _EPS * float(np.max(np.abs(x)))
+    return negligible or float(np.std(x, ddof=1)) == 0.0
+
+
+def _mean(x: _Floats) -> float:
+    """The mean, kept inside [min, max] so that equal values give exactly that value."""
+    return float(np.clip(np.mean(x), np.min(x), np.max(x)))
+
+
+def _constant_rule(value: float, passes: bool) -> _Rule:
+    return (0.0 if passes else 1.0, value, value)
+
+
+def _t_bounds(x: _Floats, alpha: float) -> tuple[float, float]:
+    mean = float(np.mean(x))
+    se = float(np.std(x, ddof=1)) / math.sqrt(x.size)
+    half = float(_st.t.ppf(1 - alpha, x.size - 1)) * se
+    return mean - half, mean + half
+
+
+def _mean_statistic(x: _Floats, axis: int) -> _Floats:
+    return np.mean(x, axis=axis)
+
+
+def _index_blocks(
+    rng: np.random.Generator, n: int, n_resamples: int
+) -> Iterator[NDArray[np.int64]]:
+    """Bootstrap index matrices: ``(rows, n)`` blocks holding B resamples in all."""
+    rows = max(1, _BLOCK_ELEMENTS // n)
+    for start in range(0, n_resamples, rows):
+        yield rng.integers(0, n, size=(min(rows, n_resamples - start), n))
+
+
+def _percentile_bounds(
+    x: _Floats, alpha: float, rng: np.random.Generator, n_resamples: int
+) -> tuple[float, float]:
+    blocks = _index_blocks(rng, x.size, n_resamples)
+    means = np.concatenate([x[idx].mean(axis=1) for idx in blocks])
+    low, high = np.quantile(means, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
+def _pivots(difference: _Floats, se: _Floats) -> _Floats:
+    """``difference / se``; where se is 0: +-inf, or 0 for a zero difference."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = difference / se
+    degenerate = np.where(difference == 0, 0.0, np.copysign(np.inf, difference))
+    return np.where(se > 0, ratio, degenerate)
+
+
+def _ratio_pivots(
+    num: _Floats, den: _Floats, ratio: float, rng: np.random.Generator, n_resamples: int
+) -> _Floats:
+    """Bootstrap-t pivots of the ratio of means; +inf where a resample is undefined."""
+    blocks = []
+    for idx in _index_blocks(rng, num.size, n_resamples):
+        num_s, den_s = num[idx], den[idx]
+        mean_den = den_s.mean(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratios = num_s.mean(axis=1) / mean_den
+            residual = num_s - ratios[:, None] * den_s
+            se = residual.std(axis=1, ddof=1) / (math.sqrt(num.size) * np.abs(mean_den))
+            pivots = _pivots(ratios - ratio, se)
+        blocks.append(np.where(mean_den != 0, pivots, np.inf))
+    return np.nan_to_num(np.concatenate(blocks), nan=np.inf)
+
+
+def _studentized(
+    estimate: float, se: float, pivots: _Floats, null: float, alpha: float
+) -> _Rule:
+    """p-value and bounds of a bootstrap-t rule from the resampled pivots ``t*``."""
+    b = pivots.size
+    k = _max_exceedances(alpha, b)
+    ordered = np.sort(pivots)
+    low = estimate - float(ordered[b - 1 - k]) * se  # (k+1)-th largest pivot
+    high = estimate - float(ordered[k]) * se  # (k+1)-th smallest pivot
+    observed = (estimate - null) / se
+    p = (1 + int(np.count_nonzero(pivots >= observed))) / (b + 1)
+    return p, low, high
+
+
+def _holm(p: _Floats) -> _Floats:
+    order = np.argsort(p, kind="stable")
+    scaled = (p.size - np.arange(p.size)) * p[order]
+    adjusted = np.empty(p.size)
+    adjusted[order] = np.minimum(1.0, np.maximum.accumulate(scaled))
+    return adjusted
+
+
+def _decision(
+    rule: _Rule,
+    effect: float,
+    n: int,
+    threshold: float,
+    alternative: Alternative,
+    method: str,
+    seed: int,
+    alpha: float,
+) -> Decision:
+    p_value, ci_low, ci_high = rule
+    return Decision(
+        effect=effect,
+        ci_low=ci_low,
+        ci_high=ci_high,
+        confidence_level=1 - 2 * alpha,
+        n=int(n),
+        p_value=float(p_value),
+        threshold=threshold,
+        alternative=alternative,
+        method=method,
+        seed=int(seed),
+        alpha=float(alpha),
+    )

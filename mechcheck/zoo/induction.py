@@ -1,0 +1,363 @@
+"""Recipe of the zoo model ``induction-2l``: a 2-layer GPT-2 that learns induction heads.
+
+The model is trained from scratch on CPU, deterministically, on sequences of random words
+in which segments repeat at random offsets and with random periods: the only way to beat
+the unigram loss is to find the earlier occurrence of the current word and copy the word
+that followed it (an induction head fed by a previous-token head). Training is short, and
+checkpoints are saved before, during and after the phase change in which the loss on the
+repeated parts of the sequences drops abruptly.
+
+:func:`induction_rows` makes evaluation prompts for claims about the model.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
+
+from mechcheck.models.tiny import word_tokenizer
+
+__all__ = [
+    "BOS",
+    "NAME",
+    "RECIPE",
+    "WORDS",
+    "Recipe",
+    "build",
+    "checkpoint_steps",
+    "induction_rows",
+    "make_model",
+    "make_tokenizer",
+    "training_batch",
+    "write_rows",
+]
+
+NAME = "induction-2l"
+BOS = "<bos>"
+WORDS: tuple[str, ...] = (
+    "apple", "river", "stone", "cloud", "green", "table", "music", "horse",
+    "paper", "light", "glass", "tiger", "bread", "chair", "ocean", "pencil",
+    "garden", "silver", "window", "forest", "candle", "rocket", "butter", "mirror",
+    "planet", "basket", "button", "camera", "dragon", "engine", "finger", "hammer",
+    "island", "jacket", "kettle", "ladder", "magnet", "needle", "orange", "pepper",
+    "rabbit", "saddle", "ticket", "violin", "wallet", "yellow", "anchor", "bridge",
+    "carpet", "desert", "feather", "guitar", "helmet", "jungle", "lemon", "marble",
+    "night", "olive", "pillow", "quartz", "robot", "summer", "tunnel", "wagon",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that determines the trained weights (recorded in ``recipe.json``).
+
+    Attributes:
+        seed: seeds model init (``torch.manual_seed``) and, offset by 1 and 2, the training
+            and evaluation data generators.
+        n_layers: transformer blocks.
+        n_heads: attention heads per block.
+        d_model: residual width.
+        d_mlp: MLP hidden width.
+        n_positions: context length; training sequences fill it (BOS + ``n_positions - 1``).
+        batch_size: sequences per step.
+        min_segment: shortest repeated segment, in tokens.
+        max_segment: longest repeated segment, in tokens.
+        max_gap: longest run of random words before a segment and between its copies.
+        lr: AdamW learning rate (after linear warm-up).
+        betas: AdamW betas.
+        weight_decay: AdamW weight decay.
+        warmup_steps: linear learning-rate warm-up.
+        steps: optimiser steps in all.
+        checkpoints: steps at which a checkpoint folder ``step{N}`` is saved (plus ``steps``).
+        log_every: evaluate the held-out losses every this many steps.
+        eval_size: held-out sequences for the recorded losses.
+        threads: ``torch.set_num_threads`` during training.
+    """
+
+    seed: int = 2024
+    n_layers: int = 2
+    n_heads: int = 4
+    d_model: int = 64
+    d_mlp: int = 128
+    n_positions: int = 64
+    batch_size: int = 32
+    min_segment: int = 3
+    max_segment: int = 10
+    max_gap: int = 16
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.98)
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    steps: int = 1500
+    checkpoints: tuple[int, ...] = (0, 100, 200, 300, 400, 600, 900, 1500)
+    log_every: int = 25
+    eval_size: int = 256
+    threads: int = 2
+
+
+RECIPE = Recipe()
+
+
+def make_tokenizer() -> PreTrainedTokenizerBase:
+    """The word-level tokenizer of the model: ``<unk>``, ``<bos>``, then :data:`WORDS`."""
+    return word_tokenizer(WORDS, bos_token=BOS)
+
+
+def make_model(recipe: Recipe = RECIPE) -> GPT2LMHeadModel:
+    """The randomly initialised model (seeded by ``recipe.seed``), all dropout 0."""
+    tokenizer = make_tokenizer()
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=recipe.n_positions,
+        n_embd=recipe.d_model,
+        n_layer=recipe.n_layers,
+        n_head=recipe.n_heads,
+        n_inner=recipe.d_mlp,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.bos_token_id,
+    )
+    torch.manual_seed(recipe.seed)
+    return GPT2LMHeadModel(config).eval()
+
+
+def _repeating_sequence(rng: random.Random, recipe: Recipe, n_words: int) -> tuple[list, list]:
+    """Word indices (``n_positions - 1`` of them) and a flag per index: induction-predictable."""
+    length = recipe.n_positions - 1
+    seq: list[int] = []
+    flags: list[bool] = []
+    while len(seq) < length:
+        lead = [rng.randrange(n_words) for _ in range(rng.randint(0, recipe.max_gap))]
+        seg = [rng.randrange(n_words) for _ in range(rng.randint(recipe.min_segment, recipe.max_segment))]
+        gap = [rng.randrange(n_words) for _ in range(rng.randint(0, recipe.max_gap))]
+        seq += lead + seg + gap + seg
+        flags += [False] * (len(lead) + len(seg) + len(gap) + 1) + [True] * (len(seg) - 1)
+    return seq[:length], flags[:length]
+
+
+def training_batch(
+    rng: random.Random, recipe: Recipe, batch_size: int, *, first_id: int = 2, bos_id: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch of training sequences.
+
+    Each sequence is BOS followed by random words in which segments of
+    ``min_segment..max_segment`` words repeat after a random gap of ``0..max_gap`` words,
+    so the repeat period and offset change from segment to segment.
+
+    Args:
+        rng: the data generator (advanced in place).
+        recipe: sizes and segment parameters.
+        batch_size: number of sequences.
+        first_id: token id of the first word (words are ``first_id..first_id+len(WORDS)-1``).
+        bos_id: token id of BOS.
+
+    Returns:
+        ``(ids, mask)``: ids ``[batch, n_positions]`` starting with BOS, and a bool mask
+        ``[batch, n_positions - 1]`` marking the targets ``ids[:, 1:]`` that an induction
+        head can predict (second and later words of a repeated copy).
+    """
+    rows, masks = [], []
+    for _ in range(batch_size):
+        seq, flags = _repeating_sequence(rng, recipe, len(WORDS))
+        rows.append([bos_id] + [first_id + w for w in seq])
+        masks.append(flags)
+    return torch.tensor(rows), torch.tensor(masks)
+
+
+def _token_losses(model: GPT2LMHeadModel, ids: torch.Tensor) -> torch.Tensor:
+    logits = model(input_ids=ids).logits[:, :-1]
+    return F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+
+
+@torch.no_grad()
+def _evaluate(model: GPT2LMHeadModel, batch: tuple[torch.Tensor, torch.Tensor]) -> dict:
+    ids, mask = batch
+    losses = _token_losses(model, ids)
+    return {
+        "loss": round(losses.mean().item(), 4),
+        "loss_repeated": round(losses[mask].mean().item(), 4),
+        "loss_other": round(losses[~mask].mean().item(), 4),
+    }
+
+
+def checkpoint_steps(recipe: Recipe = RECIPE) -> list[int]:
+    """Steps with a checkpoint folder, in training order; the last one is ``recipe.steps``."""
+    return sorted({s for s in recipe.checkpoints if s < recipe.steps} | {recipe.steps})
+
+
+def _save(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
+    model.eval()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def _train(recipe: Recipe, out_dir: Path) -> list[dict]:
+    tokenizer = make_tokenizer()
+    model = make_model(recipe)
+    data_rng = random.Random(recipe.seed + 1)
+    eval_batch = training_batch(random.Random(recipe.seed + 2), recipe, recipe.eval_size)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=recipe.lr, betas=recipe.betas, weight_decay=recipe.weight_decay
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / max(1, recipe.warmup_steps))
+    )
+    saves, history = set(checkpoint_steps(recipe)), []
+    for step in range(recipe.steps + 1):
+        if step in saves:
+            _save(model, tokenizer, out_dir / f"step{step}")
+        if step % recipe.log_every == 0 or step in saves:
+            history.append({"step": step, **_evaluate(model, eval_batch)})
+        if step == recipe.steps:
+            break
+        model.train()
+        ids, _ = training_batch(data_rng, recipe, recipe.batch_size)
+        loss = _token_losses(model, ids).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    return history
+
+
+def _clear(out_dir: Path) -> None:
+    """Remove an earlier build's checkpoint folders and recipe from ``out_dir``."""
+    for child in out_dir.glob("step*"):
+        if child.is_dir() and re.fullmatch(r"step\d+", child.name):
+            shutil.rmtree(child)
+    (out_dir / "recipe.json").unlink(missing_ok=True)
+
+
+def build(out_dir: str | Path, *, steps: int | None = None, recipe: Recipe = RECIPE) -> Path:
+    """Train the model from its recipe and save its checkpoints under ``out_dir``.
+
+    Writes ``out_dir/step{N}/`` (model + tokenizer) for each of :func:`checkpoint_steps`
+    and ``out_dir/recipe.json`` (the recipe, the loss history and the training time).
+    Earlier ``step*`` folders in ``out_dir`` are removed first.
+
+    Args:
+        out_dir: the folder to write.
+        steps: train for this many steps instead of ``recipe.steps`` (checkpoints after it
+            are dropped; the last one is always ``steps``).
+        recipe: the recipe to run.
+
+    Returns:
+        ``out_dir``.
+    """
+    if steps is not None:
+        recipe = replace(recipe, steps=steps)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _clear(out)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(recipe.threads)
+    start = time.perf_counter()
+    try:
+        history = _train(recipe, out)
+    finally:
+        torch.set_num_threads(threads)
+    _write_recipe(out, recipe, history, time.perf_counter() - start)
+    return out
+
+
+def _write_recipe(out: Path, recipe: Recipe, history: list[dict], seconds: float) -> None:
+    record: dict[str, Any] = {
+        "name": NAME,
+        "architecture": "GPT2LMHeadModel",
+        "tokenizer": {"type": "WordLevel", "bos_token": BOS, "words": len(WORDS)},
+        "recipe": asdict(recipe),
+        "checkpoints": [f"step{s}" for s in checkpoint_steps(recipe)],
+        "final": history[-1],
+        "train_seconds": round(seconds, 1),
+        "torch": torch.__version__,
+        "history": history,
+    }
+    text = json.dumps(record, indent=1)
+    (out / "recipe.json").write_text(text + "\n", encoding="utf-8")
+
+
+def _distinct(rng: random.Random, pool: Sequence[str], n: int, exclude: set[str]) -> list[str]:
+    return rng.sample([w for w in pool if w not in exclude], n)
+
+
+def _induction_row(rng: random.Random, words: Sequence[str]) -> dict[str, str]:
+    seg_len = rng.randint(4, 8)
+    lead, gap = rng.randint(2, 8), rng.randint(2, 8)
+    first = _distinct(rng, words, lead + seg_len + gap, set())
+    segment = first[lead : lead + seg_len]
+    shown = rng.randint(2, seg_len - 1)
+    prompt = first + segment[:shown]
+    others = _distinct(rng, words, seg_len + 1, set(first))
+    corrupt = first[:lead] + others[:seg_len] + first[lead + seg_len :] + segment[:shown]
+    return {
+        "prompt": " ".join(prompt),
+        "answer": segment[shown],
+        "wrong": others[seg_len],
+        "corrupt": " ".join(corrupt),
+    }
+
+
+def induction_rows(
+    tokenizer_or_words: PreTrainedTokenizerBase | Sequence[str] | None = None,
+    *,
+    n: int,
+    seed: int,
+) -> list[dict[str, str]]:
+    """Prompts whose next word is predictable only by induction.
+
+    A prompt is ``lead`` (2-8 random words), a ``segment`` (4-8 words), a ``gap`` (2-8
+    words), then the first 2..len-1 words of the segment again; all words of the first
+    three parts are distinct, so the last word occurred exactly once before and the
+    ``answer`` is the word that followed it there. ``corrupt`` replaces the first
+    occurrence of the segment by as many words that appear nowhere in the prompt, so no
+    earlier occurrence points to the answer. ``wrong`` is a vocabulary word that appears in
+    neither prompt. Every word is one token; prompt and corrupt have equal token counts.
+
+    Args:
+        tokenizer_or_words: the vocabulary, or a word-level tokenizer whose vocabulary
+            (special tokens excluded) is used; default :data:`WORDS`.
+        n: number of rows.
+        seed: seeds the row generator.
+
+    Returns:
+        ``n`` rows with keys ``prompt``, ``answer``, ``wrong`` and ``corrupt``.
+
+    Raises:
+        ValueError: the vocabulary has fewer than 40 words.
+    """
+    words = _vocabulary(tokenizer_or_words)
+    if len(words) < 40:
+        raise ValueError(f"induction rows need at least 40 words, got {len(words)}")
+    rng = random.Random(seed)
+    return [_induction_row(rng, words) for _ in range(n)]
+
+
+def _vocabulary(source: PreTrainedTokenizerBase | Sequence[str] | None) -> list[str]:
+    if source is None:
+        return list(WORDS)
+    if isinstance(source, PreTrainedTokenizerBase):
+        vocab = source.get_vocab()
+        special = set(source.all_special_tokens)
+        return [w for w, _ in sorted(vocab.items(), key=lambda kv: kv[1]) if w not in special]
+    return list(dict.fromkeys(source))
+
+
+def write_rows(path: str | Path, *, n: int = 200, seed: int = 0) -> Path:
+    """Write :func:`induction_rows` over :data:`WORDS` to a JSONL file (folders created)."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = induction_rows(WORDS, n=n, seed=seed)
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return out

@@ -1,0 +1,508 @@
+"""Tests of the claim-file loader (mechcheck.spec.loader)."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mechcheck.errors import ClaimSpecError
+from mechcheck.spec import claim_name, load_claim_file, parse_claim_text
+from mechcheck.spec.schema import (
+    ClaimFile,
+    ClaimSpec,
+    KeySpec,
+    as_choice,
+    as_components,
+    as_number,
+    as_positions,
+    as_str,
+)
+
+COMPONENTS = KeySpec(name="components", expected="a component address or a list of them",
+                     parse=as_components, required=True)
+KINDS = {
+    "necessary": {
+        "components": COMPONENTS,
+        "ablation": KeySpec(name="ablation", expected="one of zero, mean, resample",
+                            parse=as_choice("zero", "mean", "resample"), default="mean"),
+        "min_drop": KeySpec(name="min_drop", expected="a number, e.g. 1.5",
+                            parse=as_number, required=True),
+        "metric": KeySpec(name="metric", expected="a metric such as logprob",
+                          parse=as_choice("logprob", "logit_diff", "prob"), required=True),
+        "at": KeySpec(name="at", expected="last, a position name or index",
+                      parse=as_positions, default=("last",)),
+    },
+    "attends": {
+        "components": COMPONENTS,
+        "pattern": KeySpec(name="pattern", expected="one of induction, previous",
+                           parse=as_choice("induction", "previous"), required=True),
+        "min_score": KeySpec(name="min_score", expected="a number between 0 and 1",
+                             parse=as_number, required=True),
+    },
+}
+
+VALID = """\
+model: ../models/induction-2l
+data: induction.jsonl
+metric: logprob
+claims:
+  - id: layer1_heads_necessary
+    kind: necessary
+    components: [blocks.1.attn.head.*]
+    ablation: zero
+    min_drop: 3.0
+  - id: head_1_0_induction
+    kind: attends
+    components: ["head 1.0"]
+    pattern: induction
+    min_score: 0.7
+"""
+
+PATH = "claims/induction.yaml"
+
+
+def parse(text: str, path: str = PATH) -> ClaimFile:
+    return parse_claim_text(textwrap.dedent(text), path, KINDS)
+
+
+def whole_file_error(text: str) -> ClaimSpecError:
+    result = parse(text)
+    assert result.claims == ()
+    assert isinstance(result.error, ClaimSpecError)
+    assert result.error.path == PATH
+    return result.error
+
+
+def only_claim(text: str) -> ClaimSpec | ClaimSpecError:
+    result = parse(text)
+    assert result.error is None
+    assert len(result.claims) == 1
+    return result.claims[0]
+
+
+def claim_error(text: str) -> ClaimSpecError:
+    error = only_claim(text)
+    assert isinstance(error, ClaimSpecError)
+    assert error.path == PATH
+    return error
+
+
+HEADER = "model: m\nmetric: logprob\nclaims:\n"
+
+
+# ---------------------------------------------------------------------------
+# A valid file
+
+
+def test_valid_file_gives_specs_with_lines_params_and_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "induction.yaml"
+    path.write_text(VALID)
+    result = load_claim_file(path, KINDS)
+    assert result.error is None and result.path == str(path)
+    assert result.correction == "holm"
+    first, second = result.claims
+    assert isinstance(first, ClaimSpec) and isinstance(second, ClaimSpec)
+    assert (first.id, first.kind, first.line) == ("layer1_heads_necessary", "necessary", 5)
+    assert (second.id, second.kind, second.line) == ("head_1_0_induction", "attends", 10)
+    for spec in (first, second):
+        assert spec.path == str(path)
+        assert spec.base_dir == str(tmp_path)
+        assert spec.model == "../models/induction-2l"
+        assert spec.data == "induction.jsonl"
+        assert (spec.alpha, spec.seed, spec.n, spec.test) == (0.05, 0, None, "t")
+        assert spec.correction == "holm" and spec.xfail is None
+    assert dict(first.params) == {
+        "components": ("blocks.1.attn.head.*",), "ablation": "zero", "min_drop": 3.0,
+        "metric": "logprob", "at": ("last",),
+    }
+    # metric is a file-level default only for kinds that accept it.
+    assert dict(second.params) == {
+        "components": ("head 1.0",), "pattern": "induction", "min_score": 0.7,
+    }
+    assert dict(first.key_lines) == {
+        "model": 1, "data": 2, "metric": 3, "id": 5, "kind": 6, "components": 7,
+        "ablation": 8, "min_drop": 9,
+    }
+    assert second.line_of("min_score") == 14 and second.line_of("model") == 1
+    assert "metric" not in second.key_lines
+
+
+def test_claim_keys_override_file_defaults_and_base_dir_argument() -> None:
+    text = HEADER.replace("model: m", "model: m\nseed: 3\ncorrection: bh\nablation: resample") + (
+        "  - {id: a, kind: necessary, components: x, min_drop: 1, seed: 7, n: 5}\n"
+        "  - {id: b, kind: necessary, components: x, min_drop: 1, ablation: zero}\n"
+    )
+    result = parse_claim_text(text, "x.yaml", KINDS, base_dir="/data/here")
+    a, b = result.claims
+    assert result.correction == "bh" and a.correction == "bh"
+    assert (a.seed, a.n, b.seed) == (7, 5, 3)
+    assert a.params["ablation"] == "resample" and a.key_lines["ablation"] == 4
+    assert b.params["ablation"] == "zero" and b.key_lines["ablation"] == 8
+    assert a.base_dir == b.base_dir == "/data/here"
+    assert a.key_lines["seed"] == 7 and b.key_lines["seed"] == 2
+
+
+def test_relative_path_gives_absolute_base_dir() -> None:
+    spec = parse(VALID).claims[0]
+    assert spec.path == PATH
+    assert spec.base_dir == os.path.abspath("claims")
+
+
+def test_merge_key_inside_claims() -> None:
+    text = HEADER + (
+        "  - &a {id: a, kind: necessary, components: [x], min_drop: 1.0}\n"
+        "  - {<<: *a, id: b, min_drop: 2.0}\n"
+    )
+    a, b = parse(text).claims
+    assert isinstance(b, ClaimSpec), b
+    assert (a.params["min_drop"], b.params["min_drop"]) == (1.0, 2.0)
+    assert b.id == "b" and b.params["components"] == ("x",)
+
+
+# ---------------------------------------------------------------------------
+# Whole-file errors
+
+
+@pytest.mark.parametrize("text, line", [
+    ("model: m\nclaims:\n  - id: [a\n", 4),
+    ("model: m\nclaims:\n  - id: a\n   kind: b\n", 4),
+    ("model: 'm\n", 2),
+])
+def test_invalid_yaml_reports_line_and_advice(text: str, line: int) -> None:
+    error = whole_file_error(text)
+    assert error.line == line
+    assert "not valid YAML" in error.message and f"line {line}" in error.message
+    assert f"check indentation and quoting near line {line}" in error.hint
+
+
+def test_tabs_get_advice() -> None:
+    error = whole_file_error("claims:\n\t- id: a\n")
+    assert error.line == 2 and "tabs" in error.hint
+
+
+def test_several_documents_are_rejected() -> None:
+    error = whole_file_error("claims: [1]\n---\nclaims: [2]\n")
+    assert "single document" in error.message and error.line == 2
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "---\n"])
+def test_empty_file(text: str) -> None:
+    error = whole_file_error(text)
+    assert "empty" in error.message and error.line == 1
+
+
+@pytest.mark.parametrize("text", ["- id: a\n", "just text\n", "42\n"])
+def test_top_level_not_a_mapping(text: str) -> None:
+    error = whole_file_error(text)
+    assert "must be a mapping" in error.message and error.line == 1
+
+
+def test_missing_claims() -> None:
+    error = whole_file_error("model: m\ndata: d.jsonl\n")
+    assert error.key == "claims" and error.line == 1
+    assert "no `claims:` list" in error.message and "- id:" in error.hint
+
+
+@pytest.mark.parametrize("text, message", [
+    ("model: m\nclaims: []\n", "empty"),
+    ("model: m\nclaims:\n", "empty"),
+    ("model: m\nclaims: {id: a}\n", "must be a list"),
+    ("model: m\nclaims: some text\n", "must be a list"),
+])
+def test_claims_empty_or_not_a_list(text: str, message: str) -> None:
+    error = whole_file_error(text)
+    assert error.key == "claims" and error.line == 2 and message in error.message
+
+
+@pytest.mark.parametrize("text, key, line, reason, expected", [
+    ("model: m\nalpha: 0.9\nclaims: [1]\n", "alpha", 2, "0.9", "between 0 and 0.5"),
+    ("model: m\nn: 0\nclaims: [1]\n", "n", 2, "positive", "positive integer"),
+    ("model: m\n\ncorrection: bonferroni\nclaims: [1]\n", "correction", 3, "bonferroni",
+     "holm, bh, none"),
+    ("model: [1, 2]\nclaims: [1]\n", "model", 1, "[1, 2]", "hf:<repo id>"),
+    ("model: m\nseed: 1.5\nclaims: [1]\n", "seed", 2, "1.5", "an integer"),
+])
+def test_bad_file_level_value(text: str, key: str, line: int, reason: str,
+                              expected: str) -> None:
+    error = whole_file_error(text)
+    assert (error.key, error.line, error.claim_id) == (key, line, None)
+    assert error.message.startswith(f"{key}: ") and reason in error.message
+    assert expected in error.hint
+
+
+def test_unknown_top_level_key_suggests_close_ones() -> None:
+    error = whole_file_error("modle: m\nclaims: [1]\n")
+    assert (error.key, error.line) == ("modle", 1)
+    assert "unknown key 'modle'" in error.message
+    assert "did you mean 'model'" in error.hint and "claims" in error.hint
+
+
+def test_kind_keys_are_allowed_at_top_level_but_not_claim_only_keys() -> None:
+    assert parse("min_drop: 1\nclaims: [1]\n").error is None
+    assert parse("ablation: zero\nclaims: [1]\n").error is None
+    error = whole_file_error("model: m\nxfail: not yet\nclaims: [1]\n")
+    assert error.key == "xfail" and error.line == 2
+
+
+def test_duplicate_top_level_key() -> None:
+    error = whole_file_error("model: a\ndata: d\nmodel: b\nclaims: [1]\n")
+    assert (error.key, error.line) == ("model", 3)
+    assert "duplicate key 'model'" in error.message and "line 1" in error.message
+
+
+def test_python_tag_at_top_level_is_rejected() -> None:
+    error = whole_file_error("model: !!python/object/apply:os.system ['echo hi']\nclaims: [1]\n")
+    assert (error.key, error.line) == ("model", 1)
+    assert "!!python/object/apply:os.system" in error.message and "not allowed" in error.message
+
+
+def test_missing_file_is_an_error_not_an_exception(tmp_path: Path) -> None:
+    path = tmp_path / "nope.yaml"
+    result = load_claim_file(path, KINDS)
+    assert result.claims == () and isinstance(result.error, ClaimSpecError)
+    assert result.path == str(path) and result.error.path == str(path)
+    assert "cannot read" in result.error.message
+
+
+def test_undecodable_file_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "bin.yaml"
+    path.write_bytes(b"claims:\n  - id: \xff\xfe\n")
+    result = load_claim_file(str(path), KINDS)
+    assert isinstance(result.error, ClaimSpecError) and "UTF-8" in result.error.hint
+
+
+# ---------------------------------------------------------------------------
+# Claim errors
+
+
+def test_python_object_tag_in_a_claim_is_rejected(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    error = claim_error(HEADER + (
+        "  - id: evil\n"
+        "    kind: necessary\n"
+        f"    components: !!python/object/apply:os.system ['touch {marker}']\n"
+        "    min_drop: 1\n"
+    ))
+    assert (error.line, error.claim_id, error.key) == (6, "evil", "components")
+    assert "!!python/object/apply:os.system" in error.message and "tag" in error.hint
+    assert not marker.exists()
+
+
+def test_tagged_claim_entry_is_rejected() -> None:
+    error = claim_error(HEADER + "  - !!python/object/apply:os.system ['echo hi']\n")
+    assert error.line == 4 and error.claim_id is None and "not allowed" in error.message
+
+
+def test_unquoted_dotted_address_gets_quote_advice() -> None:
+    error = claim_error(HEADER + (
+        "  - id: head_5_10\n"
+        "    kind: necessary\n"
+        "    min_drop: 1\n"
+        "    components: [5.10]\n"
+    ))
+    assert (error.line, error.claim_id, error.key) == (7, "head_5_10", "components")
+    assert error.message.startswith("components: ")
+    assert "quote" in error.message and '"head 5.10"' in error.message
+    assert error.hint == f"expected {COMPONENTS.expected}"
+
+
+def test_bad_value_from_file_default_reports_the_header_line() -> None:
+    text = "model: m\nmetric: accuracy\nclaims:\n  - {id: a, kind: necessary, components: x, min_drop: 1}\n"
+    error = claim_error(text)
+    assert (error.line, error.claim_id, error.key) == (2, "a", "metric")
+    assert "accuracy" in error.message and "logprob" in error.hint
+
+
+def test_n_must_be_positive_in_a_claim() -> None:
+    error = claim_error(HEADER + "  - {id: a, kind: necessary, components: x, min_drop: 1, n: -2}\n")
+    assert (error.key, error.line, error.claim_id) == ("n", 4, "a")
+    assert "positive" in error.message
+
+
+def test_one_bad_claim_does_not_hide_a_good_one() -> None:
+    result = parse(HEADER + (
+        "  - id: bad\n"
+        "    kind: necessary\n"
+        "    components: x\n"
+        "    min_drop: lots\n"
+        "  - id: good\n"
+        "    kind: necessary\n"
+        "    components: x\n"
+        "    min_drop: 2\n"
+    ))
+    bad, good = result.claims
+    assert isinstance(bad, ClaimSpecError) and isinstance(good, ClaimSpec)
+    assert (bad.line, bad.claim_id, bad.key) == (7, "bad", "min_drop")
+    assert bad.message == "min_drop: got 'lots'" and bad.hint == "expected a number, e.g. 1.5"
+    assert good.id == "good" and good.line == 8
+
+
+def test_claim_not_a_mapping() -> None:
+    result = parse(HEADER + "  - just a string\n  - [a, list]\n")
+    first, second = result.claims
+    assert (first.line, first.claim_id, first.path) == (4, None, PATH)
+    assert second.line == 5 and "must be a mapping" in second.message
+
+
+def test_claim_without_id_keeps_its_line_and_gets_a_name() -> None:
+    result = parse(HEADER + (
+        "  - {id: a, kind: necessary, components: x, min_drop: 1}\n"
+        "  - kind: necessary\n"
+        "    components: x\n"
+    ))
+    good, error = result.claims
+    assert isinstance(error, ClaimSpecError)
+    assert (error.line, error.claim_id, error.key) == (5, None, "id")
+    assert "no id" in error.message and "id:" in error.hint
+    assert claim_name(error, 1) == "claim[1]"
+    assert claim_name(good, 0) == "a"
+
+
+def test_claim_name_of_an_error_with_an_id() -> None:
+    error = ClaimSpecError("x", claim_id="head_1")
+    assert claim_name(error, 3) == "head_1"
+
+
+def test_duplicate_ids_name_the_first_line() -> None:
+    result = parse(HEADER + (
+        "  - {id: a, kind: necessary, components: x, min_drop: 1}\n"
+        "  - {id: b, kind: necessary, components: x, min_drop: 1}\n"
+        "  - id: a\n"
+        "    kind: necessary\n"
+    ))
+    first, second, third = result.claims
+    assert isinstance(first, ClaimSpec) and isinstance(second, ClaimSpec)
+    assert isinstance(third, ClaimSpecError)
+    assert (third.line, third.claim_id, third.key) == (6, "a", "id")
+    assert "duplicate id 'a'" in third.message and "line 4" in third.message
+
+
+def test_duplicate_key_in_a_claim() -> None:
+    error = claim_error(HEADER + (
+        "  - id: a\n"
+        "    kind: necessary\n"
+        "    min_drop: 1\n"
+        "    components: x\n"
+        "    min_drop: 2\n"
+    ))
+    assert (error.line, error.claim_id, error.key) == (8, "a", "min_drop")
+    assert "duplicate key 'min_drop'" in error.message and "line 6" in error.message
+
+
+def test_duplicate_key_in_a_nested_mapping() -> None:
+    error = claim_error(HEADER + (
+        "  - id: a\n"
+        "    kind: necessary\n"
+        "    components: x\n"
+        "    min_drop: 1\n"
+        "    description: {x: 1, x: 2}\n"
+    ))
+    assert (error.line, error.claim_id, error.key) == (8, "a", "description")
+    assert "duplicate key 'x'" in error.message
+
+
+@pytest.mark.parametrize("claim, message, hint", [
+    ("{id: a, components: x}", "no kind", "registered kinds: attends, necessary"),
+    ("{id: a, kind: necesary}", "unknown kind 'necesary'", "did you mean 'necessary'"),
+    ("{id: a, kind: [necessary]}", "kind: got", "claim kind"),
+])
+def test_missing_or_unknown_kind(claim: str, message: str, hint: str) -> None:
+    error = claim_error(HEADER + f"  - {claim}\n")
+    assert (error.line, error.claim_id, error.key) == (4, "a", "kind")
+    assert message in error.message and hint in error.hint
+
+
+def test_unknown_claim_key_suggests_and_lists_accepted_keys() -> None:
+    error = claim_error(HEADER + (
+        "  - id: a\n"
+        "    kind: necessary\n"
+        "    components: x\n"
+        "    min_dorp: 3.0\n"
+    ))
+    assert (error.line, error.claim_id, error.key) == (7, "a", "min_dorp")
+    assert "unknown key 'min_dorp'" in error.message
+    assert "did you mean 'min_drop'" in error.hint
+    assert "necessary claims accept" in error.hint and "ablation" in error.hint
+    assert "pattern" not in error.hint
+
+
+def test_key_of_another_kind_is_unknown() -> None:
+    error = claim_error(HEADER + "  - {id: a, kind: attends, components: x, min_drop: 1}\n")
+    assert error.key == "min_drop" and "attends claims accept" in error.hint
+
+
+@pytest.mark.parametrize("claim, key", [
+    ("{id: a, kind: necessary, components: x}", "min_drop"),
+    ("{id: a, kind: attends, components: x, min_score: 1}", "pattern"),
+])
+def test_missing_required_key(claim: str, key: str) -> None:
+    error = claim_error(HEADER + f"  - {claim}\n")
+    assert (error.line, error.claim_id, error.key) == (4, "a", key)
+    assert f"missing required key '{key}'" in error.message
+    assert f"`{key}:`" in error.hint and KINDS[claim.split("kind: ")[1].split(",")[0]][key].expected in error.hint
+
+
+def test_required_model_can_come_from_the_claim() -> None:
+    text = "claims:\n  - {id: a, kind: attends, components: x, pattern: induction, min_score: 1, model: m}\n  - {id: b, kind: attends, components: x, pattern: induction, min_score: 1}\n"
+    a, b = parse(text).claims
+    assert isinstance(a, ClaimSpec) and a.model == "m"
+    assert isinstance(b, ClaimSpecError) and b.key == "model" and b.line == 3
+
+
+def test_recursive_alias_is_an_error() -> None:
+    error = claim_error(HEADER + "  - {id: a, kind: necessary, components: &c [*c], min_drop: 1}\n")
+    assert error.claim_id == "a" and error.key == "components" and error.line == 4
+
+
+def test_alias_bomb_is_refused_quickly() -> None:
+    lines = ["claims:", "  - description: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"  - description: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]"
+              for i in range(1, 9)]
+    result = parse("\n".join(lines) + "\n")
+    assert result.error is None
+    assert all(isinstance(claim, ClaimSpecError) for claim in result.claims)
+    last = result.claims[-1]
+    # The line is where the first over-large value (&a4) was written.
+    assert "more than" in last.message and (last.key, last.line) == ("description", 6)
+
+
+# ---------------------------------------------------------------------------
+# Robustness
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(max_size=200))
+def test_arbitrary_text_never_raises(text: str) -> None:
+    result = parse_claim_text(text, "fuzz.yaml", KINDS)
+    assert isinstance(result, ClaimFile)
+    for claim in result.claims:
+        assert isinstance(claim, (ClaimSpec, ClaimSpecError))
+
+
+FRAGMENTS = [
+    "model: m", "metric: logprob", "claims:", "  - id: a", "  - id: a", "    kind: necessary",
+    "    kind: attends", "    components: [5.10]", "    components: ['head 1.0']",
+    "    min_drop: 2", "    min_dorp: 2", "    pattern: induction", "    min_score: 0.5",
+    "  - &x {id: b, kind: necessary}", "  - *x", "  - {<<: *x, id: c}", "    <<: *x",
+    "    at: !!python/object:os.system", "  - !!binary aGk=", "n: 0", "    n: -1",
+    "    description: {a: 1, a: 2}", "alpha: .nan", "    seed: !!int 0x_", "  - [", "  -",
+    "    components: !!timestamp x", "correction: bh", "    ablation: zero", "\t",
+    "    at: [last, 3, 1.5]", "? [a]\n: b", "    : x", "    ~: 1", "    = : 2",
+]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(FRAGMENTS), max_size=14))
+def test_yaml_like_text_never_raises(lines: list[str]) -> None:
+    result = parse_claim_text("\n".join(lines) + "\n", "fuzz.yaml", KINDS)
+    assert isinstance(result, ClaimFile)
+    assert (result.error is None) or result.claims == ()
+    for claim in result.claims:
+        assert isinstance(claim, (ClaimSpec, ClaimSpecError))
+        if isinstance(claim, ClaimSpecError):
+            assert claim.path == "fuzz.yaml" and isinstance(claim.line, int)
