@@ -1,18 +1,11 @@
 """Pre-registered statistical decision rules for per-prompt effects.
 
-Every rule takes per-prompt values (1-D float arrays) and returns a :class:`Decision`:
-
-* ``effect`` is the point estimate: the mean of the values (the ratio of the two means
-  for :func:`test_ratio`).
-* ``ci_low`` / ``ci_high`` are the one-sided ``1 - alpha`` lower / upper confidence
-  bounds of the effect; together a two-sided ``1 - 2 * alpha`` interval
-  (``confidence_level``). For the t, TOST, bootstrap and ratio rules ``p <= alpha`` is
-  the same event as "the bound lies past the threshold" (up to rounding exactly there).
-* Resampling draws only from ``np.random.default_rng(seed)``: the same arguments give
-  bit-identical decisions on every call.
-
-The ``test_*`` functions carry ``__test__ = False`` so that pytest does not collect them
-when they are imported into a test module.
+Each rule takes per-prompt values (1-D floats) and returns a :class:`Decision` whose
+``ci_low`` / ``ci_high`` are the one-sided ``1 - alpha`` bounds of the effect (together
+a ``1 - 2 * alpha`` interval). For the t, TOST, bootstrap and ratio rules
+``p <= alpha`` is the same event as "the bound lies past the threshold". Resampling
+draws only from ``np.random.default_rng(seed)``, so results are bit-reproducible. The
+``test_*`` functions carry ``__test__ = False`` so that pytest never collects them.
 """
 
 from __future__ import annotations
@@ -45,6 +38,7 @@ GreaterTest = Literal["t", "wilcoxon", "permutation", "bootstrap"]
 Correction = Literal["holm", "bh", "none"]
 
 _Floats = NDArray[np.float64]
+_Gen = np.random.Generator
 _Rule = tuple[float, float, float]  # (p_value, ci_low, ci_high)
 _BLOCK_ELEMENTS = 1 << 20  # resampled values held in memory at once
 _EPS = float(np.finfo(np.float64).eps)
@@ -61,10 +55,9 @@ class Decision:
         confidence_level: ``1 - 2 * alpha``, the level of ``[ci_low, ci_high]``.
         n: number of prompts.
         p_value: raw (unadjusted) p-value of the rule.
-        threshold: X for ``greater``, the margin m for ``inside``, R for the ratio rule.
+        threshold: X (greater), the margin m (inside) or R (ratio).
         alternative: ``"greater"`` (effect > threshold) or ``"inside"`` (|effect| < m).
-        method: ``"t"``, ``"wilcoxon"``, ``"permutation"``, ``"bootstrap"``,
-            ``"tost"`` or ``"bootstrap-ratio"``.
+        method: t, wilcoxon, permutation, bootstrap, tost or bootstrap-ratio.
         seed: seed of the random generator used for resampling.
         alpha: significance level of the rule.
     """
@@ -83,18 +76,16 @@ class Decision:
 
 
 def outcome(decision: Decision, p_adjusted: float | None = None) -> Outcome:
-    """Label a decision ``"pass"``, ``"not supported"`` or ``"refuted"``.
+    """Label a decision.
 
     Args:
         decision: the rule's result.
-        p_adjusted: the multiplicity-adjusted p-value (see :func:`adjust`); None uses
-            ``decision.p_value``. NaN never passes.
+        p_adjusted: adjusted p-value (:func:`adjust`); None uses the raw one. NaN fails.
 
     Returns:
-        ``"pass"`` iff the p-value is at most ``alpha``; otherwise ``"refuted"`` when the
-        interval lies wholly on the wrong side of the threshold (greater:
-        ``ci_high <= threshold``; inside: ``ci_low >= m`` or ``ci_high <= -m``), else
-        ``"not supported"``.
+        ``"pass"`` iff p <= alpha; else ``"refuted"`` when the interval lies wholly on
+        the wrong side (greater: ``ci_high <= threshold``; inside: ``ci_low >= m`` or
+        ``ci_high <= -m``); else ``"not supported"``.
     """
     p = decision.p_value if p_adjusted is None else p_adjusted
     if p <= decision.alpha:
@@ -123,14 +114,13 @@ def test_greater(
       the mean only for symmetric data); bounds: percentile bootstrap of the mean.
     * ``"permutation"``: sign-flip test of the mean of ``values - threshold`` (exact
       when ``2**n <= n_resamples``, else p = (1 + #)/(B + 1)); bounds as wilcoxon.
-    * ``"bootstrap"``: studentised bootstrap (bootstrap-t) of the mean. With
-      ``t* = (mean* - mean) / se*`` over B resamples and
-      ``t_obs = (mean - threshold) / se``, p = (1 + #{t* >= t_obs}) / (B + 1); the
-      bounds are ``mean - t*_(k) * se`` for the order statistics ``t*_(k)`` at which
-      that p crosses alpha, so ``p <= alpha`` iff ``ci_low > threshold``. (Percentile
-      and BCa bounds reject a true null too often at n = 30.)
+    * ``"bootstrap"``: studentised bootstrap (bootstrap-t) of the mean:
+      p = (1 + #{t* >= t_obs}) / (B + 1) with ``t* = (mean* - mean) / se*`` and
+      ``t_obs = (mean - threshold) / se``; the bounds are ``mean - t* se`` at the order
+      statistics of ``t*`` where that p crosses alpha, so ``p <= alpha`` iff
+      ``ci_low > threshold``. (Percentile and BCa reject a true null too often.)
 
-    Values with no spread (all equal up to rounding) give p = 0 if the value exceeds the
+    Values without spread (equal up to rounding) give p = 0 if the value exceeds the
     threshold else 1, and ``ci_low = ci_high = effect``.
 
     Args:
@@ -140,9 +130,6 @@ def test_greater(
         test: which rule to run.
         seed: seed of ``np.random.default_rng`` for the resampling rules.
         n_resamples: resamples B of the resampling rules; needs ``(B + 1) * alpha >= 1``.
-
-    Returns:
-        The decision, with ``alternative="greater"`` and ``method=test``.
 
     Raises:
         ValueError: on invalid values or arguments, or an unknown ``test``.
@@ -170,7 +157,7 @@ def test_inside(
 
     p is the larger p-value of the t-tests of H0: E[d] <= -m and H0: E[d] >= m; the
     bounds are the ``1 - 2 * alpha`` t interval, so the rule passes iff
-    ``-m < ci_low`` and ``ci_high < m``. Values with no spread give p = 0 if
+    ``-m < ci_low`` and ``ci_high < m``. Values without spread give p = 0 if
     ``|value| < m`` else 1.
 
     Args:
@@ -178,9 +165,6 @@ def test_inside(
         margin: the equivalence margin m, > 0.
         alpha: significance level, in (0, 0.5).
         seed: recorded in the decision (the rule draws no random numbers).
-
-    Returns:
-        The decision, with ``alternative="inside"`` and ``method="tost"``.
 
     Raises:
         ValueError: on invalid values or arguments, or ``margin <= 0``.
@@ -211,15 +195,14 @@ def test_ratio(
 ) -> Decision:
     """Test H0: E[num] / E[den] <= R against H1: E[num] / E[den] > R.
 
-    For recovery, ``num_i = patched_i - corrupt_i`` and ``den_i = clean_i - corrupt_i``.
-    The effect is ``ratio = mean(num) / mean(den)``. The rule is a paired (prompts
-    resampled jointly) studentised bootstrap of the ratio with the delta-method error
-    ``se = sd(num - ratio * den) / (sqrt(n) * |mean(den)|)``, recomputed in every
-    resample: with ``t* = (ratio* - ratio) / se*``,
-    p = (1 + #{t* >= (ratio - R) / se}) / (B + 1), and the bounds come from the same
-    order statistics, so ``p <= alpha`` iff ``ci_low > R``. (Percentile and BCa bounds
-    of the ratio reject a true null too often at n = 30.) Exactly proportional data give
-    p = 0 if the ratio exceeds R else 1, and ``ci_low = ci_high = ratio``.
+    For recovery, ``num_i = patched_i - corrupt_i`` and ``den_i = clean_i - corrupt_i``;
+    the effect is ``ratio = mean(num) / mean(den)``. The rule is a paired (prompts
+    resampled jointly) studentised bootstrap with the delta-method error
+    ``se = sd(num - ratio * den) / (sqrt(n) |mean(den)|)``, recomputed per resample:
+    p = (1 + #{t* >= (ratio - R) / se}) / (B + 1) with ``t* = (ratio* - ratio) / se*``,
+    and the bounds come from the same order statistics, so ``p <= alpha`` iff
+    ``ci_low > R``. (Percentile and BCa reject a true null too often at n = 30.)
+    Proportional data give p = 0 if the ratio exceeds R else 1, and zero-width bounds.
 
     Args:
         numerator: per-prompt numerator values, 1-D, finite, at least 2.
@@ -229,13 +212,10 @@ def test_ratio(
         seed: seed of ``np.random.default_rng`` for the bootstrap.
         n_resamples: bootstrap resamples B; needs ``(B + 1) * alpha >= 1``.
 
-    Returns:
-        The decision, with ``alternative="greater"`` and ``method="bootstrap-ratio"``.
-
     Raises:
-        ValueError: on invalid values or arguments, arrays of different lengths, or a
-            denominator whose mean is 0 or of unstable sign (its ``1 - 2 * alpha`` t
-            interval contains 0, i.e. the Fieller interval of the ratio is unbounded).
+        ValueError: on invalid values or arguments, unpaired arrays, or a denominator
+            mean that is 0 or of unstable sign (its ``1 - 2 * alpha`` t interval
+            contains 0, i.e. the Fieller interval of the ratio is unbounded).
     """
     num = _as_values(numerator, "numerator")
     den = _as_values(denominator, "denominator")
@@ -265,15 +245,14 @@ def test_ratio(
 def adjust(p_values: ArrayLike, method: Correction) -> list[float]:
     """Adjust the p-values of one family (one claim file) for multiple comparisons.
 
-    NaN entries (claims that errored) come back as NaN and are not counted in the family.
-
     Args:
-        p_values: raw p-values in [0, 1] or NaN, 1-D.
-        method: ``"holm"`` (Holm step-down, family-wise error rate), ``"bh"``
-            (Benjamini-Hochberg, false discovery rate) or ``"none"``.
+        p_values: raw p-values in [0, 1], 1-D; NaN (an errored claim) is passed through
+            and not counted in the family.
+        method: ``"holm"`` (step-down, family-wise error), ``"bh"`` (Benjamini-Hochberg,
+            false discovery rate) or ``"none"``.
 
     Returns:
-        The adjusted p-values in input order, each in [0, 1] or NaN.
+        The adjusted p-values in input order.
 
     Raises:
         ValueError: on an unknown method or p-values outside [0, 1].
@@ -302,27 +281,20 @@ test_inside.__test__ = False  # type: ignore[attr-defined]
 test_ratio.__test__ = False  # type: ignore[attr-defined]
 
 
-# --- rules of test_greater -----------------------------------------------------------
-
-
-def _t_rule(x: _Floats, threshold: float, alpha: float, _rng: object, _b: int) -> _Rule:
+def _t_rule(x: _Floats, threshold: float, alpha: float, _rng: _Gen, _b: int) -> _Rule:
     p = float(_st.ttest_1samp(x, threshold, alternative="greater").pvalue)
     return (p, *_t_bounds(x, alpha))
 
 
-def _wilcoxon_rule(
-    x: _Floats, threshold: float, alpha: float, rng: np.random.Generator, b: int
-) -> _Rule:
+def _wilcoxon_rule(x: _Floats, threshold: float, alpha: float, rng: _Gen, b: int) -> _Rule:
     p = float(_st.wilcoxon(x - threshold, alternative="greater").pvalue)
     return (p, *_percentile_bounds(x, alpha, rng, b))
 
 
-def _permutation_rule(
-    x: _Floats, threshold: float, alpha: float, rng: np.random.Generator, b: int
-) -> _Rule:
+def _permutation_rule(x: _Floats, threshold: float, alpha: float, rng: _Gen, b: int) -> _Rule:
     result = _st.permutation_test(
         (x - threshold,),
-        _mean_statistic,
+        np.mean,
         permutation_type="samples",  # with one sample: random sign flips
         vectorized=True,
         n_resamples=b,
@@ -333,9 +305,7 @@ def _permutation_rule(
     return (float(result.pvalue), *_percentile_bounds(x, alpha, rng, b))
 
 
-def _bootstrap_rule(
-    x: _Floats, threshold: float, alpha: float, rng: np.random.Generator, b: int
-) -> _Rule:
+def _bootstrap_rule(x: _Floats, threshold: float, alpha: float, rng: _Gen, b: int) -> _Rule:
     mean = float(np.mean(x))
     se = float(np.std(x, ddof=1)) / math.sqrt(x.size)
     means, ses = [], []
@@ -347,17 +317,13 @@ def _bootstrap_rule(
     return _studentized(mean, se, pivots, threshold, alpha)
 
 
-_GREATER_RULES: dict[
-    str, Callable[[_Floats, float, float, np.random.Generator, int], _Rule]
-] = {
+_GreaterRule = Callable[[_Floats, float, float, _Gen, int], _Rule]
+_GREATER_RULES: dict[str, _GreaterRule] = {
     "t": _t_rule,
     "wilcoxon": _wilcoxon_rule,
     "permutation": _permutation_rule,
     "bootstrap": _bootstrap_rule,
 }
-
-
-# --- validation ----------------------------------------------------------------------
 
 
 def _as_values(values: ArrayLike, name: str = "values") -> _Floats:
@@ -420,9 +386,6 @@ def _check_denominator(den: _Floats, alpha: float) -> None:
         )
 
 
-# --- numerics ------------------------------------------------------------------------
-
-
 def _is_constant(x: _Floats) -> bool:
     """True when the values have no usable spread (equal up to rounding)."""
     negligible = float(np.ptp(x)) <= 32 * _EPS * float(np.max(np.abs(x)))
@@ -445,13 +408,7 @@ def _t_bounds(x: _Floats, alpha: float) -> tuple[float, float]:
     return mean - half, mean + half
 
 
-def _mean_statistic(x: _Floats, axis: int) -> _Floats:
-    return np.mean(x, axis=axis)
-
-
-def _index_blocks(
-    rng: np.random.Generator, n: int, n_resamples: int
-) -> Iterator[NDArray[np.int64]]:
+def _index_blocks(rng: _Gen, n: int, n_resamples: int) -> Iterator[NDArray[np.int64]]:
     """Bootstrap index matrices: ``(rows, n)`` blocks holding B resamples in all."""
     rows = max(1, _BLOCK_ELEMENTS // n)
     for start in range(0, n_resamples, rows):
@@ -459,7 +416,7 @@ def _index_blocks(
 
 
 def _percentile_bounds(
-    x: _Floats, alpha: float, rng: np.random.Generator, n_resamples: int
+    x: _Floats, alpha: float, rng: _Gen, n_resamples: int
 ) -> tuple[float, float]:
     blocks = _index_blocks(rng, x.size, n_resamples)
     means = np.concatenate([x[idx].mean(axis=1) for idx in blocks])
@@ -475,9 +432,7 @@ def _pivots(difference: _Floats, se: _Floats) -> _Floats:
     return np.where(se > 0, ratio, degenerate)
 
 
-def _ratio_pivots(
-    num: _Floats, den: _Floats, ratio: float, rng: np.random.Generator, n_resamples: int
-) -> _Floats:
+def _ratio_pivots(num: _Floats, den: _Floats, ratio: float, rng: _Gen, n_resamples: int) -> _Floats:
     """Bootstrap-t pivots of the ratio of means; +inf where a resample is undefined."""
     blocks = []
     for idx in _index_blocks(rng, num.size, n_resamples):
@@ -492,9 +447,7 @@ def _ratio_pivots(
     return np.nan_to_num(np.concatenate(blocks), nan=np.inf)
 
 
-def _studentized(
-    estimate: float, se: float, pivots: _Floats, null: float, alpha: float
-) -> _Rule:
+def _studentized(estimate: float, se: float, pivots: _Floats, null: float, alpha: float) -> _Rule:
     """p-value and bounds of a bootstrap-t rule from the resampled pivots ``t*``."""
     b = pivots.size
     k = _max_exceedances(alpha, b)

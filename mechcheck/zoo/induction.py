@@ -73,6 +73,7 @@ class Recipe:
         min_segment: shortest repeated segment, in tokens.
         max_segment: longest repeated segment, in tokens.
         max_gap: longest run of random words before a segment and between its copies.
+        max_copies: a segment is followed by 1..max_copies copies.
         lr: AdamW learning rate (after linear warm-up).
         betas: AdamW betas.
         weight_decay: AdamW weight decay.
@@ -94,6 +95,7 @@ class Recipe:
     min_segment: int = 3
     max_segment: int = 10
     max_gap: int = 16
+    max_copies: int = 1
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.98)
     weight_decay: float = 0.01
@@ -129,6 +131,7 @@ def make_model(recipe: Recipe = RECIPE) -> GPT2LMHeadModel:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.bos_token_id,
     )
+    config._attn_implementation = "eager"
     torch.manual_seed(recipe.seed)
     return GPT2LMHeadModel(config).eval()
 
@@ -138,12 +141,18 @@ def _repeating_sequence(rng: random.Random, recipe: Recipe, n_words: int) -> tup
     length = recipe.n_positions - 1
     seq: list[int] = []
     flags: list[bool] = []
+
+    def words(lo: int, hi: int) -> list[int]:
+        return [rng.randrange(n_words) for _ in range(rng.randint(lo, hi))]
+
     while len(seq) < length:
-        lead = [rng.randrange(n_words) for _ in range(rng.randint(0, recipe.max_gap))]
-        seg = [rng.randrange(n_words) for _ in range(rng.randint(recipe.min_segment, recipe.max_segment))]
-        gap = [rng.randrange(n_words) for _ in range(rng.randint(0, recipe.max_gap))]
-        seq += lead + seg + gap + seg
-        flags += [False] * (len(lead) + len(seg) + len(gap) + 1) + [True] * (len(seg) - 1)
+        lead, seg = words(0, recipe.max_gap), words(recipe.min_segment, recipe.max_segment)
+        seq += lead + seg
+        flags += [False] * (len(lead) + len(seg))
+        for _ in range(rng.randint(1, recipe.max_copies)):
+            gap = words(0, recipe.max_gap)
+            seq += gap + seg
+            flags += [False] * (len(gap) + 1) + [True] * (len(seg) - 1)
     return seq[:length], flags[:length]
 
 

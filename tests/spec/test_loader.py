@@ -20,7 +20,6 @@ from mechcheck.spec.schema import (
     as_components,
     as_number,
     as_positions,
-    as_str,
 )
 
 COMPONENTS = KeySpec(name="components", expected="a component address or a list of them",
@@ -185,6 +184,11 @@ def test_tabs_get_advice() -> None:
     assert error.line == 2 and "tabs" in error.hint
 
 
+def test_deep_nesting_is_an_error() -> None:
+    error = whole_file_error("claims: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert error.line == 1 and "nested too deeply" in error.message
+
+
 def test_several_documents_are_rejected() -> None:
     error = whole_file_error("claims: [1]\n---\nclaims: [2]\n")
     assert "single document" in error.message and error.line == 2
@@ -312,14 +316,16 @@ def test_unquoted_dotted_address_gets_quote_advice() -> None:
 
 
 def test_bad_value_from_file_default_reports_the_header_line() -> None:
-    text = "model: m\nmetric: accuracy\nclaims:\n  - {id: a, kind: necessary, components: x, min_drop: 1}\n"
-    error = claim_error(text)
+    error = claim_error(
+        "model: m\nmetric: accuracy\nclaims:\n"
+        "  - {id: a, kind: necessary, components: x, min_drop: 1}\n"
+    )
     assert (error.line, error.claim_id, error.key) == (2, "a", "metric")
     assert "accuracy" in error.message and "logprob" in error.hint
 
 
 def test_n_must_be_positive_in_a_claim() -> None:
-    error = claim_error(HEADER + "  - {id: a, kind: necessary, components: x, min_drop: 1, n: -2}\n")
+    error = claim_error(HEADER + "  - {id: a, kind: necessary, components: x, min_drop: 1, n: 0}\n")
     assert (error.key, error.line, error.claim_id) == ("n", 4, "a")
     assert "positive" in error.message
 
@@ -436,19 +442,20 @@ def test_key_of_another_kind_is_unknown() -> None:
     assert error.key == "min_drop" and "attends claims accept" in error.hint
 
 
-@pytest.mark.parametrize("claim, key", [
-    ("{id: a, kind: necessary, components: x}", "min_drop"),
-    ("{id: a, kind: attends, components: x, min_score: 1}", "pattern"),
+@pytest.mark.parametrize("claim, kind, key", [
+    ("{id: a, kind: necessary, components: x}", "necessary", "min_drop"),
+    ("{id: a, kind: attends, components: x, min_score: 1}", "attends", "pattern"),
 ])
-def test_missing_required_key(claim: str, key: str) -> None:
+def test_missing_required_key(claim: str, kind: str, key: str) -> None:
     error = claim_error(HEADER + f"  - {claim}\n")
     assert (error.line, error.claim_id, error.key) == (4, "a", key)
     assert f"missing required key '{key}'" in error.message
-    assert f"`{key}:`" in error.hint and KINDS[claim.split("kind: ")[1].split(",")[0]][key].expected in error.hint
+    assert f"`{key}:`" in error.hint and KINDS[kind][key].expected in error.hint
 
 
 def test_required_model_can_come_from_the_claim() -> None:
-    text = "claims:\n  - {id: a, kind: attends, components: x, pattern: induction, min_score: 1, model: m}\n  - {id: b, kind: attends, components: x, pattern: induction, min_score: 1}\n"
+    claim = "{id: %s, kind: attends, components: x, pattern: induction, min_score: 1%s}"
+    text = f"claims:\n  - {claim % ('a', ', model: m')}\n  - {claim % ('b', '')}\n"
     a, b = parse(text).claims
     assert isinstance(a, ClaimSpec) and a.model == "m"
     assert isinstance(b, ClaimSpecError) and b.key == "model" and b.line == 3

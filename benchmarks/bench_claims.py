@@ -1,0 +1,385 @@
+"""Time a file of claims on a GPT-2-small-sized model against plain forward passes.
+
+Builds a random-init GPT-2 (12 layers, 12 heads, d_model 768, d_mlp 3072) from a
+config with a word-level tokenizer, saves it (safetensors) with a prompt file and a
+claim file in a temporary folder, evaluates the claim file through mechcheck's Python
+API, and prints each claim's time divided by one plain batched transformers forward
+pass over the same prompts, all measured in the same run::
+
+    python benchmarks/bench_claims.py            # defaults: about 1-2 minutes on 2 cores
+    python benchmarks/bench_claims.py --n 64 --repeats 5 --threads 4
+
+What is timed:
+
+* ``claim``: ``ClaimResult.duration_s``, which ``mechcheck.evaluate._measure`` takes
+  around ``kind.measure(spec, ctx)``: the claim's patched forward passes, its metric
+  and its decision rule, *after* the shared clean/corrupt runs were prepared.
+* ``shared``: the one-time preparation before any claim is measured
+  (``mechcheck.evaluate._prepare``: reading and tokenizing the data, then the clean
+  run and the corrupt run, recording every activation and attention pattern the
+  file's claims read), timed by wrapping that function from this script.  When it
+  cannot be wrapped, the file's wall time minus the claims' durations stands in.
+* ``baseline``: one plain ``model(input_ids)`` under ``torch.inference_mode()`` per
+  group of equal-length prompts (mechcheck batches prompts by token count without
+  padding; the baseline runs exactly the batches mechcheck's runner runs and sums
+  them), on the very model object mechcheck loaded.  Its median over all samples is
+  the denominator of every ratio.
+
+Each repeat evaluates a fresh copy of the claim file whose ``data:`` is a fresh copy of
+the prompt file, so every repeat pays for its own shared runs and caches (per-position
+means, patterns); the model stays loaded.  One untimed evaluation and one untimed
+baseline pass warm everything up first.  Times are never asserted: the script prints
+ratios measured in this run and whether the median claim ratio meets the target.
+When it does not (or with ``--profile``) it profiles the slowest claim with cProfile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import pstats
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+TARGET = 1.2  # median claim time / one plain forward pass
+
+# GPT-2 small (124M with its 50257-token vocabulary; the word vocabulary here is tiny,
+# so the unembedding costs next to nothing in both mechcheck and the baseline).
+N_LAYER, N_HEAD, N_EMBD = 12, 12, 768
+BOS = "<bos>"
+
+# Claims of every built-in kind and intervention.  The model is random, so verdicts
+# mean nothing; thresholds are chosen only so that every claim measures without error.
+CLAIMS_YAML = """\
+model: {model}
+data: {data}
+correction: holm
+claims:
+  - id: heads_9_zero_necessary
+    kind: necessary
+    components: ["head 9.*"]
+    ablation: zero
+    metric: logit_diff
+    min_drop: 0.01
+  - id: mlp_3_mean_necessary
+    kind: necessary
+    components: ["mlp 3"]
+    ablation: mean
+    metric: logprob
+    min_drop: 0.01
+  - id: heads_5_resample_necessary
+    kind: necessary
+    components: ["head 5.1", "head 5.7"]
+    ablation: resample
+    metric: kl
+    min_drop: 0.0001
+  - id: mlp_7_mean_last_necessary
+    kind: necessary
+    components: ["mlp 7"]
+    ablation: mean
+    at: last
+    metric: logit_diff
+    min_drop: 0.01
+  - id: head_2_3_zero_negligible
+    kind: negligible
+    components: ["head 2.3"]
+    ablation: zero
+    metric: logprob
+    margin: 0.5
+  - id: late_denoise_sufficient
+    kind: sufficient
+    components: ["mlp 10", "head 11.*"]
+    metric: logit_diff
+    min_recovery: 0.5
+  - id: head_1_4_previous_token_attends
+    kind: attends
+    components: ["head 1.4"]
+    pattern: previous_token
+    min_score: 0.05
+"""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=32, help="number of prompts (default 32)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed evaluations of the claim file (default 3)")
+    p.add_argument("--min-words", type=int, default=16,
+                   help="fewest words per prompt (default 16; one token per word + <bos>)")
+    p.add_argument("--max-words", type=int, default=20, help="most words per prompt (default 20)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads value (default: min(2, CPU count))")
+    p.add_argument("--seed", type=int, default=0, help="seeds the weights and the prompts")
+    p.add_argument("--profile", action="store_true",
+                   help="profile the slowest claim even when the target is met")
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="write the model, data and claim files here and keep them "
+                   "(default: a temporary folder, deleted afterwards)")
+    args = p.parse_args(argv)
+    if args.n < 2 or args.repeats < 1 or not 1 <= args.min_words <= args.max_words:
+        p.error("need --n >= 2, --repeats >= 1 and 1 <= --min-words <= --max-words")
+    return args
+
+
+# -- inputs ----------------------------------------------------------------------------
+
+
+def build_model(folder: Path, *, seed: int, max_words: int) -> tuple[int, int]:
+    """Save a random-init GPT-2-small-sized model and its tokenizer; return (params, vocab)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from mechcheck.models.tiny import DEFAULT_WORDS, word_tokenizer
+
+    tokenizer = word_tokenizer(DEFAULT_WORDS, bos_token=BOS)
+    config = GPT2Config(n_layer=N_LAYER, n_head=N_HEAD, n_embd=N_EMBD,
+                        vocab_size=len(tokenizer), n_positions=max(64, max_words + 1),
+                        bos_token_id=tokenizer.bos_token_id,
+                        eos_token_id=tokenizer.bos_token_id)
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(config).eval()
+    model.save_pretrained(folder)  # safetensors
+    tokenizer.save_pretrained(folder)
+    return sum(p.numel() for p in model.parameters()), len(tokenizer)
+
+
+def write_rows(path: Path, *, n: int, min_words: int, max_words: int, seed: int) -> None:
+    """JSONL rows: prompt, answer, wrong, and a corrupt prompt with as many tokens."""
+    from mechcheck.models.tiny import DEFAULT_WORDS
+
+    rng = random.Random(seed)
+    words = list(DEFAULT_WORDS)
+    with path.open("w", encoding="utf-8") as f:
+        for _ in range(n):
+            answer, wrong = rng.sample(words, 2)
+            # the prompt ends with its answer word, the corrupt prompt with another word:
+            # with tied embeddings even a random model then gives the answer a higher
+            # logit on the clean prompt, so sufficient's clean-corrupt gap is stable
+            prompt = [rng.choice(words) for _ in range(rng.randint(min_words, max_words) - 1)]
+            prompt.append(answer)
+            corrupt = list(prompt)
+            for i in {len(prompt) - 1, *rng.sample(range(len(prompt)), k=len(prompt) // 4)}:
+                corrupt[i] = rng.choice([w for w in words if w not in (prompt[i], answer)])
+            f.write(json.dumps({"prompt": " ".join(prompt), "answer": answer, "wrong": wrong,
+                                "corrupt": " ".join(corrupt)}) + "\n")
+
+
+def write_claims(folder: Path, name: str, data: Path) -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(CLAIMS_YAML.format(model="model", data=data.name), encoding="utf-8")
+    return path
+
+
+# -- timing ------------------------------------------------------------------------------
+
+
+class SharedTimer:
+    """Times ``mechcheck.evaluate._prepare`` (the shared runs) by wrapping it."""
+
+    def __init__(self) -> None:
+        import mechcheck.evaluate as ev
+
+        self.module = ev
+        self.original: Callable[..., Any] | None = getattr(ev, "_prepare", None)
+        self.last: float | None = None
+        if self.original is not None:
+            original = self.original
+
+            def timed(*args: Any, **kwargs: Any) -> Any:
+                start = time.perf_counter()
+                try:
+                    return original(*args, **kwargs)
+                finally:
+                    self.last = time.perf_counter() - start
+
+            ev._prepare = timed
+
+    def restore(self) -> None:
+        if self.original is not None:
+            self.module._prepare = self.original
+
+
+def baseline_forward(model: Any, batches: list[torch.Tensor]) -> float:
+    """Seconds for one plain forward per batch, summed."""
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for input_ids in batches:
+            model(input_ids)
+    return time.perf_counter() - start
+
+
+def top_functions(profile: cProfile.Profile, key: str, limit: int = 15) -> str:
+    out = io.StringIO()
+    stats = pstats.Stats(profile, stream=out)
+    stats.sort_stats(key).print_stats(limit)
+    text = out.getvalue()
+    # keep the table, drop pstats' preamble of file names
+    start = text.find("   ncalls")
+    return text[start:] if start >= 0 else text
+
+
+# -- main ----------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    threads = args.threads or min(2, os.cpu_count() or 1)
+    torch.set_num_threads(threads)
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    import transformers
+
+    from mechcheck.evaluate import evaluate_claims, evaluate_file
+    from mechcheck.session import Session
+    from mechcheck.spec.loader import load_claim_file
+    from mechcheck.spec.schema import ClaimSpec
+
+    started = time.perf_counter()
+    tmp = None
+    if args.workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="mechcheck-bench-")
+        folder = Path(tmp.name)
+    else:
+        folder = args.workdir.resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+    try:
+        n_params, vocab = build_model(folder / "model", seed=args.seed, max_words=args.max_words)
+        # identical prompt files, one per evaluation, so each gets a fresh runner
+        names = ["warmup", *(f"repeat{r}" for r in range(args.repeats))]
+        files = {}
+        for name in names:
+            data = folder / f"data_{name}.jsonl"
+            write_rows(data, n=args.n, min_words=args.min_words, max_words=args.max_words,
+                       seed=args.seed)
+            files[name] = write_claims(folder, f"claims_{name}", data)
+
+        session = Session(device="cpu")
+        kinds = session.registry.kind_keys()
+        parsed = {name: load_claim_file(path, kinds) for name, path in files.items()}
+        bad = [c for f in parsed.values() for c in (f.error, *f.claims)
+               if c is not None and not isinstance(c, ClaimSpec)]
+        if bad:
+            print(f"claim file does not load: {bad[0]}", file=sys.stderr)
+            return 2
+        timer = SharedTimer()
+
+        # warm-up: loads the model, imports scipy etc., runs every code path once
+        t0 = time.perf_counter()
+        warm = evaluate_file(parsed["warmup"], session)
+        warm_s = time.perf_counter() - t0
+        errors = [r for r in warm if r.verdict == "error"]
+        if errors:
+            print(f"claim {errors[0].id} errors: {errors[0].message}", file=sys.stderr)
+            return 2
+        spec0 = next(c for c in parsed["warmup"].claims if isinstance(c, ClaimSpec))
+        runner = session.runner(spec0)  # the warm-up's runner: same prompts, same batches
+        model = runner.loaded.model
+        prompts = runner.dataset.prompts
+        batches = [torch.tensor([prompts[int(i)] for i in rows], dtype=torch.long)
+                   for rows in runner.batches]
+        lengths = sorted({len(p) for p in prompts})
+        baseline_forward(model, batches)  # warm-up
+
+        baselines: list[float] = [baseline_forward(model, batches)]
+        per_claim: dict[str, list[float]] = {r.id: [] for r in warm}
+        kinds_of = {r.id: r.kind for r in warm}
+        verdicts = {r.id: r.verdict for r in warm}
+        shared: list[float] = []
+        walls: list[float] = []
+        for name in names[1:]:
+            t0 = time.perf_counter()
+            results = evaluate_file(parsed[name], session)
+            wall = time.perf_counter() - t0
+            errors = [r for r in results if r.verdict == "error"]
+            if errors:
+                print(f"claim {errors[0].id} errors: {errors[0].message}", file=sys.stderr)
+                return 2
+            claims_s = sum(r.duration_s for r in results)
+            for r in results:
+                per_claim[r.id].append(r.duration_s)
+            shared.append(timer.last if timer.last is not None else wall - claims_s)
+            walls.append(wall)
+            baselines.append(baseline_forward(model, batches))
+        timer.restore()
+
+        base = statistics.median(baselines)
+        claim_s = {cid: statistics.median(ts) for cid, ts in per_claim.items()}
+        ratios = {cid: t / base for cid, t in claim_s.items()}
+        median_ratio = statistics.median(ratios.values())
+        patched = [r for cid, r in ratios.items() if kinds_of[cid] != "attends"]
+        shared_ratio = statistics.median(shared) / base
+        wall_ratio = statistics.median(walls) / base
+        n_claims = len(ratios)
+
+        print("mechcheck claim benchmark")
+        print(f"  torch {torch.__version__}, transformers {transformers.__version__}, "
+              f"torch threads {torch.get_num_threads()} (set to {threads}), "
+              f"device cpu, float32")
+        print(f"  model: GPT-2 from config, {N_LAYER} layers x {N_HEAD} heads, d_model "
+              f"{N_EMBD}, d_mlp {4 * N_EMBD}, vocab {vocab} words: "
+              f"{n_params / 1e6:.1f}M parameters (random init, seed {args.seed})")
+        print(f"  prompts: {len(prompts)} of {lengths[0]}-{lengths[-1]} tokens "
+              f"(<bos> + {args.min_words}-{args.max_words} words), "
+              f"{len(batches)} length groups -> {len(batches)} batches, batch sizes "
+              f"{[len(b) for b in batches]}")
+        print(f"  claims: {n_claims}; timed repeats: {args.repeats} "
+              f"(+1 warm-up evaluation, {warm_s:.1f} s incl. model load)")
+        print(f"  baseline: plain model(input_ids) per length group, summed: median "
+              f"{base * 1e3:.0f} ms over {len(baselines)} samples "
+              f"(min {min(baselines) * 1e3:.0f}, max {max(baselines) * 1e3:.0f})")
+        print()
+        width = max(len(cid) for cid in ratios)
+        print(f"  {'claim':<{width}}  {'kind':<10}  {'verdict':<7}  {'median ms':>9}  "
+              f"{'/ baseline':>10}")
+        for cid, ratio in ratios.items():
+            print(f"  {cid:<{width}}  {kinds_of[cid]:<10}  {verdicts[cid]:<7}  "
+                  f"{claim_s[cid] * 1e3:>9.0f}  {ratio:>9.2f}x")
+        print()
+        print(f"  median claim / baseline:                    {median_ratio:.2f}x")
+        if patched:
+            print(f"  median over claims with a patched run:      "
+                  f"{statistics.median(patched):.2f}x  (max {max(patched):.2f}x)")
+        print(f"  shared runs (one-time, per file) / baseline: {shared_ratio:.2f}x")
+        print(f"  whole evaluate_file / baseline:              {wall_ratio:.2f}x "
+              f"({wall_ratio / n_claims:.2f}x per claim, shared runs included)")
+        met = median_ratio <= TARGET
+        print(f"  target median claim / baseline <= {TARGET}x: "
+              f"{'met' if met else 'NOT met'} ({median_ratio:.2f}x)")
+
+        if args.profile or not met:
+            worst = max(ratios, key=ratios.__getitem__)
+            spec = next(c for c in parsed[names[-1]].claims
+                        if isinstance(c, ClaimSpec) and c.id == worst)
+            # the last repeat's runner is cached: only this claim's measurement runs
+            profile = cProfile.Profile()
+            profile.enable()
+            evaluate_claims([spec], session)
+            profile.disable()
+            print()
+            print(f"cProfile of claim {worst} (shared runs already cached), top 15 by "
+                  f"own time:")
+            print(top_functions(profile, "tottime"))
+            print("top 15 by cumulative time:")
+            print(top_functions(profile, "cumulative"))
+        print(f"(benchmark took {time.perf_counter() - started:.0f} s)")
+        return 0
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

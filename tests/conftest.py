@@ -1,0 +1,85 @@
+"""Shared fixtures: tiny random models of every supported architecture, saved to disk
+and loaded the way claim files load them, and a check that no test leaves a hook."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# No test may reach the network: hub lookups fail at once instead of timing out.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+_WATCHED: list[Any] = []
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``tiny_folder(arch, **kw)``: a saved tiny model (built once per arguments)."""
+    from mechcheck.models.tiny import save_tiny
+
+    made: dict[tuple, Path] = {}
+
+    def make(arch: str = "gpt2", **kwargs: Any) -> Path:
+        key = (arch, tuple(sorted(kwargs.items())))
+        if key not in made:
+            folder = tmp_path_factory.mktemp(f"tiny-{arch}")
+            made[key] = save_tiny(arch, folder, seed=kwargs.pop("seed", 3), **kwargs)
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_loaded(tiny_folder: Callable[..., Path]) -> Callable[..., Any]:
+    """``tiny_loaded(arch)``: a LoadedModel as the session would load it."""
+    from mechcheck.models.archs import BUILTIN_ARCHS
+    from mechcheck.models.loading import load_model
+
+    cache: dict[str, Any] = {}
+
+    def load(arch: str = "gpt2") -> Any:
+        if arch not in cache:
+            cache[arch] = load_model(str(tiny_folder(arch)), archs=BUILTIN_ARCHS, device="cpu")
+            _WATCHED.append(cache[arch].model)
+        return cache[arch]
+
+    return load
+
+
+def word_rows(n: int, *, seed: int = 0, lengths: tuple[int, ...] = (6, 8),
+              corrupt: bool = True) -> list[dict[str, Any]]:
+    """Rows of random vocabulary words: prompt, answer, wrong, corrupt, positions."""
+    from mechcheck.models.tiny import DEFAULT_WORDS
+
+    rng = random.Random(seed)
+    words = list(DEFAULT_WORDS)
+    rows = []
+    for _ in range(n):
+        length = rng.choice(lengths)
+        prompt = rng.sample(words, length)
+        other = list(prompt)
+        other[1] = rng.choice([w for w in words if w not in prompt])
+        answer, wrong = rng.sample(words, 2)
+        row = {"prompt": " ".join(prompt), "answer": answer, "wrong": wrong,
+               "positions": {"S": 2, "END": length}}  # +1 for the tokenizer's <bos>
+        if corrupt:
+            row["corrupt"] = " ".join(other)
+        rows.append(row)
+    return rows
+
+
+@pytest.fixture(autouse=True)
+def _no_hook_left_behind() -> Any:
+    """Every test must leave the shared models without the hooks it installed."""
+    from mechcheck._torch_hooks import hook_count
+
+    before = [hook_count(m) for m in _WATCHED]
+    yield
+    after = [hook_count(m) for m in _WATCHED[: len(before)]]
+    assert after == before, "a test left torch hooks installed on a shared model"

@@ -1,0 +1,447 @@
+"""Tests of mechcheck.stats: exact values, labels, degenerate input and error rates.
+
+The decision rules are reached through the module (``stats.test_greater``), never imported
+by name, so that pytest could not mistake them for tests even without ``__test__``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as hst
+from scipy import stats as sps
+
+from mechcheck import stats
+from mechcheck.stats import Decision, adjust, outcome
+
+X = np.array([0.3, 1.2, -0.4, 0.9, 1.5, 0.1, 0.8])
+RESAMPLING = ["wilcoxon", "permutation", "bootstrap"]
+UNKNOWN_TEST: Any = "z"
+NOT_AN_INT: Any = 1.5
+
+
+def _hand_t(x: np.ndarray) -> tuple[float, float]:
+    """Mean and standard error, written out."""
+    mean = sum(x) / len(x)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in x) / (len(x) - 1))
+    return mean, sd / math.sqrt(len(x))
+
+
+def _decision(**changes: object) -> Decision:
+    fields: dict[str, object] = dict(
+        effect=0.5,
+        ci_low=0.2,
+        ci_high=0.8,
+        confidence_level=0.9,
+        n=30,
+        p_value=0.01,
+        threshold=0.1,
+        alternative="greater",
+        method="t",
+        seed=0,
+        alpha=0.05,
+    )
+    fields.update(changes)
+    return Decision(**fields)  # type: ignore[arg-type]
+
+
+# --- exact values ----------------------------------------------------------------------
+
+
+def test_t_rule_matches_hand_computed_t_statistic() -> None:
+    mean, se = _hand_t(X)
+    d = stats.test_greater(X, 0.2)
+    assert d.p_value == pytest.approx(sps.t.sf((mean - 0.2) / se, df=6), rel=1e-10)
+    half = sps.t.ppf(0.95, df=6) * se
+    assert (d.ci_low, d.ci_high) == pytest.approx((mean - half, mean + half), rel=1e-12)
+    assert d.effect == pytest.approx(mean, rel=1e-12)
+    assert (d.n, d.method, d.alternative, d.threshold) == (7, "t", "greater", 0.2)
+    assert d.confidence_level == pytest.approx(0.9)
+
+
+def test_tost_matches_hand_computed_t_statistics() -> None:
+    mean, se = _hand_t(X)
+    d = stats.test_inside(X, 1.5, alpha=0.1, seed=3)
+    expected = max(sps.t.sf((mean + 1.5) / se, df=6), sps.t.cdf((mean - 1.5) / se, df=6))
+    assert d.p_value == pytest.approx(expected, rel=1e-10)
+    half = sps.t.ppf(0.9, df=6) * se
+    assert (d.ci_low, d.ci_high) == pytest.approx((mean - half, mean + half), rel=1e-12)
+    assert (d.method, d.alternative, d.seed, d.threshold) == ("tost", "inside", 3, 1.5)
+    assert d.confidence_level == pytest.approx(0.8)
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ([1.0, 2.0, 3.0, 4.0, 5.0], 1 / 32),  # all 32 sign patterns: only the observed one
+        ([-1.0, 2.0, 3.0, 4.0, 5.0], 2 / 32),  # rank sum 14 of 15: {all +, only 1 -}
+    ],
+)
+@pytest.mark.parametrize("test", ["wilcoxon", "permutation"])
+def test_rank_and_sign_flip_tests_are_exact_for_small_n(
+    test: str, values: list[float], expected: float
+) -> None:
+    d = stats.test_greater(values, 0.0, test=test, n_resamples=999)
+    assert d.p_value == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("test", ["t", "bootstrap"])
+def test_pass_iff_lower_bound_exceeds_threshold(test: str) -> None:
+    bounds = stats.test_greater(X, 0.0, test=test, n_resamples=999)
+    for threshold in (bounds.ci_low - 1e-9, bounds.ci_low + 1e-9, -1.0, 2.0):
+        d = stats.test_greater(X, threshold, test=test, n_resamples=999)
+        assert (d.ci_low, d.ci_high) == pytest.approx((bounds.ci_low, bounds.ci_high))
+        assert (outcome(d) == "pass") == (d.ci_low > threshold)
+
+
+def test_ratio_pass_iff_lower_bound_exceeds_threshold() -> None:
+    rng = np.random.default_rng(5)
+    den = rng.normal(2.0, 1.0, 25)
+    num = 0.7 * den + rng.normal(0.0, 0.5, 25)
+    bounds = stats.test_ratio(num, den, 0.0, n_resamples=999)
+    assert bounds.effect == pytest.approx(num.mean() / den.mean())
+    assert bounds.ci_low < bounds.effect < bounds.ci_high
+    for threshold in (bounds.ci_low - 1e-9, bounds.ci_low + 1e-9, 0.0, 1.5):
+        d = stats.test_ratio(num, den, threshold, n_resamples=999)
+        assert (d.ci_low, d.ci_high) == (bounds.ci_low, bounds.ci_high)
+        assert (outcome(d) == "pass") == (d.ci_low > threshold)
+        assert (d.method, d.alternative) == ("bootstrap-ratio", "greater")
+
+
+def test_tost_pass_iff_interval_inside_margin() -> None:
+    d = stats.test_inside(X, 10.0)
+    widest = max(abs(d.ci_low), abs(d.ci_high))
+    assert outcome(stats.test_inside(X, widest + 1e-9)) == "pass"
+    assert outcome(stats.test_inside(X, widest - 1e-9)) == "not supported"
+
+
+def test_ratio_handles_negative_denominators() -> None:
+    rng = np.random.default_rng(2)
+    den = rng.normal(-2.0, 0.5, 20)
+    num = 0.9 * den + rng.normal(0.0, 0.2, 20)
+    d = stats.test_ratio(num, den, 0.5, n_resamples=999)
+    assert d.effect == pytest.approx(num.mean() / den.mean())
+    assert outcome(d) == "pass"
+
+
+@pytest.mark.parametrize("test", RESAMPLING)
+def test_resampling_bounds_bracket_the_mean(test: str) -> None:
+    d = stats.test_greater(X, 0.0, test=test, n_resamples=999)
+    assert d.ci_low < d.effect < d.ci_high
+    assert 0 < d.p_value <= 1
+
+
+def test_bootstrap_p_value_lies_on_the_resampling_grid() -> None:
+    d = stats.test_greater(X, 0.5, test="bootstrap", n_resamples=499)
+    count = d.p_value * 500
+    assert count == pytest.approx(round(count)) and count >= 1
+
+
+# --- outcome -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "p_adjusted", "expected"),
+    [
+        ({}, None, "pass"),
+        ({"p_value": 0.05}, None, "pass"),
+        ({"p_value": 0.2}, None, "not supported"),
+        ({"p_value": 0.2, "ci_high": 0.1}, None, "refuted"),
+        ({}, 0.2, "not supported"),
+        ({"p_value": 0.2}, 0.01, "pass"),
+        ({"ci_high": 0.05}, math.nan, "refuted"),
+        ({"alternative": "inside", "threshold": 1.0}, None, "pass"),
+        ({"alternative": "inside", "threshold": 1.0, "p_value": 0.3}, None, "not supported"),
+        ({"alternative": "inside", "threshold": 0.2, "p_value": 0.3}, None, "refuted"),
+        (
+            {
+                "alternative": "inside",
+                "threshold": 0.2,
+                "p_value": 0.3,
+                "ci_low": -1.0,
+                "ci_high": -0.2,
+            },
+            None,
+            "refuted",
+        ),
+    ],
+)
+def test_outcome_labels(
+    changes: dict[str, object], p_adjusted: float | None, expected: str
+) -> None:
+    assert outcome(_decision(**changes), p_adjusted) == expected
+
+
+# --- degenerate input --------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("test", ["t", *RESAMPLING])
+@pytest.mark.parametrize(
+    ("threshold", "p", "label"), [(0.5, 0.0, "pass"), (0.7, 1.0, "refuted"), (1.0, 1.0, "refuted")]
+)
+def test_equal_values(test: str, threshold: float, p: float, label: str) -> None:
+    d = stats.test_greater([0.7] * 6, threshold, test=test, n_resamples=99)
+    assert (d.effect, d.ci_low, d.ci_high, d.p_value) == (0.7, 0.7, 0.7, p)
+    assert outcome(d) == label
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("test", ["t", *RESAMPLING])
+def test_values_equal_up_to_rounding(test: str) -> None:
+    values = [0.1] * 9 + [0.1 + 2**-56]
+    d = stats.test_greater(values, 0.0, test=test, n_resamples=99)
+    assert d.p_value == 0.0 and d.ci_low == d.ci_high == d.effect == pytest.approx(0.1)
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize(("value", "p"), [(0.2, 0.0), (-0.2, 0.0), (0.6, 1.0)])
+def test_tost_equal_values(value: float, p: float) -> None:
+    d = stats.test_inside([value] * 4, 0.5)
+    assert (d.p_value, d.ci_low, d.ci_high) == (p, value, value)
+
+
+@pytest.mark.filterwarnings("error")
+def test_ratio_of_proportional_values() -> None:
+    den = np.array([1.0, 2.0, 3.0, 4.5])
+    passed = stats.test_ratio(0.8 * den, den, 0.5)
+    assert passed.p_value == 0.0 and passed.ci_low == passed.ci_high == passed.effect
+    assert stats.test_ratio(0.3 * den, den, 0.5).p_value == 1.0
+
+
+@pytest.mark.filterwarnings("error")
+def test_two_prompts_are_enough() -> None:
+    for test in ["t", *RESAMPLING]:
+        d = stats.test_greater([0.1, 0.4], 0.0, test=test, n_resamples=99)
+        assert not math.isnan(d.p_value) and d.ci_low <= d.effect <= d.ci_high
+
+
+# --- invalid input -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "match"),
+    [
+        ([1.0], "need at least 2 prompts, got n=1"),
+        ([], "need at least 2 prompts, got n=0"),
+        ([1.0, math.nan, 2.0], "NaN or infinite value.*index 1"),
+        ([1.0, 2.0, math.inf], "NaN or infinite value.*index 2"),
+        ([[1.0, 2.0], [3.0, 4.0]], "1-D"),
+        (["a", "b"], "must be numbers"),
+    ],
+)
+def test_invalid_values(values: object, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        stats.test_greater(values, 0.0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=match):
+        stats.test_inside(values, 1.0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=match):
+        stats.test_ratio(values, [1.0, 2.0], 0.5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: stats.test_greater(X, 0.0, alpha=0.0), "alpha"),
+        (lambda: stats.test_greater(X, 0.0, alpha=0.5), "alpha"),
+        (lambda: stats.test_greater(X, math.nan), "threshold"),
+        (lambda: stats.test_greater(X, 0.0, test=UNKNOWN_TEST), "unknown test 'z'"),
+        (lambda: stats.test_greater(X, 0.0, test="bootstrap", n_resamples=10), "too small"),
+        (lambda: stats.test_greater(X, 0.0, test="permutation", n_resamples=NOT_AN_INT), "integer"),
+        (lambda: stats.test_inside(X, 0.0), "margin must be > 0"),
+        (lambda: stats.test_inside(X, -1.0), "margin must be > 0"),
+        (lambda: stats.test_ratio(X, X[:5], 0.5), "paired"),
+        (lambda: stats.test_ratio(X, [1.0, -1.0] * 3 + [0.0], 0.5), "do not differ"),
+    ],
+)
+def test_invalid_arguments(call: Callable[[], object], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_ratio_refuses_a_denominator_of_unstable_sign() -> None:
+    den = np.random.default_rng(0).normal(0.05, 1.0, 30)
+    with pytest.raises(ValueError, match="recovery is undefined; use a stronger corruption"):
+        stats.test_ratio(den + 1.0, den, 0.5)
+
+
+def test_smallest_allowed_resample_count() -> None:
+    d = stats.test_greater(X, -5.0, test="bootstrap", n_resamples=19)  # (19 + 1) * 0.05 == 1
+    assert d.p_value == pytest.approx(0.05) and outcome(d) == "pass"
+
+
+# --- determinism -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("test", RESAMPLING)
+def test_same_seed_gives_identical_decisions(test: str) -> None:
+    values = np.random.default_rng(1).normal(0.3, 1.0, 40)
+    first = stats.test_greater(values, 0.0, test=test, seed=11, n_resamples=999)
+    assert stats.test_greater(values, 0.0, test=test, seed=11, n_resamples=999) == first
+    other = stats.test_greater(values, 0.0, test=test, seed=12, n_resamples=999)
+    assert (other.ci_low, other.ci_high) != (first.ci_low, first.ci_high)
+    assert first.seed == 11
+
+
+def test_same_seed_gives_identical_ratio_decisions() -> None:
+    rng = np.random.default_rng(1)
+    den = rng.normal(2.0, 1.0, 40)
+    num = 0.5 * den + rng.normal(0.0, 1.0, 40)
+    first = stats.test_ratio(num, den, 0.3, seed=4, n_resamples=999)
+    assert stats.test_ratio(num, den, 0.3, seed=4, n_resamples=999) == first
+
+
+def test_rules_are_not_collected_by_pytest() -> None:
+    for rule in (stats.test_greater, stats.test_inside, stats.test_ratio):
+        assert rule.__test__ is False  # type: ignore[attr-defined]
+
+
+# --- adjust --------------------------------------------------------------------------------
+
+
+def test_holm_hand_worked() -> None:
+    # sorted 0.01, 0.03, 0.04 -> 3 * 0.01, 2 * 0.03, max(1 * 0.04, 0.06)
+    assert adjust([0.01, 0.04, 0.03], "holm") == pytest.approx([0.03, 0.06, 0.06])
+    assert adjust([0.5, 0.6], "holm") == [1.0, 1.0]  # 2 * 0.5 and max(0.6, 1.0), capped at 1
+
+
+def test_bh_hand_worked() -> None:
+    # sorted 0.01, 0.03, 0.04 -> 3/1 * 0.01, min(3/2 * 0.03, 0.04), 3/3 * 0.04
+    assert adjust([0.01, 0.04, 0.03], "bh") == pytest.approx([0.03, 0.04, 0.04])
+    # 4 * 0.01, 4/2 * 0.02, 4/3 * 0.03 = 0.04 each; 0.5 stays
+    assert adjust([0.01, 0.02, 0.03, 0.5], "bh") == pytest.approx([0.04, 0.04, 0.04, 0.5])
+
+
+@pytest.mark.parametrize(
+    ("method", "expected"),
+    [("holm", [0.03, 0.06, 0.06]), ("bh", [0.03, 0.04, 0.04]), ("none", [0.01, 0.04, 0.03])],
+)
+def test_adjust_passes_nan_through_and_leaves_it_out_of_the_family(
+    method: str, expected: list[float]
+) -> None:
+    adjusted = adjust([0.01, math.nan, 0.04, math.nan, 0.03], method)  # type: ignore[arg-type]
+    assert math.isnan(adjusted[1]) and math.isnan(adjusted[3])
+    assert [adjusted[0], adjusted[2], adjusted[4]] == pytest.approx(expected)
+
+
+def test_adjust_edge_cases() -> None:
+    assert adjust([], "holm") == []
+    assert all(math.isnan(p) for p in adjust([math.nan, math.nan], "bh"))
+    with pytest.raises(ValueError, match="unknown correction 'bonferroni'"):
+        adjust([0.1], "bonferroni")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        adjust([0.1, 1.5], "holm")
+    with pytest.raises(ValueError, match="1-D"):
+        adjust([[0.1]], "none")
+
+
+p_values = hst.lists(hst.one_of(hst.floats(0.0, 1.0), hst.just(math.nan)), max_size=25)
+
+
+@settings(deadline=None)
+@given(p_values, hst.sampled_from(["holm", "bh", "none"]))
+def test_adjust_properties(ps: list[float], method: str) -> None:
+    adjusted = adjust(ps, method)  # type: ignore[arg-type]
+    assert len(adjusted) == len(ps)
+    for raw, new in zip(ps, adjusted, strict=True):
+        assert math.isnan(new) == math.isnan(raw)
+        if not math.isnan(raw):
+            assert raw - 1e-12 <= new <= 1.0
+    pairs = [(a, b) for a, b in zip(ps, adjusted, strict=True) if not math.isnan(a)]
+    for raw_a, new_a in pairs:  # adjustment keeps the order of the p-values
+        assert all(new_a <= new_b + 1e-12 for raw_b, new_b in pairs if raw_a <= raw_b)
+
+
+@settings(deadline=None)
+@given(p_values)
+def test_holm_is_never_below_bh(ps: list[float]) -> None:
+    holm, bh = adjust(ps, "holm"), adjust(ps, "bh")
+    assert all(h >= b - 1e-12 for h, b in zip(holm, bh, strict=True) if not math.isnan(h))
+
+
+@settings(deadline=None)
+@given(
+    hst.lists(hst.floats(-1e3, 1e3, allow_subnormal=False), min_size=2, max_size=40),
+    hst.floats(-1e3, 1e3),
+    hst.floats(0.001, 0.25),
+)
+def test_t_rule_bounds_are_ordered_and_decide(
+    values: list[float], threshold: float, alpha: float
+) -> None:
+    d = stats.test_greater(values, threshold, alpha=alpha)
+    assert d.ci_low <= d.effect <= d.ci_high
+    assert 0.0 <= d.p_value <= 1.0
+    assume(abs(d.ci_low - threshold) > 1e-9 * (1 + abs(threshold) + abs(d.ci_low)))
+    assert (outcome(d) == "pass") == (d.ci_low > threshold)
+
+
+# --- error rates by simulation -----------------------------------------------------------
+
+N_DATASETS = 1000
+N_PROMPTS = 30
+ALPHA = 0.05
+MAX_NULL_RATE = ALPHA + 2 * math.sqrt(ALPHA * (1 - ALPHA) / N_DATASETS)
+MIN_POWER = 0.95
+SIM_RESAMPLES = 999
+Case = Callable[[np.random.Generator, bool, int], Decision]
+
+
+def _greater_case(test: str) -> Case:
+    def case(rng: np.random.Generator, past: bool, seed: int) -> Decision:
+        values = rng.normal(1.5 if past else 0.0, 1.0, N_PROMPTS)  # symmetric around 0
+        return stats.test_greater(
+            values,
+            0.0,
+            test=test,
+            seed=seed,
+            n_resamples=SIM_RESAMPLES,  # type: ignore[arg-type]
+        )
+
+    return case
+
+
+def _inside_case(rng: np.random.Generator, past: bool, seed: int) -> Decision:
+    margin = 2.0  # true mean exactly at the margin, or 1.5 SD inside it
+    values = rng.normal(margin - 1.5 if past else margin, 1.0, N_PROMPTS)
+    return stats.test_inside(values, margin, seed=seed)
+
+
+def _ratio_case(rng: np.random.Generator, past: bool, seed: int) -> Decision:
+    ratio = 0.5  # true ratio exactly R, or R + 0.75 (1.2 SD of num - R * den)
+    den = rng.normal(2.0, 1.0, N_PROMPTS)
+    num = (ratio + (0.75 if past else 0.0)) * den + rng.normal(0.0, 1.0, N_PROMPTS)
+    return stats.test_ratio(num, den, ratio, seed=seed, n_resamples=SIM_RESAMPLES)
+
+
+CASES: dict[str, Case] = {
+    **{test: _greater_case(test) for test in ["t", *RESAMPLING]},
+    "tost": _inside_case,
+    "ratio": _ratio_case,
+}
+
+
+def _pass_rate(case: Case, *, past: bool) -> float:
+    rng = np.random.default_rng(20240611)
+    passes = sum(outcome(case(rng, past, seed)) == "pass" for seed in range(N_DATASETS))
+    return passes / N_DATASETS
+
+
+@pytest.mark.parametrize("rule", list(CASES))
+def test_pass_rate_at_the_threshold_is_at_most_alpha(rule: str) -> None:
+    rate = _pass_rate(CASES[rule], past=False)
+    print(
+        f"{rule}: pass rate {rate:.3f} with the effect at the threshold (max {MAX_NULL_RATE:.4f})"
+    )
+    assert rate <= MAX_NULL_RATE
+
+
+@pytest.mark.parametrize("rule", list(CASES))
+def test_pass_rate_well_past_the_threshold_is_high(rule: str) -> None:
+    rate = _pass_rate(CASES[rule], past=True)
+    print(f"{rule}: pass rate {rate:.3f} with the effect well past the threshold (min {MIN_POWER})")
+    assert rate >= MIN_POWER
