@@ -31,6 +31,7 @@ RESAMPLES_OPTION = "--mechcheck-n-resamples"
 PICKLE_OPTION = "--mechcheck-allow-pickle"
 REMOTE_CODE_OPTION = "--mechcheck-trust-remote-code"
 FILES_INI = "mechcheck_files"
+PLUGINS_INI = "mechcheck_plugins"
 RESULT_PROPERTY = "mechcheck_result"
 
 
@@ -51,6 +52,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="pass trust_remote_code=True to transformers")
     parser.addini(FILES_INI, default="test_*.yaml",
                   help="glob(s) of claim files to collect, space separated (default test_*.yaml)")
+    parser.addini(PLUGINS_INI, type="linelist", default=[],
+                  help="modules to register as mechcheck plugins (besides entry points)")
 
 
 class MechcheckPlugin:
@@ -68,8 +71,12 @@ class MechcheckPlugin:
         if self._session is None:
             from mechcheck.session import Session
 
+            import importlib
+
             opt = self.config.getoption
+            plugins = [importlib.import_module(m) for m in self.config.getini(PLUGINS_INI)]
             self._session = Session(
+                plugins=plugins,
                 device=opt(DEVICE_OPTION), dtype=opt(DTYPE_OPTION),
                 batch_size=opt(BATCH_OPTION), n_resamples=opt(RESAMPLES_OPTION),
                 allow_pickle=opt(PICKLE_OPTION), trust_remote_code=opt(REMOTE_CODE_OPTION),

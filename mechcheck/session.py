@@ -8,6 +8,7 @@ and corrupt runs are computed once and shared by every claim that uses them.
 from __future__ import annotations
 
 import gc
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,15 +34,18 @@ class Session:
         n_resamples: resamples for bootstrap and permutation rules.
         allow_pickle: allow pickle (``.bin``) checkpoints.
         trust_remote_code: passed to transformers; off unless asked for.
+        plugins: extra plugin objects or modules to register besides the built-ins
+            and the ``mechcheck`` entry points.
     """
 
     def __init__(self, *, registry: Registry | None = None, device: str | None = None,
                  dtype: str = "float32", batch_size: int = 128, n_resamples: int = 9999,
-                 allow_pickle: bool = False, trust_remote_code: bool = False) -> None:
+                 allow_pickle: bool = False, trust_remote_code: bool = False,
+                 plugins: Sequence[object] = ()) -> None:
         if registry is None:
-            from mechcheck.plugins import Registry
+            from mechcheck.plugins import Registry, get_plugin_manager
 
-            registry = Registry.from_plugins()
+            registry = Registry.from_plugins(get_plugin_manager(plugins))
         self.registry = registry
         self.device = device
         self.dtype = dtype
