@@ -25,6 +25,12 @@ What is timed:
   them), on the very model object mechcheck loaded.  Its median over all samples is
   the denominator of every ratio.
 
+``torch.set_num_threads`` is fixed (``--threads``, default 1: on a small machine
+shared with other jobs, more intra-op threads make wall times swing several-fold) and
+printed.  Next to the wall-clock ratios the script prints process-CPU-time ratios
+(claims' CPU time via a wrapper around ``mechcheck.evaluate._measure``), which stay
+steady when other work competes for the cores.
+
 Each repeat evaluates a fresh copy of the claim file whose ``data:`` is a fresh copy of
 the prompt file, so every repeat pays for its own shared runs and caches (per-position
 means, patterns); the model stays loaded.  One untimed evaluation and one untimed
@@ -368,9 +374,12 @@ def _run(args: argparse.Namespace, folder: Path, threads: int, started: float,
     print(f"  model: GPT2LMHeadModel from GPT2Config: {N_LAYER} layers, {N_HEAD} heads, "
           f"d_model {N_EMBD}, d_mlp {4 * N_EMBD}, vocab {vocab} words -> "
           f"{n_params / 1e6:.1f}M parameters (random init, seed {args.seed})")
-    print(f"  prompts: {len(prompts)}, {lengths[0]}-{lengths[-1]} tokens each "
-          f"(<bos> + {args.min_words}-{args.max_words} words); {len(batches)} "
-          f"equal-length groups, batch sizes {[len(b) for b in batches]}")
+    span = f"{lengths[0]}" if len(lengths) == 1 else f"{lengths[0]}-{lengths[-1]}"
+    words = (f"{args.min_words}" if args.min_words == args.max_words
+             else f"{args.min_words}-{args.max_words}")
+    print(f"  prompts: {len(prompts)} of {span} tokens (<bos> + {words} words) in "
+          f"{len(batches)} equal-length group(s), one batch each: sizes "
+          f"{[len(b) for b in batches]}")
     print(f"  claims: {len(ids)}; timed evaluations: {args.repeats} after 1 warm-up "
           f"({warm_s:.1f} s, model load included)")
     print(f"  baseline = one plain model(input_ids) per group, summed: median "
