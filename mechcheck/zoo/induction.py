@@ -74,6 +74,8 @@ class Recipe:
         max_segment: longest repeated segment, in tokens.
         max_gap: longest run of random words before a segment and between its copies.
         max_copies: a segment is followed by 1..max_copies copies.
+        position_scale: when positive, the position embeddings start as sinusoids times this
+            (instead of GPT-2's N(0, 0.02)); this shortens the plateau before the phase change.
         lr: AdamW learning rate (after linear warm-up).
         betas: AdamW betas.
         weight_decay: AdamW weight decay.
@@ -96,6 +98,7 @@ class Recipe:
     max_segment: int = 10
     max_gap: int = 16
     max_copies: int = 1
+    position_scale: float = 0.0
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.98)
     weight_decay: float = 0.01
@@ -125,6 +128,7 @@ def make_model(recipe: Recipe = RECIPE) -> GPT2LMHeadModel:
         n_layer=recipe.n_layers,
         n_head=recipe.n_heads,
         n_inner=recipe.d_mlp,
+        activation_function="gelu",
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,
@@ -133,7 +137,22 @@ def make_model(recipe: Recipe = RECIPE) -> GPT2LMHeadModel:
     )
     config._attn_implementation = "eager"
     torch.manual_seed(recipe.seed)
-    return GPT2LMHeadModel(config).eval()
+    model = GPT2LMHeadModel(config).eval()
+    if recipe.position_scale > 0:
+        table = _sinusoids(recipe.n_positions, recipe.d_model) * recipe.position_scale
+        with torch.no_grad():
+            model.transformer.wpe.weight.copy_(table)
+    return model
+
+
+def _sinusoids(n_positions: int, d_model: int) -> torch.Tensor:
+    """The sinusoidal position table of Vaswani et al., ``[n_positions, d_model]``."""
+    pos = torch.arange(n_positions, dtype=torch.float32)[:, None]
+    freq = 10000.0 ** (-torch.arange(0, d_model, 2, dtype=torch.float32) / d_model)
+    table = torch.zeros(n_positions, d_model)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq)
+    return table
 
 
 def _repeating_sequence(rng: random.Random, recipe: Recipe, n_words: int) -> tuple[list, list]:

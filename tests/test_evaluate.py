@@ -1,0 +1,57 @@
+"""Evaluating a file: the family-wise correction and error isolation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mechcheck.api import evaluate_path
+from mechcheck.report import results_frame
+from mechcheck.session import Session
+from mechcheck.stats import adjust
+from tests.conftest import word_rows
+
+FILE = """\
+model: {model}
+data: data.jsonl
+correction: {correction}
+claims:
+  - id: first
+    kind: attends
+    components: ["head 1.0"]
+    pattern: first_token
+    min_score: {s1}
+  - id: second
+    kind: attends
+    components: ["head 1.1"]
+    pattern: first_token
+    min_score: {s2}
+  - id: broken
+    kind: attends
+    components: ["head 9.9"]
+    pattern: first_token
+    min_score: 0.1
+"""
+
+
+def _write(tmp_path: Path, model: Path, correction: str) -> Path:
+    (tmp_path / "data.jsonl").write_text("\n".join(json.dumps(r) for r in word_rows(16)))
+    path = tmp_path / "test_c.yaml"
+    path.write_text(FILE.format(model=model, correction=correction, s1=0.2, s2=0.22))
+    return path
+
+
+def test_correction_is_applied_within_the_file(tmp_path: Path, tiny_folder: Any) -> None:
+    session = Session(device="cpu")
+    holm = evaluate_path(_write(tmp_path, tiny_folder("gpt2"), "holm"), session)
+    assert [r.verdict for r in holm][2] == "error"
+    raw = [r.p_value for r in holm[:2]]
+    assert [r.p_adjusted for r in holm[:2]] == adjust(raw, "holm")  # errors not counted
+    assert holm[0].p_adjusted >= holm[0].p_value
+    none = evaluate_path(_write(tmp_path, tiny_folder("gpt2"), "none"), session)
+    assert [r.p_adjusted for r in none[:2]] == raw
+    frame = results_frame(holm)
+    assert frame["verdict"].tolist()[2] == "error"
+    assert "head 9.9" not in frame["message"].tolist()[2]  # printed canonically
+    assert "blocks.9.attn.head.9" in frame["message"].tolist()[2]
