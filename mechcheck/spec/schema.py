@@ -141,18 +141,20 @@ def as_choice(*choices: str) -> Callable[[Any], str]:
 
 
 def as_components(value: Any) -> tuple[str, ...]:
-    """A component address or a list of them, each a string."""
+    """A component address or a list of them, each checked by the address grammar
+    (:mod:`mechcheck.addresses`, its only owner) and kept as written."""
+    from mechcheck.addresses import Address
+    from mechcheck.errors import AddressError
+
     items = value if isinstance(value, list) else [value]
     if not items:
         raise ValueError("got an empty list")
     for item in items:
-        if isinstance(item, bool) or isinstance(item, (int, float)):
-            raise ValueError(
-                f"got the number {item!r}; YAML reads an unquoted 5.10 as the number 5.1, "
-                f"so quote every address, e.g. \"head 5.10\""
-            )
-        if not isinstance(item, str) or not item.strip():
-            raise ValueError(f"got {item!r}")
+        try:
+            Address.parse(item)
+        except AddressError as exc:
+            reason = exc.message + (f" ({exc.hint})" if exc.hint else "")
+            raise ValueError(reason) from None
     return tuple(items)
 
 

@@ -76,6 +76,7 @@ class Recipe:
         max_copies: a segment is followed by 1..max_copies copies.
         position_scale: when positive, the position embeddings start as sinusoids times this
             (instead of GPT-2's N(0, 0.02)); this shortens the plateau before the phase change.
+        init_std: GPT-2's ``initializer_range`` (std of the normal init of all weights).
         lr: AdamW learning rate (after linear warm-up).
         betas: AdamW betas.
         weight_decay: AdamW weight decay.
@@ -99,6 +100,7 @@ class Recipe:
     max_gap: int = 16
     max_copies: int = 1
     position_scale: float = 0.0
+    init_std: float = 0.02
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.98)
     weight_decay: float = 0.01
@@ -129,6 +131,7 @@ def make_model(recipe: Recipe = RECIPE) -> GPT2LMHeadModel:
         n_head=recipe.n_heads,
         n_inner=recipe.d_mlp,
         activation_function="gelu",
+        initializer_range=recipe.init_std,
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,

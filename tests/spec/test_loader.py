@@ -133,8 +133,8 @@ def test_valid_file_gives_specs_with_lines_params_and_defaults(tmp_path: Path) -
 
 def test_claim_keys_override_file_defaults_and_base_dir_argument() -> None:
     text = HEADER.replace("model: m", "model: m\nseed: 3\ncorrection: bh\nablation: resample") + (
-        "  - {id: a, kind: necessary, components: x, min_drop: 1, seed: 7, n: 5}\n"
-        "  - {id: b, kind: necessary, components: x, min_drop: 1, ablation: zero}\n"
+        "  - {id: a, kind: necessary, components: embed, min_drop: 1, seed: 7, n: 5}\n"
+        "  - {id: b, kind: necessary, components: embed, min_drop: 1, ablation: zero}\n"
     )
     result = parse_claim_text(text, "x.yaml", KINDS, base_dir="/data/here")
     a, b = result.claims
@@ -154,13 +154,13 @@ def test_relative_path_gives_absolute_base_dir() -> None:
 
 def test_merge_key_inside_claims() -> None:
     text = HEADER + (
-        "  - &a {id: a, kind: necessary, components: [x], min_drop: 1.0}\n"
+        "  - &a {id: a, kind: necessary, components: [embed], min_drop: 1.0}\n"
         "  - {<<: *a, id: b, min_drop: 2.0}\n"
     )
     a, b = parse(text).claims
     assert isinstance(b, ClaimSpec), b
     assert (a.params["min_drop"], b.params["min_drop"]) == (1.0, 2.0)
-    assert b.id == "b" and b.params["components"] == ("x",)
+    assert b.id == "b" and b.params["components"] == ("embed",)
 
 
 # ---------------------------------------------------------------------------
@@ -318,14 +318,14 @@ def test_unquoted_dotted_address_gets_quote_advice() -> None:
 def test_bad_value_from_file_default_reports_the_header_line() -> None:
     error = claim_error(
         "model: m\nmetric: accuracy\nclaims:\n"
-        "  - {id: a, kind: necessary, components: x, min_drop: 1}\n"
+        "  - {id: a, kind: necessary, components: embed, min_drop: 1}\n"
     )
     assert (error.line, error.claim_id, error.key) == (2, "a", "metric")
     assert "accuracy" in error.message and "logprob" in error.hint
 
 
 def test_n_must_be_positive_in_a_claim() -> None:
-    error = claim_error(HEADER + "  - {id: a, kind: necessary, components: x, min_drop: 1, n: 0}\n")
+    error = claim_error(HEADER + "  - {id: a, kind: necessary, components: embed, min_drop: 1, n: 0}\n")
     assert (error.key, error.line, error.claim_id) == ("n", 4, "a")
     assert "positive" in error.message
 
@@ -334,11 +334,11 @@ def test_one_bad_claim_does_not_hide_a_good_one() -> None:
     result = parse(HEADER + (
         "  - id: bad\n"
         "    kind: necessary\n"
-        "    components: x\n"
+        "    components: embed\n"
         "    min_drop: lots\n"
         "  - id: good\n"
         "    kind: necessary\n"
-        "    components: x\n"
+        "    components: embed\n"
         "    min_drop: 2\n"
     ))
     bad, good = result.claims
@@ -357,9 +357,9 @@ def test_claim_not_a_mapping() -> None:
 
 def test_claim_without_id_keeps_its_line_and_gets_a_name() -> None:
     result = parse(HEADER + (
-        "  - {id: a, kind: necessary, components: x, min_drop: 1}\n"
+        "  - {id: a, kind: necessary, components: embed, min_drop: 1}\n"
         "  - kind: necessary\n"
-        "    components: x\n"
+        "    components: embed\n"
     ))
     good, error = result.claims
     assert isinstance(error, ClaimSpecError)
@@ -376,8 +376,8 @@ def test_claim_name_of_an_error_with_an_id() -> None:
 
 def test_duplicate_ids_name_the_first_line() -> None:
     result = parse(HEADER + (
-        "  - {id: a, kind: necessary, components: x, min_drop: 1}\n"
-        "  - {id: b, kind: necessary, components: x, min_drop: 1}\n"
+        "  - {id: a, kind: necessary, components: embed, min_drop: 1}\n"
+        "  - {id: b, kind: necessary, components: embed, min_drop: 1}\n"
         "  - id: a\n"
         "    kind: necessary\n"
     ))
@@ -393,7 +393,7 @@ def test_duplicate_key_in_a_claim() -> None:
         "  - id: a\n"
         "    kind: necessary\n"
         "    min_drop: 1\n"
-        "    components: x\n"
+        "    components: embed\n"
         "    min_drop: 2\n"
     ))
     assert (error.line, error.claim_id, error.key) == (8, "a", "min_drop")
@@ -404,7 +404,7 @@ def test_duplicate_key_in_a_nested_mapping() -> None:
     error = claim_error(HEADER + (
         "  - id: a\n"
         "    kind: necessary\n"
-        "    components: x\n"
+        "    components: embed\n"
         "    min_drop: 1\n"
         "    description: {x: 1, x: 2}\n"
     ))
@@ -413,7 +413,7 @@ def test_duplicate_key_in_a_nested_mapping() -> None:
 
 
 @pytest.mark.parametrize("claim, message, hint", [
-    ("{id: a, components: x}", "no kind", "registered kinds: attends, necessary"),
+    ("{id: a, components: embed}", "no kind", "registered kinds: attends, necessary"),
     ("{id: a, kind: necesary}", "unknown kind 'necesary'", "did you mean 'necessary'"),
     ("{id: a, kind: [necessary]}", "kind: got", "claim kind"),
 ])
@@ -427,7 +427,7 @@ def test_unknown_claim_key_suggests_and_lists_accepted_keys() -> None:
     error = claim_error(HEADER + (
         "  - id: a\n"
         "    kind: necessary\n"
-        "    components: x\n"
+        "    components: embed\n"
         "    min_dorp: 3.0\n"
     ))
     assert (error.line, error.claim_id, error.key) == (7, "a", "min_dorp")
@@ -438,13 +438,13 @@ def test_unknown_claim_key_suggests_and_lists_accepted_keys() -> None:
 
 
 def test_key_of_another_kind_is_unknown() -> None:
-    error = claim_error(HEADER + "  - {id: a, kind: attends, components: x, min_drop: 1}\n")
+    error = claim_error(HEADER + "  - {id: a, kind: attends, components: embed, min_drop: 1}\n")
     assert error.key == "min_drop" and "attends claims accept" in error.hint
 
 
 @pytest.mark.parametrize("claim, kind, key", [
-    ("{id: a, kind: necessary, components: x}", "necessary", "min_drop"),
-    ("{id: a, kind: attends, components: x, min_score: 1}", "attends", "pattern"),
+    ("{id: a, kind: necessary, components: embed}", "necessary", "min_drop"),
+    ("{id: a, kind: attends, components: embed, min_score: 1}", "attends", "pattern"),
 ])
 def test_missing_required_key(claim: str, kind: str, key: str) -> None:
     error = claim_error(HEADER + f"  - {claim}\n")
@@ -454,7 +454,7 @@ def test_missing_required_key(claim: str, kind: str, key: str) -> None:
 
 
 def test_required_model_can_come_from_the_claim() -> None:
-    claim = "{id: %s, kind: attends, components: x, pattern: induction, min_score: 1%s}"
+    claim = "{id: %s, kind: attends, components: embed, pattern: induction, min_score: 1%s}"
     text = f"claims:\n  - {claim % ('a', ', model: m')}\n  - {claim % ('b', '')}\n"
     a, b = parse(text).claims
     assert isinstance(a, ClaimSpec) and a.model == "m"
