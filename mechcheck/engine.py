@@ -119,9 +119,9 @@ class Runner:
             with hooked(self.loaded.adapter, record=sites, patterns=layers) as store:
                 if layers:
                     with eager_attention(self.loaded.model):
-                        logits.append(self._forward(self._inputs(run, rows)))
+                        logits.append(self._forward(self._inputs(run, rows), sites))
                 else:
-                    logits.append(self._forward(self._inputs(run, rows)))
+                    logits.append(self._forward(self._inputs(run, rows), sites))
             for site in sites:
                 recorded[site].append(store[site])
             for layer in layers:
@@ -164,7 +164,7 @@ class Runner:
             mask = position_mask(self.dataset, rows, len(self.dataset.prompts[rows[0]]), at)
             patches = self._patches(targets, b, mask.to(self.loaded.device))
             with hooked(self.loaded.adapter, patches=patches):
-                logits.append(self._forward(self._inputs(base, rows)))
+                logits.append(self._forward(self._inputs(base, rows), patches))
         return self._in_row_order(logits)
 
     def needs_for(self, targets: Iterable[tuple[Address, Intervention]]) -> Needs:
@@ -191,6 +191,8 @@ class Runner:
         sources = {iv.source: self._source(iv.source, site, batch) for _, iv in parts}
 
         def patch(act: torch.Tensor) -> torch.Tensor:
+            # pos_embed runs with batch 1: give every row its own copy to patch
+            act = act.expand(mask.shape[0], *act.shape[1:])
             new = act.clone()
             keep = mask.view(*mask.shape, 1)
             for cols, iv in parts:
@@ -233,9 +235,12 @@ class Runner:
         ids = torch.tensor([prompts[int(i)] for i in rows], dtype=torch.long)
         return ids.to(self.loaded.device)
 
-    def _forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def _forward(self, input_ids: torch.Tensor, sites: Iterable[Site] = ()) -> torch.Tensor:
+        """Last-position logits; the unembedding runs on the last position only unless
+        a hooked site is the unembedding itself (whose positions must all exist)."""
         kwargs: dict[str, Any] = {"use_cache": False}
-        if self._keep_one:
+        unembed = self.loaded.adapter.site(Address("unembed"))
+        if self._keep_one and unembed not in set(sites):
             kwargs["logits_to_keep"] = 1
         with torch.inference_mode():
             out = self.loaded.model(input_ids=input_ids, **kwargs)

@@ -36,9 +36,10 @@ def library_versions() -> dict[str, str]:
 
     from mechcheck import __version__
 
-    return {"mechcheck": __version__, "torch": torch.__version__,
-            "transformers": transformers.__version__, "scipy": scipy.__version__,
-            "numpy": numpy.__version__}
+    return {name: str(version) for name, version in (
+        ("mechcheck", __version__), ("torch", torch.__version__),
+        ("transformers", transformers.__version__), ("scipy", scipy.__version__),
+        ("numpy", numpy.__version__))}
 
 
 def evaluate_file(claim_file: ClaimFile, session: Session) -> list[ClaimResult]:

@@ -181,6 +181,8 @@ def mechcheck(request: pytest.FixtureRequest) -> Any:
     from mechcheck.python_form import Checker
 
     plugin = request.config.stash[PLUGIN_KEY]
-    checker = Checker(plugin.session, path=str(request.path))
+    shown, line, _ = request.node.location
+    checker = Checker(plugin.session, path=str(request.path), shown=shown,
+                      line=None if line is None else line + 1)
     request.node.mechcheck_checker = checker
     return checker

@@ -9,12 +9,13 @@ call form one family for the multiple-comparison correction.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from mechcheck.results import ClaimResult
+from mechcheck.results import ClaimResult, format_failure
 from mechcheck.session import Session
 
 __all__ = ["Checker"]
@@ -26,11 +27,16 @@ class Checker:
     Args:
         session: the mechcheck session (shared with YAML claim files).
         path: the test file; relative ``model:``/``data:`` paths resolve against its folder.
+        shown: the test file as reports and messages name it (relative to the rootdir).
+        line: the test function's 1-based line, reported as every claim's line.
     """
 
-    def __init__(self, session: Session, *, path: str) -> None:
+    def __init__(self, session: Session, *, path: str, shown: str | None = None,
+                 line: int | None = None) -> None:
         self.session = session
         self.path = path
+        self.shown = shown or path
+        self.line = line
         self.results: list[ClaimResult] = []
 
     def check(self, **claim: Any) -> ClaimResult:
@@ -56,8 +62,18 @@ class Checker:
 
         text = yaml.safe_dump({"correction": correction, "claims": [dict(c) for c in claims]},
                               sort_keys=False)
-        parsed = parse_claim_text(text, self.path, self.session.registry.kind_keys(),
+        parsed = parse_claim_text(text, self.shown, self.session.registry.kind_keys(),
                                   base_dir=str(Path(self.path).parent))
-        results = evaluate_file(parsed, self.session)
+        results = [self._at_test_line(r) for r in evaluate_file(parsed, self.session)]
         self.results.extend(results)
         return results
+
+    def _at_test_line(self, result: ClaimResult) -> ClaimResult:
+        """Point a result at the test function instead of the generated claim text."""
+        if self.line is None:
+            return result
+        moved = replace(result, line=self.line)
+        if result.verdict == "fail":
+            return replace(moved, message=format_failure(moved))
+        old, new = f"{self.shown}:{result.line}", f"{self.shown}:{self.line}"
+        return replace(moved, message=result.message.replace(old, new, 1))

@@ -36,6 +36,8 @@ def write_report(results: Sequence[ClaimResult], path: str | os.PathLike,
     elif path.suffix.lower() == ".csv":
         frame = results_frame(results)
         frame["components"] = frame["components"].map(lambda c: " ".join(c or []))
+        for column in ("n", "seed"):
+            frame[column] = frame[column].astype("Int64")  # missing stays empty, not 40.0
         frame[list(REPORT_FIELDS)].to_csv(path, index=False)
     else:
         raise MechcheckError(f"unknown report format '{path.suffix}'",

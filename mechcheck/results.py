@@ -106,6 +106,11 @@ def format_failure(result: ClaimResult) -> str:
 
 
 def _advice(result: ClaimResult) -> str:
+    alpha, raw, adjusted = result.alpha, result.p_value, result.p_adjusted
+    if alpha is not None and raw is not None and adjusted is not None and raw <= alpha < adjusted:
+        return (f"significant alone (p={_num(raw)}) but not after the {result.correction} "
+                "correction across the claims of this file: more prompts (a larger n), or "
+                "fewer claims in the file")
     if result.reason == "refuted":
         return ("the interval lies wholly on the wrong side of the threshold: the data "
                 "contradict the claim; revise the claim (other components, threshold or "

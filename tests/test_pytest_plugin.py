@@ -230,7 +230,7 @@ def test_python_form_uses_the_same_engine_and_report(project: pytest.Pytester,
     result = project.runpytest("-p", "no:cacheprovider", "--mechcheck-report", "r.json",
                                "test_python_claims.py")
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines(["*claim 'py_refuted' failed: refuted*"])
+    result.stdout.fnmatch_lines(["test_python_claims.py:7 claim 'py_refuted' failed: refuted*"])
     ids = [r["id"] for r in json.loads(project.path.joinpath("r.json").read_text())["results"]]
     assert sorted(ids) == ["py_first", "py_refuted"]
 

@@ -159,20 +159,29 @@ def _sinusoids(n_positions: int, d_model: int) -> torch.Tensor:
 
 
 def _repeating_sequence(rng: random.Random, recipe: Recipe, n_words: int) -> tuple[list, list]:
-    """Word indices (``n_positions - 1`` of them) and a flag per index: induction-predictable."""
+    """Word indices (``n_positions - 1`` of them) and a flag per index: induction-predictable.
+
+    The sequence is a run of blocks ``lead + segment + (gap + segment) * copies``; words
+    outside the copies are drawn without replacement (until the vocabulary runs out), so a
+    repeated word's earlier occurrence, and hence what followed it, is unambiguous.
+    """
     length = recipe.n_positions - 1
     seq: list[int] = []
     flags: list[bool] = []
+    pool: list[int] = []
 
-    def words(lo: int, hi: int) -> list[int]:
-        return [rng.randrange(n_words) for _ in range(rng.randint(lo, hi))]
+    def fresh(lo: int, hi: int) -> list[int]:
+        n = rng.randint(lo, hi)
+        if len(pool) < n:
+            pool.extend(rng.sample(range(n_words), n_words))
+        return [pool.pop() for _ in range(n)]
 
     while len(seq) < length:
-        lead, seg = words(0, recipe.max_gap), words(recipe.min_segment, recipe.max_segment)
+        lead, seg = fresh(0, recipe.max_gap), fresh(recipe.min_segment, recipe.max_segment)
         seq += lead + seg
         flags += [False] * (len(lead) + len(seg))
         for _ in range(rng.randint(1, recipe.max_copies)):
-            gap = words(0, recipe.max_gap)
+            gap = fresh(0, recipe.max_gap)
             seq += gap + seg
             flags += [False] * (len(gap) + 1) + [True] * (len(seg) - 1)
     return seq[:length], flags[:length]
