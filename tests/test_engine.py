@@ -177,3 +177,19 @@ def test_shared_runs_record_once(tiny_loaded: Any, monkeypatch: pytest.MonkeyPat
 def _wrap(loaded: Any, model: torch.nn.Module) -> Any:
     """``loaded`` with another model object (same architecture map)."""
     return type("Edited", (), {"adapter": loaded.adapter, "model": model})()
+
+
+def test_zero_pos_embed_equals_zeroing_the_position_table(tiny_loaded: Any) -> None:
+    loaded = tiny_loaded("gpt2")
+    runner = runner_for(loaded, word_rows(4, lengths=(5,)))
+    got = runner.patched_logits([(Address("pos_embed"), IV["zero"])])
+    edited = copy.deepcopy(loaded.model)
+    with torch.no_grad():
+        edited.transformer.wpe.weight.zero_()
+    torch.testing.assert_close(got, reference_logits(edited, runner), atol=1e-5, rtol=0)
+
+
+def test_zero_unembed_gives_zero_logits(tiny_loaded: Any) -> None:
+    runner = runner_for(tiny_loaded("neox"), word_rows(3))
+    got = runner.patched_logits([(Address("unembed"), IV["zero"])], ["last"])
+    assert got.abs().max() == 0
