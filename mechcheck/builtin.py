@@ -11,6 +11,7 @@ __all__ = [
     "mechcheck_interventions",
     "mechcheck_metrics",
     "mechcheck_model_adapters",
+    "mechcheck_tasks",
 ]
 
 
@@ -33,6 +34,13 @@ def mechcheck_claim_kinds() -> list[Any]:
     from mechcheck.kinds import BUILTIN_KINDS
 
     return list(BUILTIN_KINDS)
+
+
+@hookimpl(trylast=True)
+def mechcheck_tasks() -> list[Any]:
+    from mechcheck.tasks.builtin import BUILTIN_TASKS
+
+    return list(BUILTIN_TASKS)
 
 
 @hookimpl(trylast=True)

@@ -98,10 +98,13 @@ class Context:
         runner = self.runner(claim)
         targets = self._targets(claim, name, base)
         try:
-            patched = runner.patched_logits(targets, claim.params.get("at"))
+            patched = runner.patched_logits(targets, claim.params.get("at"),
+                                            mean_by=claim.params.get("mean_by"))
         except DataError as exc:
             raise exc.located(key=exc.key or "data") from None
         label = targets[0][1].description
+        if claim.params.get("mean_by") and targets[0][1].source == "mean":
+            label += f" per {claim.params['mean_by']}"
         if claim.params.get("at") is not None:
             label += f" at {', '.join(map(str, claim.params['at']))}"
         return self.metric_values(claim, base), self._apply_metric(claim, patched), label

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ class Dataset:
         wrongs: the contrast token id per row, or None when the data has none.
         positions: per row, named token positions (non-negative indices).
         groups: row indices sharing one token count, each group one batch.
+        columns: any other columns of the rows (e.g. ``template``), one value per row.
     """
 
     source: str
@@ -44,6 +45,7 @@ class Dataset:
     wrongs: np.ndarray | None
     positions: tuple[Mapping[str, int], ...]
     groups: tuple[np.ndarray, ...]
+    columns: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -169,7 +171,12 @@ def tokenize_rows(rows: Sequence[Mapping[str, Any]], tokenizer: Any, *,
         wrongs=np.asarray(wrongs, dtype=np.int64) if has_wrong else None,
         positions=tuple(positions),
         groups=_groups(prompts),
+        columns={name: tuple(row.get(name) for row in rows)
+                 for name in sorted({k for row in rows for k in row} - _STANDARD)},
     )
+
+
+_STANDARD = frozenset({"prompt", "answer", "wrong", "corrupt", "positions"})
 
 
 def _corrupt(tokenizer: Any, row: Mapping[str, Any], ids: tuple[int, ...],

@@ -95,7 +95,7 @@ class Runner:
         self._logits: dict[str, torch.Tensor] = {}
         self._recorded: dict[tuple[str, Site], list[torch.Tensor]] = {}
         self._patterns: dict[int, list[torch.Tensor]] = {}
-        self._means: dict[Site, torch.Tensor] = {}
+        self._means: dict[tuple[Site, str | None], dict[Any, torch.Tensor]] = {}
         self._keep_one = "logits_to_keep" in _forward_parameters(loaded.model)
 
     # -- the shared runs -------------------------------------------------------
@@ -151,18 +151,28 @@ class Runner:
 
     # -- patched runs -----------------------------------------------------------
     def patched_logits(self, targets: Sequence[tuple[Address, Intervention]],
-                       at: Sequence[int | str] | None = None) -> torch.Tensor:
-        """Last-position logits ``[n, vocab]`` with every target intervened on."""
+                       at: Sequence[int | str] | None = None, *,
+                       mean_by: str | None = None) -> torch.Tensor:
+        """Last-position logits ``[n, vocab]`` with every target intervened on.
+
+        ``mean_by`` names a data column (e.g. ``template``): mean ablation then uses
+        the mean over the rows sharing the row's value, as Wang et al. do per template.
+        """
         base_runs = {iv.base_run for _, iv in targets}
         if len(base_runs) != 1:
             raise ValueError("all interventions of one run must share their base run")
         (base,) = base_runs
         self._check_run(base)
         self.prepare(self.needs_for(targets))
+        if mean_by is not None and mean_by not in self.dataset.columns:
+            known = ", ".join(sorted(self.dataset.columns)) or "none"
+            raise DataError(f"mean_by: the data have no column {mean_by!r} (extra columns: "
+                            f"{known})", key="mean_by",
+                            hint="add the column to every row, or drop mean_by")
         logits = []
         for b, rows in enumerate(self.batches):
             mask = position_mask(self.dataset, rows, len(self.dataset.prompts[rows[0]]), at)
-            patches = self._patches(targets, b, mask.to(self.loaded.device))
+            patches = self._patches(targets, b, mask.to(self.loaded.device), mean_by)
             with hooked(self.loaded.adapter, patches=patches):
                 logits.append(self._forward(self._inputs(base, rows), patches))
         return self._in_row_order(logits)
@@ -178,17 +188,17 @@ class Runner:
         return needs
 
     def _patches(self, targets: Sequence[tuple[Address, Intervention]], batch: int,
-                 mask: torch.Tensor) -> dict[Site, Patch]:
+                 mask: torch.Tensor, mean_by: str | None) -> dict[Site, Patch]:
         adapter = self.loaded.adapter
         by_site: dict[Site, list[tuple[slice, Intervention]]] = {}
         for address, iv in targets:
             by_site.setdefault(adapter.site(address), []).append((adapter.columns(address), iv))
-        return {site: self._site_patch(site, parts, batch, mask)
+        return {site: self._site_patch(site, parts, batch, mask, mean_by)
                 for site, parts in by_site.items()}
 
     def _site_patch(self, site: Site, parts: list[tuple[slice, Intervention]], batch: int,
-                    mask: torch.Tensor) -> Patch:
-        sources = {iv.source: self._source(iv.source, site, batch) for _, iv in parts}
+                    mask: torch.Tensor, mean_by: str | None) -> Patch:
+        sources = {iv.source: self._source(iv.source, site, batch, mean_by) for _, iv in parts}
 
         def patch(act: torch.Tensor) -> torch.Tensor:
             # pos_embed runs with batch 1: give every row its own copy to patch
@@ -204,29 +214,42 @@ class Runner:
 
         return patch
 
-    def _source(self, source: str | None, site: Site, batch: int) -> torch.Tensor | None:
+    def _source(self, source: str | None, site: Site, batch: int,
+                mean_by: str | None = None) -> torch.Tensor | None:
         if source is None:
             return None
         if source == "mean":
-            length = len(self.dataset.prompts[self.batches[batch][0]])
-            mean = self._mean(site)[:length]
-            return mean.unsqueeze(0).expand(len(self.batches[batch]), *mean.shape)
+            rows = self.batches[batch]
+            length = len(self.dataset.prompts[rows[0]])
+            means = self._means_by(site, mean_by)
+            keys = [None] * len(rows) if mean_by is None else [
+                self.dataset.columns[mean_by][int(r)] for r in rows]
+            return torch.stack([means[k][:length] for k in keys])
         return self._recorded[(source, site)][batch]
 
-    def _mean(self, site: Site) -> torch.Tensor:
-        """The clean run's mean activation per position ``[max_len, width]``."""
-        if site not in self._means:
-            values = self._recorded[("clean", site)]
-            width = values[0].shape[-1]
-            total = torch.zeros(self.dataset.max_len, width, dtype=torch.float64,
-                                device=values[0].device)
-            count = torch.zeros(self.dataset.max_len, 1, dtype=torch.float64,
-                                device=values[0].device)
-            for batch in values:
-                total[: batch.shape[1]] += batch.double().sum(dim=0)
-                count[: batch.shape[1]] += batch.shape[0]
-            self._means[site] = (total / count.clamp_min(1)).to(values[0].dtype)
-        return self._means[site]
+    def _means_by(self, site: Site, column: str | None) -> dict[Any, torch.Tensor]:
+        """Clean-run mean activation per position ``[max_len, width]``, over all rows
+        (key None) or per value of a data column."""
+        if (site, column) not in self._means:
+            values = [None] * len(self.dataset) if column is None else \
+                list(self.dataset.columns[column])
+            self._means[(site, column)] = {
+                key: self._mean_over({i for i, v in enumerate(values) if v == key}, site)
+                for key in dict.fromkeys(values)}
+        return self._means[(site, column)]
+
+    def _mean_over(self, rows: set[int], site: Site) -> torch.Tensor:
+        recorded = self._recorded[("clean", site)]
+        width, device = recorded[0].shape[-1], recorded[0].device
+        total = torch.zeros(self.dataset.max_len, width, dtype=torch.float64, device=device)
+        count = torch.zeros(self.dataset.max_len, 1, dtype=torch.float64, device=device)
+        for batch_rows, acts in zip(self.batches, recorded):
+            keep = [b for b, r in enumerate(batch_rows) if int(r) in rows]
+            if keep:
+                chosen = acts.expand(len(batch_rows), *acts.shape[1:])[keep]
+                total[: acts.shape[1]] += chosen.double().sum(dim=0)
+                count[: acts.shape[1]] += len(keep)
+        return (total / count.clamp_min(1)).to(recorded[0].dtype)
 
     # -- plumbing -----------------------------------------------------------------
     def _inputs(self, run: str, rows: np.ndarray) -> torch.Tensor:

@@ -45,6 +45,15 @@ def mechcheck_claim_kinds() -> list[Any]:
 
 
 @hookspec
+def mechcheck_tasks() -> list[Any]:
+    """Return the :class:`~mechcheck.tasks.Task` generators this plugin adds.
+
+    Called once when the registry is built; all results are collected.  Claim files
+    name them in ``task: {name: ...}``.
+    """
+
+
+@hookspec
 def mechcheck_model_adapters() -> list[Any]:
     """Return the :class:`~mechcheck.models.adapter.ArchMap` objects this plugin adds.
 

@@ -67,6 +67,13 @@ def _as_min_drop(value: Any) -> float | str:
     return as_number(value)
 
 
+def _as_score(value: Any) -> float:
+    number = as_number(value)
+    if not 0.0 <= number < 1.0:
+        raise ValueError(f"got {value!r}; attention scores lie in [0, 1)")
+    return number
+
+
 def _as_margin(value: Any) -> float:
     number = as_number(value)
     if number <= 0:
@@ -82,6 +89,9 @@ AT = KeySpec(name="at", parse=as_positions,
              expected="last, a token index, a position name from the data, or a list of them")
 ABLATION = KeySpec(name="ablation", required=True, parse=as_str,
                    expected="an intervention: zero, mean or resample (or noise, or a plugin's)")
+MEAN_BY = KeySpec(name="mean_by", parse=as_str,
+                  expected="a data column such as template: mean ablation then takes the "
+                  "mean over the rows sharing the row's value")
 
 
 def _keys(*specs: KeySpec) -> dict[str, KeySpec]:
@@ -93,7 +103,7 @@ class Necessary:
 
     name = "necessary"
     description = "ablating the components lowers the metric by more than min_drop"
-    keys = _keys(COMPONENTS, METRIC, AT, ABLATION,
+    keys = _keys(COMPONENTS, METRIC, AT, ABLATION, MEAN_BY,
                  KeySpec(name="min_drop", required=True, parse=_as_min_drop,
                          expected="a number, e.g. 1.5, or a percentage of the clean "
                          "metric's mean such as '40%'"))
@@ -122,7 +132,7 @@ class Negligible:
 
     name = "negligible"
     description = "ablating the components changes the metric by less than margin (TOST)"
-    keys = _keys(COMPONENTS, METRIC, AT, ABLATION,
+    keys = _keys(COMPONENTS, METRIC, AT, ABLATION, MEAN_BY,
                  KeySpec(name="margin", required=True, parse=_as_margin,
                          expected="a positive number: the largest change that counts as none"))
 
@@ -189,7 +199,7 @@ class Attends:
                          expected=f"one of {', '.join(PATTERNS)} (or from:/to: names)"),
                  KeySpec(name="from", parse=as_str, expected="a position name from the data"),
                  KeySpec(name="to", parse=as_str, expected="a position name from the data"),
-                 KeySpec(name="min_score", required=True, parse=as_number,
+                 KeySpec(name="min_score", required=True, parse=_as_score,
                          expected="a number between 0 and 1, e.g. 0.5"))
 
     def needs(self, claim: ClaimSpec, ctx: Context) -> Needs:

@@ -54,6 +54,7 @@ class Registry:
     metrics: Mapping[str, Any]
     kinds: Mapping[str, Any]
     archs: tuple[Any, ...]
+    tasks: Mapping[str, Any]
 
     @classmethod
     def from_plugins(cls, pm: pluggy.PluginManager | None = None) -> Registry:
@@ -64,6 +65,7 @@ class Registry:
             metrics=_table("metric", hook.mechcheck_metrics()),
             kinds=_table("claim kind", hook.mechcheck_claim_kinds()),
             archs=tuple(a for items in hook.mechcheck_model_adapters() for a in items),
+            tasks=_table("task", hook.mechcheck_tasks()),
         )
 
     def kind_keys(self) -> dict[str, Mapping[str, Any]]:

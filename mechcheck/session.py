@@ -8,13 +8,15 @@ and corrupt runs are computed once and shared by every claim that uses them.
 from __future__ import annotations
 
 import gc
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mechcheck.errors import MechcheckError
+from mechcheck.errors import DataError, MechcheckError
 
 if TYPE_CHECKING:
+    from mechcheck.data import Dataset
     from mechcheck.engine import Runner
     from mechcheck.models.loading import LoadedModel
     from mechcheck.plugins import Registry
@@ -85,25 +87,50 @@ class Session:
 
     def runner(self, claim: ClaimSpec) -> Runner:
         """The runner for the claim's model and data (built on first use)."""
-        from mechcheck.data import load_rows, tokenize_rows
         from mechcheck.engine import Runner
 
         if claim.model is None:
             raise MechcheckError("no model given", key="model",
                                  hint="add model: to the claim or the top of the file")
         loaded = self.model(claim.model, claim.base_dir)
-        if claim.data is None:
-            raise MechcheckError("no data given", key="data",
-                                 hint="add data: (a .jsonl or .csv file) to the claim or file")
-        path = Path(claim.data)
-        if not path.is_absolute():
-            path = Path(claim.base_dir) / path
-        key = (loaded.key, str(path.resolve()), claim.n)
+        key = (loaded.key, self._data_key(claim), claim.n)
         if key not in self._runners:
             try:
-                rows = load_rows(path, n=claim.n)
-                dataset = tokenize_rows(rows, loaded.tokenizer, source=claim.data)
+                dataset = self._dataset(claim, loaded.tokenizer)
             except MechcheckError as exc:
-                raise exc.located(key="data") from None
+                raise exc.located(key="task" if claim.task else "data") from None
             self._runners[key] = Runner(loaded, dataset, batch_size=self.batch_size)
         return self._runners[key]
+
+    def _data_key(self, claim: ClaimSpec) -> str:
+        if claim.data is not None and claim.task is not None:
+            raise MechcheckError("the claim has both data: and task:", key="task",
+                                 hint="give one: a file of prompts, or a task generator")
+        if claim.task is not None:
+            return "task:" + json.dumps(claim.task, sort_keys=True)
+        if claim.data is None:
+            raise MechcheckError("no data given", key="data",
+                                 hint="add data: (a .jsonl or .csv file) or task: to the "
+                                 "claim or the top of the file")
+        return str(self._data_path(claim).resolve())
+
+    @staticmethod
+    def _data_path(claim: ClaimSpec) -> Path:
+        path = Path(str(claim.data))
+        return path if path.is_absolute() else Path(claim.base_dir) / path
+
+    def _dataset(self, claim: ClaimSpec, tokenizer: Any) -> Dataset:
+        from mechcheck.data import load_rows, tokenize_rows
+
+        if claim.task is not None:
+            task = self.registry.lookup("tasks", claim.task["name"], key="task")
+            try:
+                rows = task.rows(tokenizer, claim.task)
+            except ValueError as exc:
+                raise DataError(f"task {task.name}: {exc}", key="task",
+                                hint="this task needs words that are single tokens for "
+                                "the model's tokenizer") from None
+            rows = rows[: claim.n] if claim.n else rows
+            return tokenize_rows(rows, tokenizer, source=f"task {task.name}")
+        rows = load_rows(self._data_path(claim), n=claim.n)
+        return tokenize_rows(rows, tokenizer, source=str(claim.data))

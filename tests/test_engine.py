@@ -164,7 +164,7 @@ def test_shared_runs_record_once(tiny_loaded: Any, monkeypatch: pytest.MonkeyPat
     runner = runner_for(loaded, word_rows(4))
     calls = []
     real = runner._forward
-    monkeypatch.setattr(runner, "_forward", lambda ids: calls.append(1) or real(ids))
+    monkeypatch.setattr(runner, "_forward", lambda ids, sites=(): calls.append(1) or real(ids, sites))
     targets = [(Address("head", 1, h), IV["resample"]) for h in range(4)]
     runner.prepare(runner.needs_for(targets))
     n_batches = len(runner.batches)
@@ -193,3 +193,22 @@ def test_zero_unembed_gives_zero_logits(tiny_loaded: Any) -> None:
     runner = runner_for(tiny_loaded("neox"), word_rows(3))
     got = runner.patched_logits([(Address("unembed"), IV["zero"])], ["last"])
     assert got.abs().max() == 0
+
+
+def test_mean_by_a_column_uses_each_groups_own_mean(tiny_loaded: Any) -> None:
+    loaded = tiny_loaded("gpt2")
+    rows = word_rows(6, lengths=(6,))
+    for i, row in enumerate(rows):
+        row["template"] = f"t{i}"  # one row per template: its mean is itself
+    runner = runner_for(loaded, rows)
+    target = [(Address("head", 1, 0), IV["mean"]), (Address("mlp", 0), IV["mean"])]
+    torch.testing.assert_close(runner.patched_logits(target, mean_by="template"),
+                               runner.logits("clean"), atol=1e-5, rtol=0)
+    assert (runner.patched_logits(target) - runner.logits("clean")).abs().max() > 1e-4
+    for i, row in enumerate(rows):
+        row["template"] = "same"
+    pooled = runner_for(loaded, rows)
+    torch.testing.assert_close(pooled.patched_logits(target, mean_by="template"),
+                               pooled.patched_logits(target), atol=1e-6, rtol=0)
+    with pytest.raises(DataError, match="no column 'tmpl'"):
+        pooled.patched_logits(target, mean_by="tmpl")

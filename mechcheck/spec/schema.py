@@ -64,6 +64,7 @@ class ClaimSpec:
     base_dir: str
     model: str | None
     data: str | None = None
+    task: Mapping[str, Any] | None = None
     alpha: float = 0.05
     seed: int = 0
     n: int | None = None
@@ -158,6 +159,16 @@ def as_components(value: Any) -> tuple[str, ...]:
     return tuple(items)
 
 
+def as_task(value: Any) -> dict[str, Any]:
+    """``{name: ..., n: ..., seed: ..., <task parameters>}``."""
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+        raise ValueError(f"got {value!r}")
+    for key in ("n", "seed"):
+        if key in value and (isinstance(value[key], bool) or not isinstance(value[key], int)):
+            raise ValueError(f"{key} must be an integer, got {value[key]!r}")
+    return dict(value)
+
+
 def as_positions(value: Any) -> tuple[int | str, ...]:
     """``last``, a position name, an index, or a list of indices and names."""
     items = value if isinstance(value, list) else [value]
@@ -182,6 +193,8 @@ COMMON_KEYS: Mapping[str, KeySpec] = {
                 parse=as_str, required=True),
         KeySpec(name="data", expected="a .jsonl or .csv file next to the claim file",
                 parse=as_str),
+        KeySpec(name="task", expected="a task generator, e.g. {name: ioi, n: 200, seed: 0}",
+                parse=as_task),
         KeySpec(name="alpha", expected="a number between 0 and 0.5, e.g. 0.05",
                 parse=as_alpha, default=0.05),
         KeySpec(name="seed", expected="an integer, e.g. 0", parse=as_int, default=0),
@@ -196,7 +209,8 @@ COMMON_KEYS: Mapping[str, KeySpec] = {
 # Keys allowed at the top of a claim file.  All but ``claims`` and ``correction``
 # are defaults that a claim may override.
 FILE_KEYS: Mapping[str, KeySpec] = {
-    **{k: COMMON_KEYS[k] for k in ("model", "data", "alpha", "seed", "n", "test", "description")},
+    **{k: COMMON_KEYS[k] for k in ("model", "data", "task", "alpha", "seed", "n", "test",
+                                   "description")},
     "metric": KeySpec(name="metric", expected="a metric such as logit_diff, logprob, prob, "
                       "accuracy or kl", parse=as_str),
     "correction": KeySpec(name="correction", expected="one of holm, bh, none",

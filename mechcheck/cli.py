@@ -1,0 +1,76 @@
+"""The ``mechcheck`` command: zoo models and claim checks outside pytest.
+
+::
+
+    mechcheck zoo list                 # the bundled models and their checkpoints
+    mechcheck zoo build NAME [--out D] # retrain a zoo model from its recipe
+    mechcheck check PATH [--report R]  # evaluate claim files, print the table
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from mechcheck.errors import MechcheckError
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mechcheck", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    zoo = commands.add_parser("zoo", help="the bundled tiny models").add_subparsers(
+        dest="zoo_command", required=True)
+    zoo.add_parser("list", help="list zoo models and their checkpoints")
+    build = zoo.add_parser("build", help="train a zoo model from its recipe")
+    build.add_argument("name")
+    build.add_argument("--out", default=None, help="folder (default: the shipped weights)")
+    check = commands.add_parser("check", help="evaluate claim files outside pytest")
+    check.add_argument("path", help="a claim file or a folder of test_*.yaml files")
+    check.add_argument("--report", default=None, help="write results to a .json or .csv file")
+    check.add_argument("--device", default=None)
+    return parser
+
+
+def _zoo(args: argparse.Namespace) -> int:
+    from mechcheck import zoo
+
+    if args.zoo_command == "list":
+        for name in zoo.names():
+            print(f"zoo:{name}  checkpoints: {' '.join(zoo.checkpoints(name)) or '-'}")
+        return 0
+    path = zoo.build(args.name, args.out)
+    print(f"built zoo:{args.name} into {path}")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from mechcheck.api import evaluate_path
+    from mechcheck.report import summary_table, write_report
+    from mechcheck.session import Session
+
+    results = evaluate_path(args.path, Session(device=args.device))
+    for line in summary_table(results):
+        print(line)
+    for result in results:
+        if result.verdict != "pass":
+            print("\n" + result.message)
+    if args.report:
+        write_report(results, args.report)
+    return 0 if all(r.verdict == "pass" for r in results) else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        return _zoo(args) if args.command == "zoo" else _check(args)
+    except MechcheckError as exc:
+        print(f"mechcheck: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
