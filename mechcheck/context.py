@@ -113,7 +113,7 @@ class Context:
         runner = self.runner(claim)
         metric = self.metric(claim)
         ds = runner.dataset
-        inputs = _metric_inputs(ds, runner.logits("clean"))
+        inputs = _metric_inputs(ds, runner.logits("clean"), runner.loaded.tokenizer)
         return metric(logits, inputs).double().cpu().numpy()
 
     def percent_of_clean(self, claim: ClaimSpec, key: str, value: float | str,
@@ -190,11 +190,11 @@ class Context:
         return f"attention {source}->{target}"
 
 
-def _metric_inputs(ds: Any, clean_logits: torch.Tensor) -> Any:
+def _metric_inputs(ds: Any, clean_logits: torch.Tensor, tokenizer: Any) -> Any:
     from mechcheck.metrics import MetricInputs
 
     return MetricInputs(
         answers=torch.as_tensor(ds.answers),
         wrongs=None if ds.wrongs is None else torch.as_tensor(ds.wrongs),
-        clean_logits=clean_logits,
+        clean_logits=clean_logits, columns=ds.columns, tokenizer=tokenizer,
     )

@@ -8,8 +8,9 @@ distribution) lower is better, so its drop is its rise.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -24,11 +25,15 @@ class MetricInputs:
         answers: answer token id per prompt, ``[n]``.
         wrongs: contrast token id per prompt, or None when the data has none.
         clean_logits: the clean run's last-position logits ``[n, vocab]`` (for ``kl``).
+        columns: the data's extra columns (e.g. a task's ``year``), one value per row.
+        tokenizer: the model's tokenizer, for metrics over sets of tokens.
     """
 
     answers: torch.Tensor
     wrongs: torch.Tensor | None
     clean_logits: torch.Tensor
+    columns: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    tokenizer: Any = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -70,10 +70,8 @@ class Recipe:
         d_mlp: MLP hidden width.
         n_positions: context length; training sequences fill it (BOS + ``n_positions - 1``).
         batch_size: sequences per step.
-        min_segment: shortest repeated segment, in tokens.
-        max_segment: longest repeated segment, in tokens.
-        max_gap: longest run of random words before a segment and between its copies.
-        max_copies: a segment is followed by 1..max_copies copies.
+        copy_start: probability that a word outside a copy starts a copy.
+        copy_continue: probability that a copy goes on for one more word.
         position_scale: when positive, the position embeddings start as sinusoids times this
             (instead of GPT-2's N(0, 0.02)); this shortens the plateau before the phase change.
         init_std: GPT-2's ``initializer_range`` (std of the normal init of all weights).
@@ -95,10 +93,8 @@ class Recipe:
     d_mlp: int = 128
     n_positions: int = 64
     batch_size: int = 32
-    min_segment: int = 3
-    max_segment: int = 10
-    max_gap: int = 16
-    max_copies: int = 1
+    copy_start: float = 0.1
+    copy_continue: float = 0.85
     position_scale: float = 0.0
     init_std: float = 0.02
     lr: float = 1e-3
@@ -161,30 +157,30 @@ def _sinusoids(n_positions: int, d_model: int) -> torch.Tensor:
 def _repeating_sequence(rng: random.Random, recipe: Recipe, n_words: int) -> tuple[list, list]:
     """Word indices (``n_positions - 1`` of them) and a flag per index: induction-predictable.
 
-    The sequence is a run of blocks ``lead + segment + (gap + segment) * copies``; words
-    outside the copies are drawn without replacement (until the vocabulary runs out), so a
-    repeated word's earlier occurrence, and hence what followed it, is unambiguous.
+    A left-to-right process: outside a copy, the next word starts a copy with probability
+    ``copy_start`` (it repeats the word at a uniformly random earlier position at least 3
+    back), else it is a uniformly random word. Inside a copy, with probability
+    ``copy_continue`` the next word is the one that followed the copied word (flagged
+    predictable), else the copy ends. Copies thus start at random offsets and repeat with
+    random periods, so position alone says nothing about where a repeat is.
     """
-    length = recipe.n_positions - 1
     seq: list[int] = []
     flags: list[bool] = []
-    pool: list[int] = []
-
-    def fresh(lo: int, hi: int) -> list[int]:
-        n = rng.randint(lo, hi)
-        if len(pool) < n:
-            pool.extend(rng.sample(range(n_words), n_words))
-        return [pool.pop() for _ in range(n)]
-
-    while len(seq) < length:
-        lead, seg = fresh(0, recipe.max_gap), fresh(recipe.min_segment, recipe.max_segment)
-        seq += lead + seg
-        flags += [False] * (len(lead) + len(seg))
-        for _ in range(rng.randint(1, recipe.max_copies)):
-            gap = fresh(0, recipe.max_gap)
-            seq += gap + seg
-            flags += [False] * (len(gap) + 1) + [True] * (len(seg) - 1)
-    return seq[:length], flags[:length]
+    src: int | None = None
+    while len(seq) < recipe.n_positions - 1:
+        if src is not None and rng.random() < recipe.copy_continue:
+            src += 1
+            seq.append(seq[src])
+            flags.append(True)
+            continue
+        src = None
+        if len(seq) >= 3 and rng.random() < recipe.copy_start:
+            src = rng.randrange(len(seq) - 2)
+            seq.append(seq[src])
+        else:
+            seq.append(rng.randrange(n_words))
+        flags.append(False)
+    return seq, flags
 
 
 def training_batch(
@@ -192,9 +188,8 @@ def training_batch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One batch of training sequences.
 
-    Each sequence is BOS followed by random words in which segments of
-    ``min_segment..max_segment`` words repeat after a random gap of ``0..max_gap`` words,
-    so the repeat period and offset change from segment to segment.
+    Each sequence is BOS followed by random words in which segments repeat at random
+    offsets and with random periods (see ``_repeating_sequence``).
 
     Args:
         rng: the data generator (advanced in place).
