@@ -86,6 +86,8 @@ class ClaimItem(pytest.Item):
             raise ClaimFailed(self.result)
         if self.result.verdict == "error":
             raise ClaimErrored(self.result)
+        if self.result.verdict == "skip":
+            pytest.skip(f"model unavailable (skip_if_unavailable): {self.result.message}")
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],
                      style: Any = None) -> Any:

@@ -17,6 +17,7 @@ __all__ = [
     "DataError",
     "MechcheckError",
     "ModelLoadError",
+    "ModelUnavailableError",
     "closest",
 ]
 
@@ -94,6 +95,10 @@ class DataError(MechcheckError):
 
 class ModelLoadError(MechcheckError):
     """A model or tokenizer cannot be found or loaded."""
+
+
+class ModelUnavailableError(ModelLoadError):
+    """An ``hf:`` model is neither in the local HF cache nor reachable on the hub."""
 
 
 def closest(word: str, candidates: Iterable[str], *, n: int = 3) -> list[str]:

@@ -18,7 +18,7 @@ from typing import Any
 
 from mechcheck.context import Context
 from mechcheck.engine import Needs
-from mechcheck.errors import ClaimSpecError, MechcheckError
+from mechcheck.errors import ClaimSpecError, MechcheckError, ModelUnavailableError
 from mechcheck.kinds import Measurement
 from mechcheck.results import ClaimResult, format_failure
 from mechcheck.session import Session
@@ -158,11 +158,14 @@ def _result(item: _Measured, p_adjusted: float, correction: str) -> ClaimResult:
 
 def _error_result(path: str, claim_id: str, exc: MechcheckError,
                   spec: ClaimSpec | None) -> ClaimResult:
+    verdict = "error"
     if spec is not None:
         exc.located(path=spec.path, claim_id=spec.id, line=spec.line_of(exc.key))
+        if spec.skip_if_unavailable and isinstance(exc, ModelUnavailableError):
+            verdict = "skip"
     return ClaimResult(
         file=path, id=claim_id, model=spec.model if spec else None,
-        kind=spec.kind if spec else None, verdict="error", message=str(exc),
+        kind=spec.kind if spec else None, verdict=verdict, message=str(exc),
         seed=spec.seed if spec else None, line=exc.line, xfail=spec.xfail if spec else None,
     )
 

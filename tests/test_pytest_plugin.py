@@ -240,3 +240,29 @@ def test_importing_the_plugin_does_not_import_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).parent)
     assert out.stdout.strip() == "False"
+
+
+def test_skip_if_unavailable_skips_hub_models_but_not_wrong_paths(
+        project: pytest.Pytester) -> None:
+    project.makefile(".yaml", test_hub="""\
+data: data.jsonl
+skip_if_unavailable: true
+claims:
+  - id: hub_model
+    kind: attends
+    model: hf:nobody/not-cached
+    components: ["head 0.1"]
+    pattern: first_token
+    min_score: 0.0
+  - id: wrong_path
+    kind: attends
+    model: ./not/here
+    components: ["head 0.1"]
+    pattern: first_token
+    min_score: 0.0
+""")
+    result = project.runpytest("-p", "no:cacheprovider", "-rs", "test_hub.yaml")
+    result.assert_outcomes(skipped=1, failed=1)
+    result.stdout.fnmatch_lines(["*claim 'wrong_path', key 'model': no model folder*",
+                                 "*model unavailable (skip_if_unavailable)*not in the local "
+                                 "HF cache*"])

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mechcheck.errors import ModelLoadError
+from mechcheck.errors import ModelLoadError, ModelUnavailableError
 from mechcheck.models.adapter import ArchMap, ModelAdapter, adapter_for
 
 __all__ = ["LoadedModel", "ModelSource", "eager_attention", "load_model", "parse_source"]
@@ -125,12 +125,13 @@ def _check_weights(path: str, source: ModelSource, allow_pickle: bool) -> bool:
 
 def _hub_error(source: ModelSource, exc: Exception) -> ModelLoadError:
     revision = f" --revision {source.revision}" if source.revision else ""
-    return ModelLoadError(
+    return ModelUnavailableError(
         f"model '{source.name}'{' at ' + source.revision if source.revision else ''} is not "
         f"in the local HF cache and could not be fetched ({type(exc).__name__})",
         key="model",
         hint=f"on a machine with network run `hf download {source.name}{revision}` "
-        "(or huggingface-cli download), then rerun; set HF_HOME to use another cache",
+        "(or huggingface-cli download), then rerun; set HF_HOME to use another cache; "
+        "or add skip_if_unavailable: true to skip such claims instead",
     )
 
 

@@ -44,7 +44,8 @@ _SCALAR_TAGS = frozenset(
 _MAX_NODES = 100_000
 # Top-level keys that are not defaults for claims.
 _FILE_ONLY = frozenset({"claims", "correction"})
-_SPEC_FIELDS = ("model", "data", "task", "alpha", "seed", "n", "test", "xfail", "description")
+_SPEC_FIELDS = ("model", "data", "task", "alpha", "seed", "n", "test", "xfail", "description",
+                "skip_if_unavailable")
 # Explicit tags such as ``!!int abc`` or ``!!timestamp x`` make PyYAML's scalar
 # constructors raise any of these.
 _SCALAR_ERRORS = (yaml.YAMLError, ValueError, TypeError, KeyError, AttributeError,

@@ -71,6 +71,7 @@ class ClaimSpec:
     test: str = "t"
     correction: str = "holm"
     xfail: str | None = None
+    skip_if_unavailable: bool = False
     description: str | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
     key_lines: Mapping[str, int] = field(default_factory=dict)
@@ -203,6 +204,9 @@ COMMON_KEYS: Mapping[str, KeySpec] = {
                 parse=as_choice("t", "wilcoxon", "permutation", "bootstrap"), default="t"),
         KeySpec(name="xfail", expected="a reason string: the claim is expected to fail",
                 parse=as_str),
+        KeySpec(name="skip_if_unavailable", parse=as_bool, default=False,
+                expected="true or false: skip (not fail) when an hf: model is neither in "
+                "the local HF cache nor reachable"),
     )
 }
 
@@ -210,7 +214,7 @@ COMMON_KEYS: Mapping[str, KeySpec] = {
 # are defaults that a claim may override.
 FILE_KEYS: Mapping[str, KeySpec] = {
     **{k: COMMON_KEYS[k] for k in ("model", "data", "task", "alpha", "seed", "n", "test",
-                                   "description")},
+                                   "description", "skip_if_unavailable")},
     "metric": KeySpec(name="metric", expected="a metric such as logit_diff, logprob, prob, "
                       "accuracy or kl", parse=as_str),
     "correction": KeySpec(name="correction", expected="one of holm, bh, none",
