@@ -95,7 +95,7 @@ class Runner:
         self._logits: dict[str, torch.Tensor] = {}
         self._recorded: dict[tuple[str, Site], list[torch.Tensor]] = {}
         self._patterns: dict[int, list[torch.Tensor]] = {}
-        self._means: dict[tuple[Site, str | None], dict[Any, torch.Tensor]] = {}
+        self._means: dict[tuple[Site, str | None, str], dict[Any, torch.Tensor]] = {}
         self._keep_one = "logits_to_keep" in _forward_parameters(loaded.model)
 
     # -- the shared runs -------------------------------------------------------
@@ -183,7 +183,7 @@ class Runner:
         for address, iv in targets:
             needs.runs.add(iv.base_run)
             if iv.source is not None:
-                run = "clean" if iv.source == "mean" else iv.source
+                run = iv.source.removesuffix("_mean").replace("mean", "clean")
                 needs.record.add((run, self.loaded.adapter.site(address)))
         return needs
 
@@ -218,28 +218,30 @@ class Runner:
                 mean_by: str | None = None) -> torch.Tensor | None:
         if source is None:
             return None
-        if source == "mean":
+        if source in ("mean", "corrupt_mean"):
             rows = self.batches[batch]
             length = len(self.dataset.prompts[rows[0]])
-            means = self._means_by(site, mean_by)
+            run = "corrupt" if source == "corrupt_mean" else "clean"
+            means = self._means_by(site, mean_by, run)
             keys = [None] * len(rows) if mean_by is None else [
                 self.dataset.columns[mean_by][int(r)] for r in rows]
             return torch.stack([means[k][:length] for k in keys])
         return self._recorded[(source, site)][batch]
 
-    def _means_by(self, site: Site, column: str | None) -> dict[Any, torch.Tensor]:
-        """Clean-run mean activation per position ``[max_len, width]``, over all rows
+    def _means_by(self, site: Site, column: str | None,
+                  run: str = "clean") -> dict[Any, torch.Tensor]:
+        """A run's mean activation per position ``[max_len, width]``, over all rows
         (key None) or per value of a data column."""
-        if (site, column) not in self._means:
+        if (site, column, run) not in self._means:
             values = [None] * len(self.dataset) if column is None else \
                 list(self.dataset.columns[column])
-            self._means[(site, column)] = {
-                key: self._mean_over({i for i, v in enumerate(values) if v == key}, site)
+            self._means[(site, column, run)] = {
+                key: self._mean_over({i for i, v in enumerate(values) if v == key}, site, run)
                 for key in dict.fromkeys(values)}
-        return self._means[(site, column)]
+        return self._means[(site, column, run)]
 
-    def _mean_over(self, rows: set[int], site: Site) -> torch.Tensor:
-        recorded = self._recorded[("clean", site)]
+    def _mean_over(self, rows: set[int], site: Site, run: str) -> torch.Tensor:
+        recorded = self._recorded[(run, site)]
         width, device = recorded[0].shape[-1], recorded[0].device
         total = torch.zeros(self.dataset.max_len, width, dtype=torch.float64, device=device)
         count = torch.zeros(self.dataset.max_len, 1, dtype=torch.float64, device=device)

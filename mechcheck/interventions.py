@@ -26,7 +26,8 @@ class Intervention:
         base_run: ``"clean"`` or ``"corrupt"``: the prompts of the patched run.
         source: the recording that supplies replacement values: ``"clean"`` or
             ``"corrupt"`` (the same row's activation in that run), ``"mean"`` (the
-            clean run's mean over the dataset, per position) or None.
+            clean run's mean over the dataset, per position), ``"corrupt_mean"`` (the
+            same over the corrupt prompts) or None.
         replace: ``(current [b, pos, w], source [b, pos, w] | None) -> replacement``.
         description: one line for reports and failure messages.
     """
@@ -39,7 +40,7 @@ class Intervention:
 
     @property
     def needs_corrupt(self) -> bool:
-        return "corrupt" in (self.base_run, self.source)
+        return "corrupt" in (self.base_run, self.source) or self.source == "corrupt_mean"
 
 
 def _zeros(current: torch.Tensor, source: torch.Tensor | None) -> torch.Tensor:
@@ -56,6 +57,10 @@ BUILTIN_INTERVENTIONS = (
                  description="zero-ablate"),
     Intervention(name="mean", base_run="clean", source="mean", replace=_source,
                  description="mean-ablate (clean-prompt mean per position)"),
+    Intervention(name="mean_corrupt", base_run="clean", source="corrupt_mean",
+                 replace=_source,
+                 description="mean-ablate with the corrupt prompts' mean per position "
+                 "(Wang et al.'s knockout over p_ABC)"),
     Intervention(name="resample", base_run="clean", source="corrupt", replace=_source,
                  description="resample-ablate (activation on the row's corrupt prompt)"),
     Intervention(name="noise", base_run="clean", source="corrupt", replace=_source,

@@ -88,7 +88,8 @@ METRIC = KeySpec(name="metric", required=True, parse=as_str,
 AT = KeySpec(name="at", parse=as_positions,
              expected="last, a token index, a position name from the data, or a list of them")
 ABLATION = KeySpec(name="ablation", required=True, parse=as_str,
-                   expected="an intervention: zero, mean or resample (or noise, or a plugin's)")
+                   expected="an intervention: zero, mean, mean_corrupt or resample (or noise, "
+                   "or a plugin's)")
 MEAN_BY = KeySpec(name="mean_by", parse=as_str,
                   expected="a data column such as template: mean ablation then takes the "
                   "mean over the rows sharing the row's value")

@@ -212,3 +212,15 @@ def test_mean_by_a_column_uses_each_groups_own_mean(tiny_loaded: Any) -> None:
                                pooled.patched_logits(target), atol=1e-6, rtol=0)
     with pytest.raises(DataError, match="no column 'tmpl'"):
         pooled.patched_logits(target, mean_by="tmpl")
+
+
+def test_mean_corrupt_with_identical_corrupt_prompts_equals_mean(tiny_loaded: Any) -> None:
+    loaded = tiny_loaded("llama")
+    rows = word_rows(5, lengths=(6,))
+    for row in rows:
+        row["corrupt"] = row["prompt"]
+    runner = runner_for(loaded, rows)
+    target = [(Address("head", 0, 1), IV["mean"])]
+    other = [(Address("head", 0, 1), IV["mean_corrupt"])]
+    torch.testing.assert_close(runner.patched_logits(other), runner.patched_logits(target),
+                               atol=1e-6, rtol=0)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from mechcheck.tasks.induction import INDUCTION
+from mechcheck.tasks.ioi import IOI
 
-BUILTIN_TASKS = (INDUCTION,)
+BUILTIN_TASKS = (INDUCTION, IOI)
 
 __all__ = ["BUILTIN_TASKS"]
