@@ -87,7 +87,9 @@ class ClaimItem(pytest.Item):
         if self.result.verdict == "error":
             raise ClaimErrored(self.result)
         if self.result.verdict == "skip":
-            pytest.skip(f"model unavailable (skip_if_unavailable): {self.result.message}")
+            reason = self.result.message.split("\n")[0]
+            raise pytest.skip.Exception(f"model unavailable (skip_if_unavailable): {reason}",
+                                        _use_item_location=True)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],
                      style: Any = None) -> Any:

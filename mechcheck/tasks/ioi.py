@@ -183,7 +183,7 @@ def _usable(tokenizer: Any, chosen: list[tuple[int, str]],
     counts = {spaced: [_unk_count(tokenizer, _text(_render(t, fill, spaced)))
                        for _, t in chosen] for spaced in (False, True)}
     spaced = sum(counts[True]) < sum(counts[False])
-    usable = tuple(c for c, unknown in zip(chosen, counts[spaced]) if unknown == 0)
+    usable = tuple(c for c, unknown in zip(chosen, counts[spaced], strict=True) if unknown == 0)
     return usable, spaced
 
 

@@ -1,0 +1,158 @@
+"""The greater-than task (Hanna et al., arXiv 2305.00586) and its probability difference.
+
+A prompt reads "The {noun} lasted from the year {XX}{YY} to the year {XX}": a model that
+knows how years work puts its next-token mass on two-digit endings greater than ``YY``.
+``YY`` runs over 02..98, each value equally often; the corrupt prompt is the same with
+``YY`` = 01, which leaves nearly every ending "greater".
+
+How a year is written depends on the tokenizer, which must give every two-digit number
+"00".."99" one token of its own:
+
+- ``joined`` (byte-level BPE such as GPT-2's): " 1732" must split into " 17" + "32";
+- ``spaced`` (word-level tokenizers, whose words are whole whitespace-separated
+  strings): the year is written "17 32", which splits into "17" + "32".
+
+``joined`` is used when it works, else ``spaced``; :func:`year_format` raises a
+ValueError naming what is missing when neither works.  Either way the predicted token is
+the bare two-digit token ("32"), whose ids :func:`year_token_ids` returns.
+"""
+
+from __future__ import annotations
+
+import random
+import weakref
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from mechcheck.errors import DataError
+from mechcheck.tasks import Task
+
+if TYPE_CHECKING:
+    from mechcheck.metrics import MetricInputs
+
+__all__ = [
+    "CENTURIES",
+    "GREATER_THAN",
+    "NOUNS",
+    "greater_than_pd",
+    "greater_than_rows",
+    "probability_difference",
+    "year_format",
+    "year_token_ids",
+]
+
+CENTURIES: tuple[int, ...] = (11, 12, 13, 14, 15, 16, 17)
+"""The ``XX`` values used by default, as in Hanna et al."""
+
+NOUNS: tuple[str, ...] = (
+    "war", "siege", "reign", "famine", "drought", "plague", "voyage", "journey",
+    "expedition", "campaign", "rebellion", "revolt", "dynasty", "empire", "truce",
+    "alliance", "treaty", "crusade", "occupation", "conflict", "struggle", "marriage",
+    "monarchy", "pilgrimage", "project", "trial", "exile", "feud", "blockade", "boom",
+)  # fmt: skip
+"""Things that last for years; those that are one token are used."""
+
+_TEMPLATE = "The {noun} lasted from the year {start} to the year {century:02d}"
+_TEMPLATE_WORDS = ("The", " lasted", " from", " the", " year", " to")
+_YEARS = tuple(f"{y:02d}" for y in range(100))
+_FORMATS: weakref.WeakKeyDictionary[Any, dict[tuple[int, ...], str]] = (
+    weakref.WeakKeyDictionary())
+_IDS: weakref.WeakKeyDictionary[Any, torch.Tensor] = weakref.WeakKeyDictionary()
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _is_token(tokenizer: Any, text: str) -> bool:
+    """``text`` is exactly one token, and not the unknown token."""
+    ids = _encode(tokenizer, text)
+    return len(ids) == 1 and ids[0] != getattr(tokenizer, "unk_token_id", None)
+
+
+def year_token_ids(tokenizer: Any) -> torch.Tensor:
+    """The token ids of "00".."99" (index ``y`` holds the id of ``y``), cached per tokenizer.
+
+    Raises:
+        ValueError: some two-digit number is not one token of its own.
+    """
+    cached = _IDS.get(tokenizer)
+    if cached is not None:
+        return cached
+    missing = [y for y in _YEARS if not _is_token(tokenizer, y)]
+    ids = [_encode(tokenizer, y)[0] for y in _YEARS] if not missing else []
+    if missing or len(set(ids)) != len(_YEARS):
+        shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
+        raise ValueError(
+            "greater_than needs every two-digit number 00..99 to be one token of its own; "
+            f"{len(missing) or 'some'} are not under this tokenizer"
+            + (f" ({shown})" if missing else " (several share one id)"))
+    _IDS[tokenizer] = torch.tensor(ids, dtype=torch.long)
+    return _IDS[tokenizer]
+
+
+def _split_failures(tokenizer: Any, centuries: Sequence[int], sep: str) -> list[str]:
+    """Years that do not split into " XX" + "YY" when written ``f" {XX}{sep}{YY}"``."""
+    ids = year_token_ids(tokenizer).tolist()
+    failures = []
+    for xx in centuries:
+        head = _encode(tokenizer, f" {xx:02d}")
+        for yy in range(100):
+            text = f" {xx:02d}{sep}{yy:02d}"
+            pieces = _encode(tokenizer, text)
+            if pieces != head + [ids[yy]]:
+                tokens = tokenizer.convert_ids_to_tokens(pieces)
+                failures.append(f"{text!r} gives {tokens}")
+    return failures
+
+
+def year_format(tokenizer: Any, centuries: Sequence[int] = CENTURIES) -> str:
+    """``"joined"`` or ``"spaced"``: how to write a year so it splits into " XX" + "YY".
+
+    Raises:
+        ValueError: a two-digit number or a century is not one token, or neither way of
+            writing a year splits it into " XX" + "YY"; the message names what fails.
+    """
+    key = tuple(centuries)
+    known = _FORMATS.setdefault(tokenizer, {})
+    if key in known:
+        return known[key]
+    year_token_ids(tokenizer)
+    bad = [f"' {xx:02d}'" for xx in centuries if not _is_token(tokenizer, f" {xx:02d}")]
+    if bad:
+        raise ValueError(f"greater_than needs each century to be one token after a space; "
+                         f"not one token under this tokenizer: {', '.join(bad)}")
+    joined = _split_failures(tokenizer, centuries, "")
+    if joined and _split_failures(tokenizer, centuries, " "):
+        raise ValueError(
+            f"greater_than needs ' XXYY' to split into ' XX' + 'YY' (or, for word-level "
+            f"tokenizers, ' XX YY' into ' XX' + 'YY'); {len(joined)} years do not, "
+            f"e.g. {joined[0]}")
+    known[key] = "spaced" if joined else "joined"
+    return known[key]
+
+
+def _check_template(tokenizer: Any, nouns: Sequence[str]) -> None:
+    missing = [w.strip() for w in _TEMPLATE_WORDS if not _is_token(tokenizer, w)]
+    if missing:
+        raise ValueError("greater_than prompts need these words to be one known token "
+                         f"each: {', '.join(missing)}")
+    if not nouns:
+        raise ValueError("greater_than needs at least one noun that is one token after a "
+                         f"space; none of {', '.join(NOUNS[:5])} ... is")
+
+
+def _usable_nouns(tokenizer: Any, nouns: Iterable[str]) -> list[str]:
+    return [w for w in dict.fromkeys(nouns) if _is_token(tokenizer, " " + w)]
+
+
+def _balanced_yy(rng: random.Random, n: int) -> list[int]:
+    """``n`` values of 02..98, each used floor(n/97) or ceil(n/97) times, shuffled."""
+    out: list[int] = []
+    while len(out) < n:
+        block = list(range(2, 99))
+        rng.shuffle(block)
+        out.extend(block)
+    return out[:n]
