@@ -7,6 +7,7 @@ and corrupt runs are computed once and shared by every claim that uses them.
 
 from __future__ import annotations
 
+import copy
 import gc
 import json
 from collections.abc import Sequence
@@ -66,8 +67,8 @@ class Session:
         key = str(parse_source(spec, base_dir=base_dir))
         if self._model is not None and self._model.key == key:
             return self._model
-        if key in self._model_errors:
-            raise self._model_errors[key]
+        if key in self._model_errors:  # a fresh copy: each claim adds its own location
+            raise copy.copy(self._model_errors[key])
         self.release()
         try:
             self._model = load_model(spec, base_dir=base_dir, archs=self.registry.archs,
@@ -75,7 +76,7 @@ class Session:
                                      allow_pickle=self.allow_pickle,
                                      trust_remote_code=self.trust_remote_code)
         except MechcheckError as exc:
-            self._model_errors[key] = exc.located(key="model")
+            self._model_errors[key] = copy.copy(exc.located(key="model"))
             raise
         return self._model
 

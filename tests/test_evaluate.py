@@ -55,3 +55,18 @@ def test_correction_is_applied_within_the_file(tmp_path: Path, tiny_folder: Any)
     assert frame["verdict"].tolist()[2] == "error"
     assert "head 9.9" not in frame["message"].tolist()[2]  # printed canonically
     assert "blocks.9.attn.head.9" in frame["message"].tolist()[2]
+
+
+def test_a_shared_model_error_names_each_claim(tmp_path: Path) -> None:
+    (tmp_path / "test_m.yaml").write_text("""\
+model: ./nowhere
+data: d.jsonl
+claims:
+  - {id: first, kind: attends, components: ["head 0.0"], pattern: first_token, min_score: 0}
+  - {id: second, kind: attends, components: ["head 0.0"], pattern: first_token, min_score: 0}
+""")
+    results = evaluate_path(tmp_path / "test_m.yaml", Session(device="cpu"))
+    assert [r.verdict for r in results] == ["error", "error"]
+    assert "claim 'first', key 'model'" in results[0].message
+    assert "claim 'second', key 'model'" in results[1].message
+    assert all(":1:" in r.message for r in results)  # the line that set model:

@@ -156,3 +156,125 @@ def _balanced_yy(rng: random.Random, n: int) -> list[int]:
         rng.shuffle(block)
         out.extend(block)
     return out[:n]
+
+
+def _row(tokenizer: Any, fmt: str, noun: str, xx: int, yy: int) -> dict[str, Any]:
+    """One row; checks that the YY and END positions hold the tokens they should."""
+    sep = "" if fmt == "joined" else " "
+    prompt, corrupt = (_TEMPLATE.format(noun=noun, start=f"{xx:02d}{sep}{y:02d}", century=xx)
+                       for y in (yy, 1))
+    ids = list(tokenizer(prompt)["input_ids"])
+    end, yy_pos = len(ids) - 1, len(ids) - 5
+    century = _encode(tokenizer, f" {xx:02d}")
+    if yy_pos < 0 or ids[yy_pos] != int(year_token_ids(tokenizer)[yy]) or [ids[end]] != century:
+        raise ValueError(f"greater_than cannot find the YY and END tokens of {prompt!r}: "
+                         f"it tokenizes as {tokenizer.convert_ids_to_tokens(ids)}")
+    return {
+        "prompt": prompt,
+        "answer": f"{yy + 1:02d}",
+        "wrong": f"{yy - 1:02d}",
+        "corrupt": corrupt,
+        "yy": yy,
+        "positions": {"YY": yy_pos, "END": end},
+    }
+
+
+def _setup(tokenizer: Any, centuries: Sequence[int],
+           nouns: Sequence[str]) -> tuple[str, list[int], list[str]]:
+    centuries = [int(c) for c in centuries]
+    if not centuries or any(not 10 <= c <= 99 for c in centuries):
+        raise ValueError(f"greater_than centuries must be two-digit numbers, got {centuries}")
+    usable = _usable_nouns(tokenizer, nouns)
+    _check_template(tokenizer, usable)
+    return year_format(tokenizer, centuries), centuries, usable
+
+
+def greater_than_rows(tokenizer: Any, *, n: int, seed: int,
+                      centuries: Sequence[int] = CENTURIES,
+                      nouns: Sequence[str] = NOUNS) -> list[dict[str, Any]]:
+    """``n`` greater-than rows for ``tokenizer``.
+
+    Columns: ``prompt``; ``answer``, the two-digit token of ``YY + 1`` (the smallest
+    ending that is greater, always valid since ``YY <= 98``); ``wrong``, that of
+    ``YY - 1`` (the largest ending that is not); ``corrupt``, the prompt with ``YY = 01``;
+    ``yy``, the int ``YY``; ``positions``, ``{"YY": index of the YY token, "END": last}``
+    (indices count the tokenizer's special tokens, as :func:`mechcheck.data.tokenize_rows`
+    tokenizes prompts).  ``YY`` is balanced over 02..98; the noun and ``XX`` are drawn
+    uniformly.
+
+    Args:
+        tokenizer: the model's tokenizer.
+        n: number of rows.
+        seed: seeds the row generator.
+        centuries: the ``XX`` values to draw from (default 11..17).
+        nouns: candidate nouns; those that are one token after a space are used.
+
+    Raises:
+        ValueError: the tokenizer lacks a token the prompts need (the message names it).
+    """
+    fmt, centuries, usable = _setup(tokenizer, centuries, nouns)
+    rng = random.Random(seed)
+    return [_row(tokenizer, fmt, rng.choice(usable), rng.choice(centuries), yy)
+            for yy in _balanced_yy(rng, n)]
+
+
+def _strategy(tokenizer: Any, *, centuries: Sequence[int] = CENTURIES,
+              nouns: Sequence[str] = NOUNS) -> Any:
+    from hypothesis import strategies as st
+
+    fmt, centuries, usable = _setup(tokenizer, centuries, nouns)
+    return st.builds(lambda noun, xx, yy: _row(tokenizer, fmt, noun, xx, yy),
+                     st.sampled_from(usable), st.sampled_from(centuries),
+                     st.integers(min_value=2, max_value=98))
+
+
+def probability_difference(logits: torch.Tensor, yy: torch.Tensor,
+                           year_ids: torch.Tensor) -> torch.Tensor:
+    """Per row, ``sum_{y > YY} p(y) - sum_{y <= YY} p(y)`` over the 100 endings.
+
+    Args:
+        logits: next-token logits ``[n, vocab]``.
+        yy: ``YY`` per row ``[n]``.
+        year_ids: token id of each ending 00..99 ``[100]``.
+
+    Returns:
+        ``[n]`` values in [-1, 1]; ``y = YY`` counts as not greater.
+    """
+    probs = torch.softmax(logits.float(), dim=-1)[:, year_ids.to(logits.device)]
+    endings = torch.arange(100, device=logits.device)
+    greater = endings.unsqueeze(0) > yy.to(logits.device).unsqueeze(1)
+    return torch.where(greater, probs, -probs).sum(dim=-1)
+
+
+def greater_than_pd(logits: torch.Tensor, inputs: MetricInputs) -> torch.Tensor:
+    """The ``greater_than_pd`` metric: :func:`probability_difference` of each row.
+
+    ``p`` is the softmax over the whole vocabulary, read at the 100 two-digit tokens;
+    the boundary is pinned: ``y = YY`` counts as **not** greater (it is subtracted),
+    unlike ACDC's implementation, which leaves it out.  ``YY`` comes from the data's
+    ``yy`` column and the token ids from the model's tokenizer (cached per tokenizer).
+
+    Raises:
+        DataError: the data has no ``yy`` column, or the tokenizer lacks a two-digit token.
+    """
+    if "yy" not in inputs.columns or any(v is None for v in inputs.columns["yy"]):
+        raise DataError("metric greater_than_pd needs a 'yy' column (the start year's last "
+                        "two digits) in every row", key="metric",
+                        hint="use task: {name: greater_than}, or add yy to every row")
+    if inputs.tokenizer is None:
+        raise DataError("metric greater_than_pd needs the model's tokenizer", key="metric")
+    try:
+        year_ids = year_token_ids(inputs.tokenizer)
+    except ValueError as exc:
+        raise DataError(str(exc), key="metric", hint="greater_than_pd suits tokenizers "
+                        "with a token for every two-digit number") from None
+    yy = torch.tensor([int(v) for v in inputs.columns["yy"]], dtype=torch.long)
+    return probability_difference(logits, yy, year_ids)
+
+
+GREATER_THAN = Task(
+    name="greater_than", generate=greater_than_rows, strategy=_strategy,
+    params={"centuries": "the XX values (two-digit ints) to draw from; default 11..17",
+            "nouns": "candidate nouns; those that are one token after a space are used"},
+    description="'The war lasted from the year 1732 to the year 17': is the next ending "
+    "greater than 32? (Hanna et al. 2023)")

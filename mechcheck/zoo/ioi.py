@@ -1,0 +1,291 @@
+"""``zoo:ioi-small``: a 4-layer GPT-2 trained from scratch to do indirect-object
+identification.
+
+The model reads word-level IOI sentences (:mod:`mechcheck.tasks.ioi`, punctuation as
+separate words) such as ``"When Mary and John went to the store , John gave a drink to
+Mary"`` and is trained as a language model on every token of them, so at the last word
+of a prompt it must name the person who was mentioned once (the indirect object, IO)
+rather than the one mentioned twice (the subject, S), as in Wang et al. (arXiv
+2211.00593).  Training takes a few minutes on two CPU cores and is fully seeded.
+
+:func:`build` writes ``step{N}/`` checkpoint folders (weights as safetensors plus the
+tokenizer) and ``recipe.json`` (the recipe, the held-out IO-vs-S accuracy and logit
+difference during training, and the training time).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
+
+from mechcheck.models.tiny import word_tokenizer
+from mechcheck.tasks.ioi import IOIPools, ioi_pools, ioi_row, ioi_rows, ioi_vocabulary
+
+__all__ = [
+    "BOS",
+    "NAME",
+    "RECIPE",
+    "WORDS",
+    "Recipe",
+    "build",
+    "checkpoint_steps",
+    "evaluate_ioi",
+    "make_model",
+    "make_tokenizer",
+    "training_batch",
+]
+
+NAME = "ioi-small"
+BOS = "<bos>"
+WORDS: tuple[str, ...] = tuple(ioi_vocabulary())
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that determines the trained weights (recorded in ``recipe.json``).
+
+    Attributes:
+        seed: seeds model init (``torch.manual_seed``) and, offset by 1 and 2, the
+            training and held-out sentence generators.
+        n_layers: transformer blocks.
+        n_heads: attention heads per block.
+        d_model: residual width.
+        d_mlp: MLP hidden width.
+        n_positions: context length (the longest sentence is 23 tokens with BOS).
+        batch_size: sentences per step.
+        lr: AdamW peak learning rate (linear warm-up, then cosine decay to 10%).
+        betas: AdamW betas.
+        weight_decay: AdamW weight decay.
+        warmup_steps: linear learning-rate warm-up.
+        steps: optimiser steps in all.
+        checkpoints: steps at which a checkpoint folder ``step{N}`` is saved (plus
+            ``steps``).
+        log_every: evaluate on the held-out prompts every this many steps.
+        eval_size: held-out prompts for the recorded accuracy and logit difference.
+        threads: ``torch.set_num_threads`` during training.
+    """
+
+    seed: int = 2024
+    n_layers: int = 4
+    n_heads: int = 4
+    d_model: int = 64
+    d_mlp: int = 256
+    n_positions: int = 32
+    batch_size: int = 64
+    lr: float = 2e-3
+    betas: tuple[float, float] = (0.9, 0.98)
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    steps: int = 3000
+    checkpoints: tuple[int, ...] = ()
+    log_every: int = 250
+    eval_size: int = 512
+    threads: int = 2
+
+
+RECIPE = Recipe()
+
+
+def make_tokenizer() -> PreTrainedTokenizerBase:
+    """The word-level tokenizer: ``<unk>``, ``<bos>``, then :data:`WORDS`."""
+    return word_tokenizer(WORDS, bos_token=BOS)
+
+
+def make_model(recipe: Recipe = RECIPE) -> GPT2LMHeadModel:
+    """The randomly initialised model (seeded by ``recipe.seed``), all dropout 0."""
+    tokenizer = make_tokenizer()
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=recipe.n_positions,
+        n_embd=recipe.d_model,
+        n_layer=recipe.n_layers,
+        n_head=recipe.n_heads,
+        n_inner=recipe.d_mlp,
+        activation_function="gelu",
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.bos_token_id,
+    )
+    config._attn_implementation = "eager"
+    torch.manual_seed(recipe.seed)
+    return GPT2LMHeadModel(config).eval()
+
+
+def training_batch(rng: random.Random, tokenizer: PreTrainedTokenizerBase,
+                   pools: IOIPools, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch of whole IOI sentences (prompt followed by the IO name).
+
+    Args:
+        rng: the sentence generator (advanced in place).
+        tokenizer: the model's tokenizer (adds BOS).
+        pools: the task's word pools for that tokenizer.
+        batch_size: number of sentences.
+
+    Returns:
+        ``(ids, mask)``: ids ``[batch, longest]``, right-padded with BOS, and a bool
+        mask ``[batch, longest - 1]`` marking the targets ``ids[:, 1:]`` that are real
+        tokens (not padding).
+    """
+    rows = [ioi_row(rng, tokenizer, pools) for _ in range(batch_size)]
+    encoded = [tokenizer(r["prompt"] + r["answer"])["input_ids"] for r in rows]
+    width = max(len(e) for e in encoded)
+    ids = torch.full((batch_size, width), tokenizer.bos_token_id, dtype=torch.long)
+    mask = torch.zeros(batch_size, width - 1, dtype=torch.bool)
+    for b, seq in enumerate(encoded):
+        ids[b, : len(seq)] = torch.tensor(seq)
+        mask[b, : len(seq) - 1] = True
+    return ids, mask
+
+
+@torch.no_grad()
+def evaluate_ioi(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerBase,
+                 rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Held-out IOI behaviour at the last prompt token.
+
+    Returns:
+        ``accuracy`` (share of prompts with logit(IO) > logit(S)), ``logit_diff`` (mean
+        logit(IO) - logit(S)) and ``p_io`` (mean probability of IO).
+    """
+    model.eval()
+    io_ids = [tokenizer(r["answer"], add_special_tokens=False)["input_ids"][0] for r in rows]
+    s_ids = [tokenizer(r["wrong"], add_special_tokens=False)["input_ids"][0] for r in rows]
+    diffs, probs = [], []
+    for row, io, s in zip(rows, io_ids, s_ids, strict=True):
+        ids = torch.tensor([tokenizer(row["prompt"])["input_ids"]])
+        logits = model(input_ids=ids).logits[0, -1]
+        diffs.append(float(logits[io] - logits[s]))
+        probs.append(float(logits.softmax(-1)[io]))
+    return {
+        "accuracy": round(sum(d > 0 for d in diffs) / len(diffs), 4),
+        "logit_diff": round(sum(diffs) / len(diffs), 4),
+        "p_io": round(sum(probs) / len(probs), 4),
+    }
+
+
+def checkpoint_steps(recipe: Recipe = RECIPE) -> list[int]:
+    """Steps with a checkpoint folder, in training order; the last one is ``recipe.steps``."""
+    return sorted({s for s in recipe.checkpoints if s < recipe.steps} | {recipe.steps})
+
+
+def _save(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
+    model.eval()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def _schedule(recipe: Recipe) -> Any:
+    """Linear warm-up to 1, then cosine decay to 0.1 at ``recipe.steps``."""
+    import math
+
+    def factor(step: int) -> float:
+        if step < recipe.warmup_steps:
+            return (step + 1) / recipe.warmup_steps
+        done = (step - recipe.warmup_steps) / max(1, recipe.steps - recipe.warmup_steps)
+        return 0.1 + 0.45 * (1.0 + math.cos(math.pi * min(1.0, done)))
+
+    return factor
+
+
+def _step(model: GPT2LMHeadModel, opt: torch.optim.Optimizer,
+          batch: tuple[torch.Tensor, torch.Tensor]) -> float:
+    ids, mask = batch
+    model.train()
+    logits = model(input_ids=ids).logits[:, :-1]
+    losses = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+    loss = losses[mask].mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss)
+
+
+def _train(recipe: Recipe, out_dir: Path) -> list[dict]:
+    tokenizer = make_tokenizer()
+    pools = ioi_pools(tokenizer)
+    model = make_model(recipe)
+    data_rng = random.Random(recipe.seed + 1)
+    held_out = ioi_rows(tokenizer, n=recipe.eval_size, seed=recipe.seed + 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=recipe.betas,
+                            weight_decay=recipe.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(recipe))
+    saves, history, loss = set(checkpoint_steps(recipe)), [], float("nan")
+    for step in range(recipe.steps + 1):
+        if step in saves:
+            _save(model, tokenizer, out_dir / f"step{step}")
+        if step % recipe.log_every == 0 or step in saves:
+            history.append({"step": step, "train_loss": round(loss, 4),
+                            **evaluate_ioi(model, tokenizer, held_out)})
+        if step == recipe.steps:
+            break
+        loss = _step(model, opt, training_batch(data_rng, tokenizer, pools, recipe.batch_size))
+        sched.step()
+    return history
+
+
+def _clear(out_dir: Path) -> None:
+    """Remove an earlier build's checkpoint folders and recipe from ``out_dir``."""
+    for child in out_dir.glob("step*"):
+        if child.is_dir() and re.fullmatch(r"step\d+", child.name):
+            shutil.rmtree(child)
+    (out_dir / "recipe.json").unlink(missing_ok=True)
+
+
+def build(out_dir: str | Path, *, steps: int | None = None, recipe: Recipe = RECIPE) -> Path:
+    """Train the model from its recipe and save it under ``out_dir``.
+
+    Writes ``out_dir/step{N}/`` (model + tokenizer) for each of :func:`checkpoint_steps`
+    and ``out_dir/recipe.json``.  Earlier ``step*`` folders in ``out_dir`` are removed
+    first.
+
+    Args:
+        out_dir: the folder to write.
+        steps: train for this many steps instead of ``recipe.steps`` (checkpoints after
+            it are dropped; the last one is always ``steps``).
+        recipe: the recipe to run.
+
+    Returns:
+        ``out_dir``.
+    """
+    if steps is not None:
+        recipe = replace(recipe, steps=steps)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _clear(out)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(recipe.threads)
+    start = time.perf_counter()
+    try:
+        history = _train(recipe, out)
+    finally:
+        torch.set_num_threads(threads)
+    _write_recipe(out, recipe, history, time.perf_counter() - start)
+    return out
+
+
+def _write_recipe(out: Path, recipe: Recipe, history: list[dict], seconds: float) -> None:
+    record: dict[str, Any] = {
+        "name": NAME,
+        "architecture": "GPT2LMHeadModel",
+        "tokenizer": {"type": "WordLevel", "bos_token": BOS, "words": len(WORDS)},
+        "task": "ioi (mechcheck.tasks.ioi), whole sentences, next-token loss on every token",
+        "recipe": asdict(recipe),
+        "checkpoints": [f"step{s}" for s in checkpoint_steps(recipe)],
+        "final": history[-1],
+        "train_seconds": round(seconds, 1),
+        "torch": torch.__version__,
+        "history": history,
+    }
+    text = json.dumps(record, indent=1)
+    (out / "recipe.json").write_text(text + "\n", encoding="utf-8")
