@@ -56,13 +56,22 @@ class ClaimFileNode(pytest.File):
         if parsed.error is not None:
             yield ClaimItem.from_parent(self, name="<file>", line=parsed.error.line)
             return
+        # checkpoint-major, so that each checkpoint's model is loaded once
+        for checkpoint in plugin.checkpoints(parsed):
+            yield from self._claim_items(parsed, checkpoint, claim_name)
+
+    def _claim_items(self, parsed: Any, checkpoint: str | None,
+                     claim_name: Any) -> Iterator[ClaimItem]:
         seen: set[str] = set()
         for i, claim in enumerate(parsed.claims):
             name = claim_name(claim, i)
             if name in seen:
                 name = f"{name}@line{claim.line}"
             seen.add(name)
-            item = ClaimItem.from_parent(self, name=name, line=claim.line, entry=claim)
+            if checkpoint is not None:
+                name = f"{name}[{checkpoint}]"
+            item = ClaimItem.from_parent(self, name=name, line=claim.line, entry=claim,
+                                         checkpoint=checkpoint)
             reason = getattr(claim, "xfail", None)
             if reason:
                 item.add_marker(pytest.mark.xfail(reason=reason, strict=True,
@@ -73,10 +82,13 @@ class ClaimFileNode(pytest.File):
 class ClaimItem(pytest.Item):
     """One claim of a claim file."""
 
-    def __init__(self, *, line: int | None = None, entry: Any = None, **kwargs: Any) -> None:
+    def __init__(self, *, line: int | None = None, entry: Any = None,
+                 checkpoint: str | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.line = line
         self.entry = entry
+        self.checkpoint = checkpoint
         self.result: ClaimResult | None = None
 
     def runtest(self) -> None:

@@ -42,13 +42,22 @@ def library_versions() -> dict[str, str]:
         ("numpy", numpy.__version__))}
 
 
-def evaluate_file(claim_file: ClaimFile, session: Session) -> list[ClaimResult]:
-    """Measure every claim of a parsed file and apply the file's correction."""
+def evaluate_file(claim_file: ClaimFile, session: Session, *,
+                  checkpoint: str | None = None) -> list[ClaimResult]:
+    """Measure every claim of a parsed file and apply the file's correction.
+
+    With ``checkpoint``, every claim runs on that checkpoint of its model, and the
+    claims of the file form one family per checkpoint.
+    """
+    from mechcheck.models.loading import with_checkpoint
+
     if claim_file.error is not None:
         return [_error_result(claim_file.path, "<file>", claim_file.error, None)]
-    specs = [c for c in claim_file.claims if isinstance(c, ClaimSpec)]
-    return evaluate_claims(specs, session, correction=claim_file.correction,
-                           order=claim_file.claims)
+    order = [c if not isinstance(c, ClaimSpec) or checkpoint is None or c.model is None
+             else replace(c, model=with_checkpoint(c.model, checkpoint), checkpoint=checkpoint)
+             for c in claim_file.claims]
+    specs = [c for c in order if isinstance(c, ClaimSpec)]
+    return evaluate_claims(specs, session, correction=claim_file.correction, order=order)
 
 
 def evaluate_claims(specs: Sequence[ClaimSpec], session: Session, *, correction: str = "holm",
@@ -142,7 +151,8 @@ def _result(item: _Measured, p_adjusted: float, correction: str) -> ClaimResult:
     d = m.decision
     label = outcome(d, p_adjusted)
     result = ClaimResult(
-        file=spec.path, id=spec.id, model=spec.model, checkpoint=loaded.source.revision,
+        file=spec.path, id=spec.id, model=spec.model,
+        checkpoint=spec.checkpoint or loaded.source.revision,
         kind=spec.kind, components=m.components, intervention=m.intervention,
         metric=m.metric, n=d.n, effect=d.effect, ci_low=d.ci_low, ci_high=d.ci_high,
         threshold=d.threshold, p_value=d.p_value, p_adjusted=p_adjusted,
@@ -165,6 +175,7 @@ def _error_result(path: str, claim_id: str, exc: MechcheckError,
             verdict = "skip"
     return ClaimResult(
         file=path, id=claim_id, model=spec.model if spec else None,
+        checkpoint=spec.checkpoint if spec else None,
         kind=spec.kind if spec else None, verdict=verdict, message=str(exc),
         seed=spec.seed if spec else None, line=exc.line, xfail=spec.xfail if spec else None,
     )

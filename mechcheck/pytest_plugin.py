@@ -29,6 +29,7 @@ DTYPE_OPTION = "--mechcheck-dtype"
 BATCH_OPTION = "--mechcheck-batch-size"
 RESAMPLES_OPTION = "--mechcheck-n-resamples"
 PICKLE_OPTION = "--mechcheck-allow-pickle"
+CHECKPOINTS_OPTION = "--mechcheck-checkpoints"
 REMOTE_CODE_OPTION = "--mechcheck-trust-remote-code"
 FILES_INI = "mechcheck_files"
 PLUGINS_INI = "mechcheck_plugins"
@@ -46,6 +47,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="most prompts per forward pass (default 128)")
     group.addoption(RESAMPLES_OPTION, type=int, default=9999,
                     help="resamples for bootstrap and permutation rules (default 9999)")
+    group.addoption(CHECKPOINTS_OPTION, metavar="A,B,C", default=None,
+                    help="run every claim once per checkpoint (hf revisions, subfolders of a "
+                    "local model, zoo checkpoints); overrides the files' checkpoints:")
     group.addoption(PICKLE_OPTION, action="store_true",
                     help="allow loading pickle (.bin) checkpoints, which can run code")
     group.addoption(REMOTE_CODE_OPTION, action="store_true",
@@ -63,7 +67,7 @@ class MechcheckPlugin:
         self.config = config
         self._session: Session | None = None
         self.parsed: dict[str, Any] = {}
-        self._file_results: dict[str, dict[str, ClaimResult]] = {}
+        self._file_results: dict[tuple[str, str | None], dict[str, ClaimResult]] = {}
         self.results: list[ClaimResult] = []
 
     @property
@@ -83,21 +87,30 @@ class MechcheckPlugin:
             )
         return self._session
 
+    def checkpoints(self, parsed: Any) -> tuple[str | None, ...]:
+        """The checkpoints a file runs on: the option's, else the file's, else none."""
+        option = self.config.getoption(CHECKPOINTS_OPTION)
+        if option:
+            return tuple(c.strip() for c in option.split(",") if c.strip())
+        return tuple(parsed.checkpoints) or (None,)
+
     def result_for(self, item: ClaimItem) -> ClaimResult:
-        """The item's result; the first item of a file evaluates the whole file."""
+        """The item's result; the first item of a file (and checkpoint) evaluates them all."""
         from mechcheck.evaluate import evaluate_file
         from mechcheck.spec.loader import claim_name
 
-        key = str(item.path)
+        key = (str(item.path), item.checkpoint)
         if key not in self._file_results:
-            parsed = self.parsed[key]
-            results = evaluate_file(parsed, self.session)
+            parsed = self.parsed[key[0]]
+            results = evaluate_file(parsed, self.session, checkpoint=item.checkpoint)
             names = ["<file>"] if parsed.error is not None else [
                 claim_name(c, i) for i, c in enumerate(parsed.claims)]
-            self._file_results[key] = {}
+            suffix = "" if item.checkpoint is None else f"[{item.checkpoint}]"
+            table: dict[str, ClaimResult] = {}
             for name, result in zip(names, results):
-                self._file_results[key].setdefault(name, result)
-                self._file_results[key].setdefault(f"{name}@line{result.line}", result)
+                table.setdefault(name + suffix, result)
+                table.setdefault(f"{name}@line{result.line}{suffix}", result)
+            self._file_results[key] = table
         return self._file_results[key][item.name]
 
     def record(self, result: ClaimResult) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 from mechcheck.errors import MechcheckError
 from mechcheck.results import REPORT_FIELDS, ClaimResult
 
-__all__ = ["read_report", "results_frame", "summary_table", "write_report"]
+__all__ = ["matrix", "read_report", "results_frame", "summary_table", "write_report"]
 
 
 def results_frame(results: Iterable[ClaimResult]) -> Any:
@@ -24,6 +24,22 @@ def results_frame(results: Iterable[ClaimResult]) -> Any:
     if frame.empty:
         return pd.DataFrame(columns=list(REPORT_FIELDS))
     return frame
+
+
+def matrix(results: Iterable[ClaimResult] | Any, values: str = "verdict") -> Any:
+    """Claims x checkpoints: one row per (file, id), one column per checkpoint, in the
+    order checkpoints first appear; cells hold ``values`` (``verdict``, ``effect`` ...).
+
+    Accepts results or a DataFrame from :func:`results_frame`.
+    """
+    import pandas as pd
+
+    frame = results if isinstance(results, pd.DataFrame) else results_frame(results)
+    frame = frame.assign(checkpoint=frame["checkpoint"].fillna("-"))
+    order = list(dict.fromkeys(frame["checkpoint"]))
+    table = frame.pivot_table(index=["file", "id"], columns="checkpoint", values=values,
+                              aggfunc="first", sort=False)
+    return table.reindex(columns=order)
 
 
 def write_report(results: Sequence[ClaimResult], path: str | os.PathLike,

@@ -74,6 +74,26 @@ def word_rows(n: int, *, seed: int = 0, lengths: tuple[int, ...] = (6, 8),
     return rows
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _import_everything_once(tiny_loaded: Callable[..., Any]) -> None:
+    """Run the whole pipeline once in this process before any pytester run.
+
+    pytester's in-process runs restore ``sys.modules`` afterwards, so a module first
+    imported inside one (torch registers operators on import) would be imported twice.
+    """
+    from mechcheck.addresses import Address
+    from mechcheck.data import tokenize_rows
+    from mechcheck.engine import Runner
+    from mechcheck.interventions import BUILTIN_INTERVENTIONS
+    from mechcheck.session import Session
+
+    loaded = tiny_loaded("gpt2")
+    runner = Runner(loaded, tokenize_rows(word_rows(2), loaded.tokenizer))
+    runner.patched_logits([(Address("head", 0, 0), BUILTIN_INTERVENTIONS[0])])
+    runner.pattern(0, 0)
+    Session()
+
+
 @pytest.fixture(autouse=True)
 def _no_hook_left_behind() -> Any:
     """Every test must leave the shared models without the hooks it installed."""

@@ -23,7 +23,8 @@ from typing import Any
 from mechcheck.errors import ModelLoadError, ModelUnavailableError
 from mechcheck.models.adapter import ArchMap, ModelAdapter, adapter_for
 
-__all__ = ["LoadedModel", "ModelSource", "eager_attention", "load_model", "parse_source"]
+__all__ = ["LoadedModel", "ModelSource", "eager_attention", "load_model", "parse_source",
+           "with_checkpoint"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,6 +73,20 @@ def parse_source(spec: str, *, base_dir: str | os.PathLike = ".") -> ModelSource
     if not path.is_absolute():
         path = Path(base_dir) / path
     return ModelSource(kind="folder", name=str(path.resolve()))
+
+
+def with_checkpoint(spec: str, checkpoint: str | None) -> str:
+    """The ``model:`` value for one checkpoint of ``spec``.
+
+    ``hf:`` and ``zoo:`` models take the checkpoint as their revision
+    (``hf:EleutherAI/pythia-70m@step1000``); a local folder takes it as a subfolder.
+    """
+    if checkpoint is None:
+        return spec
+    for kind in ("hf:", "zoo:"):
+        if spec.startswith(kind):
+            return f"{spec.partition('@')[0]}@{checkpoint}"
+    return str(Path(spec) / checkpoint)
 
 
 def _pick_device(device: str | None) -> str:

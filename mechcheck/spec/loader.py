@@ -43,7 +43,7 @@ _SCALAR_TAGS = frozenset(
 # Aliases can make a tiny file expand to a huge value ("billion laughs"): refuse it.
 _MAX_NODES = 100_000
 # Top-level keys that are not defaults for claims.
-_FILE_ONLY = frozenset({"claims", "correction"})
+_FILE_ONLY = frozenset({"claims", "correction", "checkpoints"})
 _SPEC_FIELDS = ("model", "data", "task", "alpha", "seed", "n", "test", "xfail", "description",
                 "skip_if_unavailable")
 # Explicit tags such as ``!!int abc`` or ``!!timestamp x`` make PyYAML's scalar
@@ -107,7 +107,8 @@ def parse_claim_text(
     folder = base_dir if base_dir is not None else os.path.dirname(os.path.abspath(path))
     ctx = _Context(path=path, kinds=kinds, header=header, base_dir=folder, builder=builder)
     claims = tuple(_claim_or_error(node, ctx) for node in header.claim_nodes)
-    return ClaimFile(path=path, claims=claims, correction=header.correction)
+    return ClaimFile(path=path, claims=claims, correction=header.correction,
+                     checkpoints=header.checkpoints)
 
 
 def claim_name(item: ClaimSpec | ClaimSpecError, index: int) -> str:
@@ -307,6 +308,7 @@ class _Header:
     defaults: dict[str, _Value]
     correction: str
     claim_nodes: list[Node]
+    checkpoints: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,7 +342,9 @@ def _read_header(root: Node | None, kinds: Kinds, builder: _Builder) -> _Header:
     for name, value in defaults.items():
         if name in FILE_KEYS:
             _parse_value(name, FILE_KEYS[name], value.raw, value.line)
-    return _Header(defaults, _correction(defaults), _claim_nodes(claims_node, root))
+    checkpoints = defaults.get("checkpoints")
+    return _Header(defaults, _correction(defaults), _claim_nodes(claims_node, root),
+                   FILE_KEYS["checkpoints"].parse(checkpoints.raw) if checkpoints else ())
 
 
 def _mapping_values(node: MappingNode, builder: _Builder, skip: str = "") -> dict[str, _Value]:

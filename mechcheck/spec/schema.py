@@ -72,6 +72,7 @@ class ClaimSpec:
     correction: str = "holm"
     xfail: str | None = None
     skip_if_unavailable: bool = False
+    checkpoint: str | None = None
     description: str | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
     key_lines: Mapping[str, int] = field(default_factory=dict)
@@ -95,6 +96,7 @@ class ClaimFile:
     claims: tuple[Any, ...] = ()  # ClaimSpec | ClaimSpecError, in file order
     error: Any = None  # ClaimSpecError | None
     correction: str = "holm"
+    checkpoints: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------------------
@@ -170,6 +172,17 @@ def as_task(value: Any) -> dict[str, Any]:
     return dict(value)
 
 
+def as_checkpoints(value: Any) -> tuple[str, ...]:
+    """A non-empty list of checkpoint names (numbers are accepted and stringified)."""
+    items = value if isinstance(value, list) else [value]
+    if not items or any(isinstance(i, bool) or not isinstance(i, (str, int)) for i in items):
+        raise ValueError(f"got {value!r}")
+    names = tuple(str(i) for i in items)
+    if len(set(names)) != len(names):
+        raise ValueError(f"got a repeated checkpoint in {list(names)}")
+    return names
+
+
 def as_positions(value: Any) -> tuple[int | str, ...]:
     """``last``, a position name, an index, or a list of indices and names."""
     items = value if isinstance(value, list) else [value]
@@ -219,4 +232,7 @@ FILE_KEYS: Mapping[str, KeySpec] = {
                       "accuracy or kl", parse=as_str),
     "correction": KeySpec(name="correction", expected="one of holm, bh, none",
                           parse=as_choice("holm", "bh", "none"), default="holm"),
+    "checkpoints": KeySpec(name="checkpoints", parse=as_checkpoints,
+                           expected="a list of checkpoint names: hf revisions such as "
+                           "step1000, subfolders of a local model, or zoo checkpoints"),
 }

@@ -1,0 +1,102 @@
+"""Claims across checkpoints: one item per claim x checkpoint, the matrix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mechcheck.models.loading import with_checkpoint
+from mechcheck.report import matrix, read_report
+from tests.conftest import word_rows
+
+
+def test_with_checkpoint() -> None:
+    assert with_checkpoint("hf:EleutherAI/pythia-70m", "step1000") == \
+        "hf:EleutherAI/pythia-70m@step1000"
+    assert with_checkpoint("hf:x@main", "step1") == "hf:x@step1"
+    assert with_checkpoint("zoo:induction-2l", "step0") == "zoo:induction-2l@step0"
+    assert with_checkpoint("models/m", "step3") == str(Path("models/m/step3"))
+    assert with_checkpoint("models/m", None) == "models/m"
+
+
+@pytest.fixture
+def checkpointed(pytester: pytest.Pytester) -> pytest.Pytester:
+    from mechcheck.models.tiny import save_tiny
+
+    for i, step in enumerate(("step0", "step5", "step9")):
+        save_tiny("gpt2", pytester.path / "model" / step, seed=10 + i)
+    pytester.path.joinpath("d.jsonl").write_text(
+        "\n".join(json.dumps(r) for r in word_rows(12)))
+    pytester.makefile(".yaml", test_ckpt="""\
+model: model
+data: d.jsonl
+checkpoints: [step0, step5, step9]
+claims:
+  - id: first
+    kind: attends
+    components: ["head 0.0"]
+    pattern: first_token
+    min_score: 0.0
+  - id: never
+    kind: attends
+    components: ["head 0.0"]
+    pattern: previous_token
+    min_score: 0.99
+""")
+    return pytester
+
+
+def test_one_item_per_claim_and_checkpoint(checkpointed: pytest.Pytester) -> None:
+    result = checkpointed.runpytest("-p", "no:cacheprovider", "--collect-only", "-q")
+    result.stdout.fnmatch_lines(["test_ckpt.yaml::first[[]step0[]]",
+                                 "test_ckpt.yaml::never[[]step0[]]",
+                                 "test_ckpt.yaml::first[[]step5[]]"])
+    result = checkpointed.runpytest("-p", "no:cacheprovider", "--mechcheck-report", "r.json")
+    result.assert_outcomes(passed=3, failed=3)
+    results = read_report(checkpointed.path / "r.json")
+    assert [(r.id, r.checkpoint) for r in results][:2] == [("first", "step0"),
+                                                            ("first", "step5")]
+    table = matrix(results)
+    assert list(table.columns) == ["step0", "step5", "step9"]
+    assert table.loc[("test_ckpt.yaml", "first")].tolist() == ["pass"] * 3
+    assert table.loc[("test_ckpt.yaml", "never")].tolist() == ["fail"] * 3
+    effects = matrix(results, values="effect")
+    assert effects.loc[("test_ckpt.yaml", "first"), "step0"] != \
+        effects.loc[("test_ckpt.yaml", "first"), "step9"]  # different weights
+
+
+def test_option_overrides_and_k_selects(checkpointed: pytest.Pytester) -> None:
+    result = checkpointed.runpytest("-p", "no:cacheprovider", "--mechcheck-checkpoints",
+                                    "step9", "-k", "first")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*test_ckpt.yaml::first[[]step9[]]*pass*"])
+    result = checkpointed.runpytest("-p", "no:cacheprovider", "--mechcheck-checkpoints",
+                                    "step7", "-k", "first")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*key 'model': no model folder at *step7*"])
+
+
+def test_each_checkpoint_is_loaded_once(checkpointed: pytest.Pytester,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import mechcheck.models.loading as loading
+
+    loads: list[str] = []
+    real = loading.load_model
+    monkeypatch.setattr(loading, "load_model", lambda spec, **kw: loads.append(spec) or
+                        real(spec, **kw))
+    checkpointed.runpytest("-p", "no:cacheprovider")
+    assert [Path(s).name for s in loads] == ["step0", "step5", "step9"]
+
+
+def test_matrix_accepts_a_frame(tmp_path: Path) -> None:
+    from mechcheck.report import results_frame
+    from mechcheck.results import ClaimResult
+
+    results = [ClaimResult(file="f", id=i, model="m", checkpoint=c, verdict=v)
+               for i, c, v in [("a", "s1", "fail"), ("a", "s2", "pass"), ("b", "s1", "pass")]]
+    table = matrix(results_frame(results))
+    assert table.loc[("f", "a")].tolist() == ["fail", "pass"]
+    assert Any is not None
