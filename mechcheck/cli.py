@@ -5,6 +5,7 @@
     mechcheck zoo list                 # the bundled models and their checkpoints
     mechcheck zoo build NAME [--out D] # retrain a zoo model from its recipe
     mechcheck check PATH [--report R]  # evaluate claim files, print the table
+    mechcheck compare OLD.json NEW.json [--max-drift X]  # regressions, exit 1 if any
 """
 
 from __future__ import annotations
@@ -31,7 +32,25 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("path", help="a claim file or a folder of test_*.yaml files")
     check.add_argument("--report", default=None, help="write results to a .json or .csv file")
     check.add_argument("--device", default=None)
+    compare = commands.add_parser("compare", help="compare two reports; exit 1 on a "
+                                  "regression")
+    compare.add_argument("old")
+    compare.add_argument("new")
+    compare.add_argument("--max-drift", type=float, default=None,
+                         help="also count an effect that moved by more than this")
     return parser
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from mechcheck.baseline import compare, format_changes
+    from mechcheck.report import read_report
+
+    changes = compare(read_report(args.old), read_report(args.new), max_drift=args.max_drift)
+    bad = [c for c in changes if c.kind in ("regression", "drift")]
+    print(f"{len(bad)} regression(s), {len(changes) - len(bad)} other change(s)")
+    for line in format_changes(changes):
+        print(f"  {line}")
+    return 1 if bad else 0
 
 
 def _zoo(args: argparse.Namespace) -> int:
@@ -66,7 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = _parser().parse_args(argv)
     try:
-        return _zoo(args) if args.command == "zoo" else _check(args)
+        handlers = {"zoo": _zoo, "check": _check, "compare": _compare}
+        return handlers[args.command](args)
     except MechcheckError as exc:
         print(f"mechcheck: {exc}", file=sys.stderr)
         return 2

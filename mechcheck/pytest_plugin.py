@@ -30,6 +30,8 @@ BATCH_OPTION = "--mechcheck-batch-size"
 RESAMPLES_OPTION = "--mechcheck-n-resamples"
 PICKLE_OPTION = "--mechcheck-allow-pickle"
 CHECKPOINTS_OPTION = "--mechcheck-checkpoints"
+BASELINE_OPTION = "--mechcheck-baseline"
+DRIFT_OPTION = "--mechcheck-max-drift"
 REMOTE_CODE_OPTION = "--mechcheck-trust-remote-code"
 FILES_INI = "mechcheck_files"
 PLUGINS_INI = "mechcheck_plugins"
@@ -50,6 +52,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(CHECKPOINTS_OPTION, metavar="A,B,C", default=None,
                     help="run every claim once per checkpoint (hf revisions, subfolders of a "
                     "local model, zoo checkpoints); overrides the files' checkpoints:")
+    group.addoption(BASELINE_OPTION, metavar="OLD.json", default=None,
+                    help="compare with a saved report: a claim that passed there and fails "
+                    "now is a regression")
+    group.addoption(DRIFT_OPTION, metavar="X", type=float, default=None,
+                    help="with --mechcheck-baseline, also fail a claim whose effect moved by "
+                    "more than X")
     group.addoption(PICKLE_OPTION, action="store_true",
                     help="allow loading pickle (.bin) checkpoints, which can run code")
     group.addoption(REMOTE_CODE_OPTION, action="store_true",
@@ -69,6 +77,18 @@ class MechcheckPlugin:
         self.parsed: dict[str, Any] = {}
         self._file_results: dict[tuple[str, str | None], dict[str, ClaimResult]] = {}
         self.results: list[ClaimResult] = []
+        self._baseline: dict[Any, ClaimResult] | None = None
+
+    @property
+    def baseline(self) -> dict[Any, ClaimResult]:
+        """The baseline's results by (file, id, checkpoint); empty without one."""
+        if self._baseline is None:
+            from mechcheck.baseline import index
+            from mechcheck.report import read_report
+
+            path = self.config.getoption(BASELINE_OPTION)
+            self._baseline = index(read_report(path)) if path else {}
+        return self._baseline
 
     @property
     def session(self) -> Session:
@@ -111,7 +131,13 @@ class MechcheckPlugin:
                 table.setdefault(name + suffix, result)
                 table.setdefault(f"{name}@line{result.line}{suffix}", result)
             self._file_results[key] = table
-        return self._file_results[key][item.name]
+        result = self._file_results[key][item.name]
+        if self.baseline:
+            from mechcheck.baseline import apply_baseline
+
+            result = apply_baseline(result, self.baseline,
+                                    self.config.getoption(DRIFT_OPTION))
+        return result
 
     def record(self, result: ClaimResult) -> None:
         self.results.append(result)
@@ -131,7 +157,17 @@ class MechcheckPlugin:
         if path and not hasattr(self.config, "workerinput"):
             from mechcheck.report import write_report
 
-            write_report(self.ordered(), Path(path))
+            meta = {"regressions": [c.describe() for c in self.changes()
+                                    if c.kind in ("regression", "drift")]}
+            write_report(self.ordered(), Path(path), meta=meta if self.baseline else None)
+
+    def changes(self) -> list[Any]:
+        """Differences from the baseline among the claims that ran."""
+        from mechcheck.baseline import compare
+
+        ran = {(r.file, r.id, r.checkpoint) for r in self.results}
+        old = [r for k, r in self.baseline.items() if k in ran]
+        return compare(old, self.ordered(), max_drift=self.config.getoption(DRIFT_OPTION))
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if not self.results:
@@ -141,6 +177,16 @@ class MechcheckPlugin:
         terminalreporter.section("mechcheck claims")
         for line in summary_table(self.ordered()):
             terminalreporter.write_line(line)
+        if self.baseline:
+            from mechcheck.baseline import format_changes
+
+            changes = self.changes()
+            bad = [c for c in changes if c.kind in ("regression", "drift")]
+            terminalreporter.write_line(
+                f"baseline {self.config.getoption(BASELINE_OPTION)}: {len(bad)} "
+                f"regression(s), {len(changes) - len(bad)} other change(s)")
+            for line in format_changes(changes):
+                terminalreporter.write_line(f"  {line}")
         path = self.config.getoption(REPORT_OPTION)
         if path:
             terminalreporter.write_line(f"report written to {os.fspath(path)}")

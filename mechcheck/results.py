@@ -60,6 +60,8 @@ class ClaimResult:
     device: str | None = None
     dtype: str | None = None
     versions: dict[str, str] = field(default_factory=dict)
+    baseline_verdict: str | None = None
+    baseline_effect: float | None = None
 
     def record(self) -> dict[str, Any]:
         """A JSON-ready dict: report fields first, NaN/inf as None."""

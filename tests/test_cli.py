@@ -24,7 +24,7 @@ claims:
     components: ["head 0.0"]
     pattern: first_token
     min_score: 0.0
-  - id: no
+  - id: refuted_one
     kind: attends
     components: ["head 0.0"]
     pattern: previous_token

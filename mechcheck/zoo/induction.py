@@ -72,6 +72,10 @@ class Recipe:
         batch_size: sequences per step.
         copy_start: probability that a word outside a copy starts a copy.
         copy_continue: probability that a copy goes on for one more word.
+        skip_bigram: probability that a word outside a copy is a fixed function (a random
+            permutation) of the word two back rather than uniformly random. Like n-gram
+            statistics in text, it rewards a previous-token head early, and induction heads
+            then form quickly by composing with it.
         position_scale: when positive, the position embeddings start as sinusoids times this
             (instead of GPT-2's N(0, 0.02)); this shortens the plateau before the phase change.
         init_std: GPT-2's ``initializer_range`` (std of the normal init of all weights).
@@ -95,6 +99,7 @@ class Recipe:
     batch_size: int = 32
     copy_start: float = 0.1
     copy_continue: float = 0.85
+    skip_bigram: float = 0.0
     position_scale: float = 0.0
     init_std: float = 0.02
     lr: float = 1e-3
@@ -154,6 +159,11 @@ def _sinusoids(n_positions: int, d_model: int) -> torch.Tensor:
     return table
 
 
+def _skip_map(recipe: Recipe, n_words: int) -> list[int]:
+    """The fixed random permutation of the skip-bigram rule (seeded by ``recipe.seed``)."""
+    return random.Random(recipe.seed).sample(range(n_words), n_words)
+
+
 def _repeating_sequence(rng: random.Random, recipe: Recipe, n_words: int) -> tuple[list, list]:
     """Word indices (``n_positions - 1`` of them) and a flag per index: induction-predictable.
 
@@ -167,6 +177,7 @@ def _repeating_sequence(rng: random.Random, recipe: Recipe, n_words: int) -> tup
     seq: list[int] = []
     flags: list[bool] = []
     src: int | None = None
+    skip = _skip_map(recipe, n_words)
     while len(seq) < recipe.n_positions - 1:
         if src is not None and rng.random() < recipe.copy_continue:
             src += 1
@@ -177,6 +188,8 @@ def _repeating_sequence(rng: random.Random, recipe: Recipe, n_words: int) -> tup
         if len(seq) >= 3 and rng.random() < recipe.copy_start:
             src = rng.randrange(len(seq) - 2)
             seq.append(seq[src])
+        elif len(seq) >= 2 and rng.random() < recipe.skip_bigram:
+            seq.append(skip[seq[-2]])
         else:
             seq.append(rng.randrange(n_words))
         flags.append(False)
