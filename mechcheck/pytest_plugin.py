@@ -36,6 +36,7 @@ REMOTE_CODE_OPTION = "--mechcheck-trust-remote-code"
 FILES_INI = "mechcheck_files"
 PLUGINS_INI = "mechcheck_plugins"
 RESULT_PROPERTY = "mechcheck_result"
+RANK_PROPERTY = "mechcheck_checkpoint_rank"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -77,6 +78,8 @@ class MechcheckPlugin:
         self.parsed: dict[str, Any] = {}
         self._file_results: dict[tuple[str, str | None], dict[str, ClaimResult]] = {}
         self.results: list[ClaimResult] = []
+        # (file, checkpoint) -> position of the checkpoint in the file's declared order
+        self._ranks: dict[tuple[str, str | None], int] = {}
         self._baseline: dict[Any, ClaimResult] | None = None
 
     @property
@@ -148,9 +151,13 @@ class MechcheckPlugin:
 
         if report.when != "call":
             return
+        rank = dict(report.user_properties).get(RANK_PROPERTY)
         for name, value in report.user_properties:
             if name == RESULT_PROPERTY:
-                self.record(ClaimResult.from_record(value))
+                result = ClaimResult.from_record(value)
+                self.record(result)
+                if rank is not None:
+                    self._ranks[(result.file, result.checkpoint)] = rank
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         path = self.config.getoption(REPORT_OPTION)
@@ -192,9 +199,11 @@ class MechcheckPlugin:
             terminalreporter.write_line(f"report written to {os.fspath(path)}")
 
     def ordered(self) -> list[ClaimResult]:
-        """Results in file and line order, whatever order workers finished in."""
-        return sorted(self.results, key=lambda r: (r.file, r.line or 0, r.checkpoint or "",
-                                                   r.id))
+        """Results in file and line order, then checkpoints in their declared order
+        (not alphabetical: step5 before step10), whatever order workers finished in."""
+        return sorted(self.results, key=lambda r: (
+            r.file, r.line or 0, self._ranks.get((r.file, r.checkpoint), -1),
+            r.checkpoint or "", r.id))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -224,6 +233,20 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     for result in results:
         if result is not None:
             report.user_properties.append((RESULT_PROPERTY, result.record()))
+    rank = _checkpoint_rank(item)
+    if rank is not None:
+        report.user_properties.append((RANK_PROPERTY, rank))
+
+
+def _checkpoint_rank(item: pytest.Item) -> int | None:
+    """The position of a claim item's checkpoint among its file's checkpoints."""
+    checkpoint = getattr(item, "checkpoint", None)
+    plugin = item.config.stash.get(PLUGIN_KEY, None)
+    parsed = None if plugin is None else plugin.parsed.get(str(item.path))
+    if checkpoint is None or parsed is None:
+        return None
+    order = plugin.checkpoints(parsed)
+    return order.index(checkpoint) if checkpoint in order else None
 
 
 @pytest.fixture

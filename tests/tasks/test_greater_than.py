@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,10 +13,11 @@ from hypothesis import given, settings
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from mechcheck.api import evaluate_path
 from mechcheck.data import tokenize_rows
 from mechcheck.errors import DataError
 from mechcheck.metrics import BUILTIN_METRICS, MetricInputs
-from mechcheck.models.tiny import word_tokenizer
+from mechcheck.models.tiny import save_tiny, word_tokenizer
 from mechcheck.plugins import Registry
 from mechcheck.tasks.greater_than import (
     GREATER_THAN,
@@ -189,3 +191,32 @@ def test_metric_errors_say_what_is_missing() -> None:
                          columns={"yy": (40, 98)}, tokenizer=_word_level(YEARS[1:]))
     with pytest.raises(DataError, match="every two-digit number"):
         PD(logits, short)
+
+
+CLAIMS = """\
+model: ./model
+task: {name: greater_than, n: 30, seed: 0}
+metric: greater_than_pd
+claims:
+  - id: mlp_1
+    kind: necessary
+    components: ["mlp 1"]
+    ablation: mean
+    at: END
+    min_drop: 0.5
+  - id: end_to_yy
+    kind: attends
+    components: ["head 1.0"]
+    from: END
+    to: YY
+    min_score: 0.5
+"""
+
+
+def test_claims_use_the_task_and_the_metric(tmp_path: Path) -> None:
+    words = [*TEMPLATE_WORDS, *NOUNS, *YEARS]
+    save_tiny("gpt2", tmp_path / "model", seed=0, words=words)
+    (tmp_path / "test_gt.yaml").write_text(CLAIMS)
+    results = evaluate_path(tmp_path / "test_gt.yaml")
+    assert [(r.id, r.n) for r in results] == [("mlp_1", 30), ("end_to_yy", 30)]
+    assert all(r.verdict == "fail" and math.isfinite(r.effect) for r in results), results
