@@ -6,6 +6,7 @@
     mechcheck zoo build NAME [--out D] # retrain a zoo model from its recipe
     mechcheck check PATH [--report R]  # evaluate claim files, print the table
     mechcheck compare OLD.json NEW.json [--max-drift X]  # regressions, exit 1 if any
+    mechcheck report RESULTS.json -o report.html [--baseline OLD.json]  # or .md
 """
 
 from __future__ import annotations
@@ -38,6 +39,17 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("new")
     compare.add_argument("--max-drift", type=float, default=None,
                          help="also count an effect that moved by more than this")
+    report = commands.add_parser("report", help="render a JSON report as .html or .md: "
+                                 "verdict heatmap, effects over checkpoints, onsets")
+    report.add_argument("results", help="a JSON report (--mechcheck-report results.json)")
+    report.add_argument("-o", "--output", required=True,
+                        help="the report file: *.html (self-contained) or *.md")
+    report.add_argument("--baseline", default=None,
+                        help="an earlier JSON report: list regressions and drift")
+    report.add_argument("--max-drift", type=float, default=None,
+                        help="with --baseline, also list an effect that moved by more "
+                        "than this")
+    report.add_argument("--title", default="mechcheck report")
     return parser
 
 
@@ -51,6 +63,17 @@ def _compare(args: argparse.Namespace) -> int:
     for line in format_changes(changes):
         print(f"  {line}")
     return 1 if bad else 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from mechcheck.html_report import render
+    from mechcheck.report import read_report
+
+    baseline = read_report(args.baseline) if args.baseline else None
+    path = render(read_report(args.results), args.output, baseline=baseline,
+                  title=args.title, max_drift=args.max_drift)
+    print(f"report written to {path}")
+    return 0
 
 
 def _zoo(args: argparse.Namespace) -> int:
@@ -85,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = _parser().parse_args(argv)
     try:
-        handlers = {"zoo": _zoo, "check": _check, "compare": _compare}
+        handlers = {"zoo": _zoo, "check": _check, "compare": _compare, "report": _report}
         return handlers[args.command](args)
     except MechcheckError as exc:
         print(f"mechcheck: {exc}", file=sys.stderr)

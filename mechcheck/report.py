@@ -63,8 +63,12 @@ def write_report(results: Sequence[ClaimResult], path: str | os.PathLike,
 
 def read_report(path: str | os.PathLike) -> list[ClaimResult]:
     """Read a JSON report back into results."""
-    body = json.loads(Path(path).read_text())
-    return [ClaimResult.from_record(r) for r in body["results"]]
+    try:
+        body = json.loads(Path(path).read_text(encoding="utf-8"))
+        return [ClaimResult.from_record(r) for r in body["results"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise MechcheckError(f"cannot read the report {path}: {type(exc).__name__}: {exc}",
+                             hint="give a .json report written by --mechcheck-report") from None
 
 
 def _cell(value: Any) -> str:

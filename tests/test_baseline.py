@@ -78,3 +78,10 @@ claims:
     body = json.loads(pytester.path.joinpath("new.json").read_text())
     assert body["regressions"] == ["test_b.yaml::first: regression (pass -> fail)"]
     assert body["results"][0]["baseline_verdict"] == "pass"
+
+
+def test_unreadable_reports_are_clean_errors(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "bad.json").write_text("{not json")
+    assert main(["compare", str(tmp_path / "bad.json"), str(tmp_path / "missing.json")]) == 2
+    assert "cannot read the report" in capsys.readouterr().err

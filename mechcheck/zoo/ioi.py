@@ -208,7 +208,7 @@ def _step(model: GPT2LMHeadModel, opt: torch.optim.Optimizer,
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def _train(recipe: Recipe, out_dir: Path) -> list[dict]:
