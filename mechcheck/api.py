@@ -12,7 +12,8 @@ __all__ = ["evaluate_path"]
 
 
 def evaluate_path(path: str | os.PathLike, session: Session | None = None) -> list[ClaimResult]:
-    """Evaluate one claim file (or every ``test_*.yaml`` under a folder).
+    """Evaluate one claim file (or every ``test_*.yaml`` under a folder), once per
+    checkpoint for files with ``checkpoints:``.
 
     Returns the results; ``mechcheck.results_frame(results)`` makes them a DataFrame.
     """
@@ -25,5 +26,6 @@ def evaluate_path(path: str | os.PathLike, session: Session | None = None) -> li
     results: list[ClaimResult] = []
     for file in files:
         parsed = load_claim_file(file, session.registry.kind_keys())
-        results.extend(evaluate_file(parsed, session))
+        for checkpoint in parsed.checkpoints or (None,):
+            results.extend(evaluate_file(parsed, session, checkpoint=checkpoint))
     return results

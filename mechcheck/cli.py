@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from mechcheck.errors import MechcheckError
+from mechcheck.results import ClaimResult
 
 __all__ = ["main"]
 
@@ -101,7 +102,14 @@ def _check(args: argparse.Namespace) -> int:
             print("\n" + result.message)
     if args.report:
         write_report(results, args.report)
-    return 0 if all(r.verdict == "pass" for r in results) else 1
+    return 1 if any(_counts_as_failure(r) for r in results) else 0
+
+
+def _counts_as_failure(result: ClaimResult) -> bool:
+    """Fail and error count; skips and expected failures (xfail) do not."""
+    if result.xfail and result.verdict == "fail":
+        return False
+    return result.verdict in ("fail", "error")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -103,7 +103,11 @@ class Context:
         except DataError as exc:
             raise exc.located(key=exc.key or "data") from None
         label = targets[0][1].description
-        if claim.params.get("mean_by") and targets[0][1].source in ("mean", "corrupt_mean"):
+        if claim.params.get("mean_by") and targets[0][1].source not in ("mean", "corrupt_mean"):
+            raise ClaimSpecError(f"mean_by applies to mean ablations, not to '{name}'",
+                                 key="mean_by", hint="use ablation: mean or mean_corrupt, "
+                                 "or remove mean_by")
+        if claim.params.get("mean_by"):
             label += f" per {claim.params['mean_by']}"
         if claim.params.get("at") is not None:
             label += f" at {', '.join(map(str, claim.params['at']))}"

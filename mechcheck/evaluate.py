@@ -175,10 +175,18 @@ def _error_result(path: str, claim_id: str, exc: MechcheckError,
             verdict = "skip"
     return ClaimResult(
         file=path, id=claim_id, model=spec.model if spec else None,
-        checkpoint=spec.checkpoint if spec else None,
+        checkpoint=_checkpoint_of(spec),
         kind=spec.kind if spec else None, verdict=verdict, message=str(exc),
         seed=spec.seed if spec else None, line=exc.line, xfail=spec.xfail if spec else None,
     )
+
+
+def _checkpoint_of(spec: ClaimSpec | None) -> str | None:
+    """The checkpoint a claim runs on, also when its model could not be loaded."""
+    if spec is None or spec.checkpoint is not None or spec.model is None:
+        return None if spec is None else spec.checkpoint
+    kind, _, rest = spec.model.partition(":")
+    return rest.partition("@")[2] or None if kind in ("hf", "zoo") else None
 
 
 def _internal_error(spec: ClaimSpec, exc: Exception) -> ClaimResult:

@@ -25,7 +25,7 @@ class MetricInputs:
         answers: answer token id per prompt, ``[n]``.
         wrongs: contrast token id per prompt, or None when the data has none.
         clean_logits: the clean run's last-position logits ``[n, vocab]`` (for ``kl``).
-        columns: the data's extra columns (e.g. a task's ``year``), one value per row.
+        columns: the data's extra columns (e.g. a task's ``yy``), one value per row.
         tokenizer: the model's tokenizer, for metrics over sets of tokens.
     """
 

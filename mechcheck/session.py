@@ -127,10 +127,11 @@ class Session:
             task = self.registry.lookup("tasks", claim.task["name"], key="task")
             try:
                 rows = task.rows(tokenizer, claim.task)
-            except ValueError as exc:
+            except (ValueError, TypeError) as exc:
                 raise DataError(f"task {task.name}: {exc}", key="task",
-                                hint="this task needs words that are single tokens for "
-                                "the model's tokenizer") from None
+                                hint="check the task's parameters (docs/tasks.md); its "
+                                "words must be single tokens for the model's "
+                                "tokenizer") from None
             rows = rows[: claim.n] if claim.n else rows
             return tokenize_rows(rows, tokenizer, source=f"task {task.name}")
         rows = load_rows(self._data_path(claim), n=claim.n)

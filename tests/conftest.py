@@ -87,6 +87,21 @@ def _import_everything_once(tiny_loaded: Callable[..., Any]) -> None:
     from mechcheck.interventions import BUILTIN_INTERVENTIONS
     from mechcheck.session import Session
 
+    import json
+    import tempfile
+
+    import pandas as pd
+
+    from mechcheck.data import load_rows
+    from mechcheck.report import results_frame
+
+    with tempfile.TemporaryDirectory() as folder:
+        rows = word_rows(2)
+        Path(folder, "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+        pd.DataFrame(rows).to_csv(Path(folder, "d.csv"), index=False)
+        load_rows(Path(folder, "d.jsonl"))
+        load_rows(Path(folder, "d.csv"))
+    results_frame([])
     loaded = tiny_loaded("gpt2")
     runner = Runner(loaded, tokenize_rows(word_rows(2), loaded.tokenizer))
     runner.patched_logits([(Address("head", 0, 0), BUILTIN_INTERVENTIONS[0])])

@@ -138,7 +138,27 @@ def _check_weights(path: str, source: ModelSource, allow_pickle: bool) -> bool:
     )
 
 
+_NOT_ON_HUB = ("RepositoryNotFoundError", "RevisionNotFoundError", "GatedRepoError")
+
+
+def _hub_answered_no(exc: BaseException | None) -> str | None:
+    """The name of a hub error in ``exc``'s chain saying the repo/revision is not there."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if type(exc).__name__ in _NOT_ON_HUB:
+            return type(exc).__name__
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
 def _hub_error(source: ModelSource, exc: Exception) -> ModelLoadError:
+    answered = _hub_answered_no(exc)
+    if answered is not None:  # the hub was reached and said no: not a matter of access
+        return ModelLoadError(
+            f"the hub has no model '{source.name}'"
+            f"{' at revision ' + source.revision if source.revision else ''} ({answered})",
+            key="model", hint="check the repo id and revision (e.g. hf:EleutherAI/"
+            "pythia-70m@step1000); gated models need `hf auth login`")
     revision = f" --revision {source.revision}" if source.revision else ""
     return ModelUnavailableError(
         f"model '{source.name}'{' at ' + source.revision if source.revision else ''} is not "

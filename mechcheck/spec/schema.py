@@ -169,6 +169,8 @@ def as_task(value: Any) -> dict[str, Any]:
     for key in ("n", "seed"):
         if key in value and (isinstance(value[key], bool) or not isinstance(value[key], int)):
             raise ValueError(f"{key} must be an integer, got {value[key]!r}")
+    if value.get("n", 1) < 1:
+        raise ValueError(f"n must be at least 1, got {value['n']!r}")
     return dict(value)
 
 

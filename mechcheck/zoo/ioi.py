@@ -87,10 +87,10 @@ class Recipe:
     weight_decay: float = 0.01
     warmup_steps: int = 100
     steps: int = 3000
-    checkpoints: tuple[int, ...] = ()
+    checkpoints: tuple[int, ...] = (500, 1000)
     log_every: int = 250
     eval_size: int = 512
-    threads: int = 2
+    threads: int = 1
 
 
 RECIPE = Recipe()
@@ -152,21 +152,26 @@ def training_batch(rng: random.Random, tokenizer: PreTrainedTokenizerBase,
 @torch.no_grad()
 def evaluate_ioi(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerBase,
                  rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Held-out IOI behaviour at the last prompt token.
+    """Held-out IOI behaviour at the last prompt token (prompts batched by length).
 
     Returns:
         ``accuracy`` (share of prompts with logit(IO) > logit(S)), ``logit_diff`` (mean
         logit(IO) - logit(S)) and ``p_io`` (mean probability of IO).
     """
     model.eval()
-    io_ids = [tokenizer(r["answer"], add_special_tokens=False)["input_ids"][0] for r in rows]
-    s_ids = [tokenizer(r["wrong"], add_special_tokens=False)["input_ids"][0] for r in rows]
+    by_length: dict[int, list[tuple[list[int], int, int]]] = {}
+    for row in rows:
+        ids = tokenizer(row["prompt"])["input_ids"]
+        io, s = (tokenizer(row[k], add_special_tokens=False)["input_ids"][0]
+                 for k in ("answer", "wrong"))
+        by_length.setdefault(len(ids), []).append((ids, io, s))
     diffs, probs = [], []
-    for row, io, s in zip(rows, io_ids, s_ids, strict=True):
-        ids = torch.tensor([tokenizer(row["prompt"])["input_ids"]])
-        logits = model(input_ids=ids).logits[0, -1]
-        diffs.append(float(logits[io] - logits[s]))
-        probs.append(float(logits.softmax(-1)[io]))
+    for group in by_length.values():
+        logits = model(input_ids=torch.tensor([g[0] for g in group])).logits[:, -1]
+        io, s = torch.tensor([g[1] for g in group]), torch.tensor([g[2] for g in group])
+        picked = logits.gather(1, torch.stack([io, s], 1))
+        diffs += (picked[:, 0] - picked[:, 1]).tolist()
+        probs += logits.softmax(-1).gather(1, io[:, None])[:, 0].tolist()
     return {
         "accuracy": round(sum(d > 0 for d in diffs) / len(diffs), 4),
         "logit_diff": round(sum(diffs) / len(diffs), 4),
