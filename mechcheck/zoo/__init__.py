@@ -36,7 +36,8 @@ def _check_name(name: str) -> None:
         near = closest(name, _RECIPES)
         hint = f"did you mean {near[0]}? " if near else ""
         raise ModelLoadError(f"no zoo model named '{name}'", key="model",
-                             hint=f"{hint}zoo models: {', '.join(names())}")
+                             hint=f"{hint}zoo models: {', '.join(names())} (a new one needs a "
+                             "recipe module here, then `mechcheck zoo build NAME`)")
 
 
 def _step(folder: Path) -> tuple[int, str]:
@@ -78,8 +79,12 @@ def resolve(spec: str) -> Path:
     return folder if (folder / "config.json").is_file() else folder / saved[-1]
 
 
-def build(name: str, out_dir: str | Path | None = None) -> Path:
-    """Run ``name``'s recipe into ``out_dir`` (default: the shipped weights folder)."""
+def build(name: str, out_dir: str | Path | None = None, *, steps: int | None = None) -> Path:
+    """Run ``name``'s recipe into ``out_dir`` (default: the shipped weights folder).
+
+    ``steps`` overrides the recipe's number of training steps (recipes that train only).
+    """
     _check_name(name)
     module = importlib.import_module(_RECIPES[name])
-    return module.build(Path(out_dir) if out_dir else WEIGHTS / name)
+    extra = {"steps": steps} if steps is not None else {}
+    return module.build(Path(out_dir) if out_dir else WEIGHTS / name, **extra)

@@ -6,16 +6,21 @@ separate words) such as ``"When Mary and John went to the store , John gave a dr
 Mary"`` and is trained as a language model on every token of them, so at the last word
 of a prompt it must name the person who was mentioned once (the indirect object, IO)
 rather than the one mentioned twice (the subject, S), as in Wang et al. (arXiv
-2211.00593).  Training takes a few minutes on two CPU cores and is fully seeded.
+2211.00593).  Training is fully seeded and takes about 3-5 minutes on one CPU thread
+(3000 AdamW steps of 64 sentences); the model learns the task abruptly between steps
+500 and 750.
 
 :func:`build` writes ``step{N}/`` checkpoint folders (weights as safetensors plus the
-tokenizer) and ``recipe.json`` (the recipe, the held-out IO-vs-S accuracy and logit
-difference during training, and the training time).
+tokenizer; steps 500, 1000 and 3000, the last being the model ``zoo:ioi-small``
+loads) and ``recipe.json`` (the recipe, the held-out IO-vs-S accuracy and logit
+difference during training, and the training time).  What the trained model does is
+stated, with measured values, in ``claims/zoo/test_ioi_small.yaml``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 import shutil
@@ -72,7 +77,9 @@ class Recipe:
             ``steps``).
         log_every: evaluate on the held-out prompts every this many steps.
         eval_size: held-out prompts for the recorded accuracy and logit difference.
-        threads: ``torch.set_num_threads`` during training.
+        threads: ``torch.set_num_threads`` during training; one thread is as fast for a
+            model this small, far faster when the cores are shared, and keeps the
+            reductions in one order.
     """
 
     seed: int = 2024
@@ -192,7 +199,6 @@ def _save(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerBase, folder: Pa
 
 def _schedule(recipe: Recipe) -> Any:
     """Linear warm-up to 1, then cosine decay to 0.1 at ``recipe.steps``."""
-    import math
 
     def factor(step: int) -> float:
         if step < recipe.warmup_steps:
