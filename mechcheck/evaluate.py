@@ -18,7 +18,7 @@ from typing import Any
 
 from mechcheck.context import Context
 from mechcheck.engine import Needs
-from mechcheck.errors import ClaimSpecError, MechcheckError, ModelUnavailableError
+from mechcheck.errors import MechcheckError, ModelUnavailableError
 from mechcheck.kinds import Measurement
 from mechcheck.results import ClaimResult, format_failure
 from mechcheck.session import Session

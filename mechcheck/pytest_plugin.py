@@ -96,9 +96,9 @@ class MechcheckPlugin:
     @property
     def session(self) -> Session:
         if self._session is None:
-            from mechcheck.session import Session
-
             import importlib
+
+            from mechcheck.session import Session
 
             opt = self.config.getoption
             plugins = [importlib.import_module(m) for m in self.config.getini(PLUGINS_INI)]

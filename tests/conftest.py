@@ -81,19 +81,17 @@ def _import_everything_once(tiny_loaded: Callable[..., Any]) -> None:
     pytester's in-process runs restore ``sys.modules`` afterwards, so a module first
     imported inside one (torch registers operators on import) would be imported twice.
     """
-    from mechcheck.addresses import Address
-    from mechcheck.data import tokenize_rows
-    from mechcheck.engine import Runner
-    from mechcheck.interventions import BUILTIN_INTERVENTIONS
-    from mechcheck.session import Session
-
     import json
     import tempfile
 
     import pandas as pd
 
-    from mechcheck.data import load_rows
+    from mechcheck.addresses import Address
+    from mechcheck.data import load_rows, tokenize_rows
+    from mechcheck.engine import Runner
+    from mechcheck.interventions import BUILTIN_INTERVENTIONS
     from mechcheck.report import results_frame
+    from mechcheck.session import Session
 
     with tempfile.TemporaryDirectory() as folder:
         rows = word_rows(2)

@@ -164,7 +164,8 @@ def test_shared_runs_record_once(tiny_loaded: Any, monkeypatch: pytest.MonkeyPat
     runner = runner_for(loaded, word_rows(4))
     calls = []
     real = runner._forward
-    monkeypatch.setattr(runner, "_forward", lambda ids, sites=(): calls.append(1) or real(ids, sites))
+    monkeypatch.setattr(runner, "_forward",
+                        lambda ids, sites=(): calls.append(1) or real(ids, sites))
     targets = [(Address("head", 1, h), IV["resample"]) for h in range(4)]
     runner.prepare(runner.needs_for(targets))
     n_batches = len(runner.batches)
@@ -205,7 +206,7 @@ def test_mean_by_a_column_uses_each_groups_own_mean(tiny_loaded: Any) -> None:
     torch.testing.assert_close(runner.patched_logits(target, mean_by="template"),
                                runner.logits("clean"), atol=1e-5, rtol=0)
     assert (runner.patched_logits(target) - runner.logits("clean")).abs().max() > 1e-4
-    for i, row in enumerate(rows):
+    for row in rows:
         row["template"] = "same"
     pooled = runner_for(loaded, rows)
     torch.testing.assert_close(pooled.patched_logits(target, mean_by="template"),

@@ -56,7 +56,8 @@ def runners(tiny_loaded: Any) -> dict[str, Runner]:
             for arch in ("gpt2", "neox", "llama")}
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(claim=claims)
 def test_no_hook_is_left_behind(claim: dict[str, Any], runners: dict[str, Runner]) -> None:
     runner = runners[claim["arch"]]

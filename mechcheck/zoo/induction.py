@@ -79,6 +79,7 @@ class Recipe:
         position_scale: when positive, the position embeddings start as sinusoids times this
             (instead of GPT-2's N(0, 0.02)); this shortens the plateau before the phase change.
         init_std: GPT-2's ``initializer_range`` (std of the normal init of all weights).
+        tie_embeddings: share the token embedding and the unembedding (GPT-2's default).
         lr: AdamW learning rate (after linear warm-up).
         betas: AdamW betas.
         weight_decay: AdamW weight decay.
@@ -102,6 +103,7 @@ class Recipe:
     skip_bigram: float = 0.0
     position_scale: float = 0.0
     init_std: float = 0.02
+    tie_embeddings: bool = True
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.98)
     weight_decay: float = 0.01
@@ -133,6 +135,7 @@ def make_model(recipe: Recipe = RECIPE) -> GPT2LMHeadModel:
         n_inner=recipe.d_mlp,
         activation_function="gelu",
         initializer_range=recipe.init_std,
+        tie_word_embeddings=recipe.tie_embeddings,
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,
