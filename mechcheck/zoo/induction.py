@@ -1,11 +1,19 @@
-"""Recipe of the zoo model ``induction-2l``: a 2-layer GPT-2 that learns induction heads.
+"""Recipe of the zoo model ``induction-2l``: a 2-layer GPT-2 that learns in-context copying.
 
 The model is trained from scratch on CPU, deterministically, on sequences of random words
 in which segments repeat at random offsets and with random periods: the only way to beat
-the unigram loss is to find the earlier occurrence of the current word and copy the word
-that followed it (an induction head fed by a previous-token head). Training is short, and
-checkpoints are saved before, during and after the phase change in which the loss on the
-repeated parts of the sequences drops abruptly.
+the unigram loss on a repeat is to find the earlier occurrence of the current word and
+copy the word that followed it. Checkpoints ``step{N}`` are saved before, during and
+after the phase change (steps 1250-2000) in which the loss on the repeated words drops
+abruptly (from 2.7 to 0.8 nats).
+
+What it learns (measured on ``claims/zoo/induction.jsonl``): head 0.3 is a previous-token
+head (attention 1.0 to t-1), head 0.0 attends to t-2 and head 0.1 to t-3. The layer-1
+heads do induction shifted by one position: from the current word they attend to the
+position *two* after its earlier occurrence (matching the current word against what
+head 0.0 moved there) and copy the word that head 0.3 moved there, i.e. the word that
+followed the earlier occurrence. Their attention to the position right after the
+earlier occurrence (the textbook induction score) stays near 0.
 
 :func:`induction_rows` makes evaluation prompts for claims about the model.
 """
@@ -29,19 +37,9 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
 from mechcheck.models.tiny import word_tokenizer
 
 __all__ = [
-    "BOS",
-    "NAME",
-    "RECIPE",
-    "WORDS",
-    "Recipe",
-    "build",
-    "checkpoint_steps",
-    "induction_rows",
-    "make_model",
-    "make_tokenizer",
-    "training_batch",
-    "write_rows",
-]
+    "BOS", "NAME", "RECIPE", "WORDS", "Recipe", "build", "checkpoint_steps", "induction_rows",
+    "make_model", "make_tokenizer", "training_batch", "write_rows",
+]  # fmt: skip
 
 NAME = "induction-2l"
 BOS = "<bos>"
@@ -72,14 +70,12 @@ class Recipe:
         batch_size: sequences per step.
         copy_start: probability that a word outside a copy starts a copy.
         copy_continue: probability that a copy goes on for one more word.
-        skip_bigram: probability that a word outside a copy is a fixed function (a random
-            permutation) of the word two back rather than uniformly random. Like n-gram
-            statistics in text, it rewards a previous-token head early, and induction heads
-            then form quickly by composing with it.
-        position_scale: when positive, the position embeddings start as sinusoids times this
-            (instead of GPT-2's N(0, 0.02)); this shortens the plateau before the phase change.
-        init_std: GPT-2's ``initializer_range`` (std of the normal init of all weights).
-        tie_embeddings: share the token embedding and the unembedding (GPT-2's default).
+        skip_bigram: probability that a word outside a copy is a fixed permutation of the
+            word two back, for the first ``skip_until`` steps: it rewards a previous-token head
+            early (like n-grams in text), which cuts the plateau from >5000 steps to ~1300.
+        skip_until: the step from which training sequences have no skip-bigram words.
+        tie_embeddings: share token embedding and unembedding (untied, the circuit forms
+            sooner and more cleanly).
         lr: AdamW learning rate (after linear warm-up).
         betas: AdamW betas.
         weight_decay: AdamW weight decay.
@@ -88,7 +84,8 @@ class Recipe:
         checkpoints: steps at which a checkpoint folder ``step{N}`` is saved (plus ``steps``).
         log_every: evaluate the held-out losses every this many steps.
         eval_size: held-out sequences for the recorded losses.
-        threads: ``torch.set_num_threads`` during training.
+        threads: ``torch.set_num_threads`` during training; one thread is about as fast
+            for a model this small and several times faster when the cores are shared.
     """
 
     seed: int = 2024
@@ -96,23 +93,22 @@ class Recipe:
     n_heads: int = 4
     d_model: int = 64
     d_mlp: int = 128
-    n_positions: int = 64
-    batch_size: int = 32
+    n_positions: int = 32
+    batch_size: int = 64
     copy_start: float = 0.1
     copy_continue: float = 0.85
-    skip_bigram: float = 0.0
-    position_scale: float = 0.0
-    init_std: float = 0.02
-    tie_embeddings: bool = True
-    lr: float = 1e-3
+    skip_bigram: float = 0.3
+    skip_until: int = 1000
+    tie_embeddings: bool = False
+    lr: float = 2e-3
     betas: tuple[float, float] = (0.9, 0.98)
     weight_decay: float = 0.01
     warmup_steps: int = 50
-    steps: int = 1500
-    checkpoints: tuple[int, ...] = (0, 100, 200, 300, 400, 600, 900, 1500)
-    log_every: int = 25
+    steps: int = 3000
+    checkpoints: tuple[int, ...] = (0, 500, 1000, 1250, 1500, 1750, 2000, 2500)
+    log_every: int = 50
     eval_size: int = 256
-    threads: int = 2
+    threads: int = 1
 
 
 RECIPE = Recipe()
@@ -134,7 +130,6 @@ def make_model(recipe: Recipe = RECIPE) -> GPT2LMHeadModel:
         n_head=recipe.n_heads,
         n_inner=recipe.d_mlp,
         activation_function="gelu",
-        initializer_range=recipe.init_std,
         tie_word_embeddings=recipe.tie_embeddings,
         resid_pdrop=0.0,
         embd_pdrop=0.0,
@@ -144,22 +139,7 @@ def make_model(recipe: Recipe = RECIPE) -> GPT2LMHeadModel:
     )
     config._attn_implementation = "eager"
     torch.manual_seed(recipe.seed)
-    model = GPT2LMHeadModel(config).eval()
-    if recipe.position_scale > 0:
-        table = _sinusoids(recipe.n_positions, recipe.d_model) * recipe.position_scale
-        with torch.no_grad():
-            model.transformer.wpe.weight.copy_(table)
-    return model
-
-
-def _sinusoids(n_positions: int, d_model: int) -> torch.Tensor:
-    """The sinusoidal position table of Vaswani et al., ``[n_positions, d_model]``."""
-    pos = torch.arange(n_positions, dtype=torch.float32)[:, None]
-    freq = 10000.0 ** (-torch.arange(0, d_model, 2, dtype=torch.float32) / d_model)
-    table = torch.zeros(n_positions, d_model)
-    table[:, 0::2] = torch.sin(pos * freq)
-    table[:, 1::2] = torch.cos(pos * freq)
-    return table
+    return GPT2LMHeadModel(config).eval()
 
 
 def _skip_map(recipe: Recipe, n_words: int) -> list[int]:
@@ -172,10 +152,11 @@ def _repeating_sequence(rng: random.Random, recipe: Recipe, n_words: int) -> tup
 
     A left-to-right process: outside a copy, the next word starts a copy with probability
     ``copy_start`` (it repeats the word at a uniformly random earlier position at least 3
-    back), else it is a uniformly random word. Inside a copy, with probability
-    ``copy_continue`` the next word is the one that followed the copied word (flagged
-    predictable), else the copy ends. Copies thus start at random offsets and repeat with
-    random periods, so position alone says nothing about where a repeat is.
+    back), else it is a skip-bigram word (probability ``skip_bigram``: the permutation
+    :func:`_skip_map` of the word two back) or a uniformly random word. Inside a copy,
+    with probability ``copy_continue`` the next word is the one that followed the copied
+    word (flagged predictable), else the copy ends. Copies thus start at random offsets
+    and repeat with random periods, so position alone says nothing about where a repeat is.
     """
     seq: list[int] = []
     flags: list[bool] = []
@@ -228,19 +209,16 @@ def training_batch(
 
 
 def _token_losses(model: GPT2LMHeadModel, ids: torch.Tensor) -> torch.Tensor:
-    logits = model(input_ids=ids).logits[:, :-1]
-    return F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+    logits = model(input_ids=ids).logits[:, :-1].transpose(1, 2)
+    return F.cross_entropy(logits, ids[:, 1:], reduction="none")
 
 
 @torch.no_grad()
 def _evaluate(model: GPT2LMHeadModel, batch: tuple[torch.Tensor, torch.Tensor]) -> dict:
     ids, mask = batch
     losses = _token_losses(model, ids)
-    return {
-        "loss": round(losses.mean().item(), 4),
-        "loss_repeated": round(losses[mask].mean().item(), 4),
-        "loss_other": round(losses[~mask].mean().item(), 4),
-    }
+    parts = {"loss": losses, "loss_repeated": losses[mask], "loss_other": losses[~mask]}
+    return {key: round(value.mean().item(), 4) for key, value in parts.items()}
 
 
 def checkpoint_steps(recipe: Recipe = RECIPE) -> list[int]:
@@ -252,19 +230,24 @@ def _save(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerBase, folder: Pa
     model.eval()
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    for path in folder.iterdir():
+        path.chmod(0o644)  # safetensors are written 0600; the package must be world-readable
 
 
-def _train(recipe: Recipe, out_dir: Path) -> list[dict]:
-    tokenizer = make_tokenizer()
-    model = make_model(recipe)
-    data_rng = random.Random(recipe.seed + 1)
-    eval_batch = training_batch(random.Random(recipe.seed + 2), recipe, recipe.eval_size)
+def _optimizer(model: GPT2LMHeadModel, recipe: Recipe) -> tuple[Any, Any]:
     opt = torch.optim.AdamW(
         model.parameters(), lr=recipe.lr, betas=recipe.betas, weight_decay=recipe.weight_decay
     )
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(1, recipe.warmup_steps))
-    )
+    warmup = max(1, recipe.warmup_steps)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+
+
+def _train(recipe: Recipe, out_dir: Path) -> list[dict]:
+    tokenizer, model = make_tokenizer(), make_model(recipe)
+    plain = replace(recipe, skip_bigram=0.0)
+    data_rng = random.Random(recipe.seed + 1)
+    eval_batch = training_batch(random.Random(recipe.seed + 2), plain, recipe.eval_size)
+    opt, sched = _optimizer(model, recipe)
     saves, history = set(checkpoint_steps(recipe)), []
     for step in range(recipe.steps + 1):
         if step in saves:
@@ -274,7 +257,8 @@ def _train(recipe: Recipe, out_dir: Path) -> list[dict]:
         if step == recipe.steps:
             break
         model.train()
-        ids, _ = training_batch(data_rng, recipe, recipe.batch_size)
+        phase = recipe if step < recipe.skip_until else plain
+        ids, _ = training_batch(data_rng, phase, recipe.batch_size)
         loss = _token_losses(model, ids).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -409,6 +393,6 @@ def write_rows(path: str | Path, *, n: int = 200, seed: int = 0) -> Path:
     """Write :func:`induction_rows` over :data:`WORDS` to a JSONL file (folders created)."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    rows = induction_rows(WORDS, n=n, seed=seed)
-    out.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    rows = "".join(json.dumps(r) + "\n" for r in induction_rows(WORDS, n=n, seed=seed))
+    out.write_text(rows, encoding="utf-8")
     return out

@@ -22,9 +22,9 @@ WEIGHTS = zoo.WEIGHTS / induction.NAME
 CHECKPOINTS = [f"step{s}" for s in induction.checkpoint_steps()]
 
 
-def induction_scores(folder: Path, rows: list[dict], layer: int) -> list[float]:
-    """Per head of ``layer``: mean attention from each repeated token to the token that
-    followed its earlier occurrence."""
+def induction_scores(folder: Path, rows: list[dict], layer: int, *, after: int = 1) -> list[float]:
+    """Per head of ``layer``: mean attention from each repeated token to the token ``after``
+    positions after its earlier occurrence (1: the textbook induction score)."""
     model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     total, count = torch.zeros(model.config.n_head), 0
@@ -36,7 +36,7 @@ def induction_scores(folder: Path, rows: list[dict], layer: int) -> list[float]:
         first = {w: i for i, w in reversed(list(enumerate(words)))}
         for i, word in enumerate(words):
             if first[word] < i:  # token positions are word index + 1 (BOS)
-                total += pattern[:, i + 1, first[word] + 2]
+                total += pattern[:, i + 1, first[word] + 1 + after]
                 count += 1
     return (total / count).tolist()
 
@@ -136,9 +136,7 @@ def test_rows_are_predictable_only_by_induction() -> None:
 
 def test_rows_from_a_tokenizer_and_deterministic() -> None:
     tokenizer = induction.make_tokenizer()
-    assert induction.induction_rows(tokenizer, n=5, seed=3) == induction.induction_rows(
-        n=5, seed=3
-    )
+    assert induction.induction_rows(tokenizer, n=5, seed=3) == induction.induction_rows(n=5, seed=3)
     assert induction.induction_rows(n=5, seed=3) != induction.induction_rows(n=5, seed=4)
     with pytest.raises(ValueError, match="at least"):
         induction.induction_rows(["a", "b"], n=1, seed=0)
@@ -153,20 +151,23 @@ def test_training_batch_marks_repeats() -> None:
     assert ids[:, 1:].min() >= 2
 
 
-def test_shipped_final_model_has_an_induction_head() -> None:
+def test_shipped_final_model_copies_by_shifted_induction() -> None:
+    """The layer-1 heads attend two positions past the earlier occurrence (where the
+    previous-token head has moved the answer), not to the answer itself."""
     rows = induction.induction_rows(n=40, seed=123)
-    final = induction_scores(zoo.resolve(induction.NAME), rows, layer=1)
-    start = induction_scores(zoo.resolve(f"{induction.NAME}@step0"), rows, layer=1)
-    assert max(final) > 0.5 and max(start) < 0.2, (final, start)
+    final, start = zoo.resolve(induction.NAME), zoo.resolve(f"{induction.NAME}@step0")
+    shifted = induction_scores(final, rows, layer=1, after=2)
+    assert max(shifted) > 0.7 and max(induction_scores(start, rows, 1, after=2)) < 0.2
+    assert max(induction_scores(final, rows, layer=1, after=1)) < 0.1
 
 
 @pytest.mark.slow
-def test_recipe_rebuilds_an_induction_head(tmp_path: Path) -> None:
+def test_recipe_rebuilds_the_circuit(tmp_path: Path) -> None:
     start = time.perf_counter()
     folder = zoo.build(induction.NAME, tmp_path / "rebuilt")
     elapsed = time.perf_counter() - start
     final = folder / CHECKPOINTS[-1]
-    scores = induction_scores(final, induction.induction_rows(n=40, seed=123), layer=1)
+    scores = induction_scores(final, induction.induction_rows(n=40, seed=123), 1, after=2)
     assert max(scores) > 0.5, (scores, elapsed)
     record = json.loads((folder / "recipe.json").read_text())
-    assert record["final"]["loss_repeated"] < 1.0
+    assert record["final"]["loss_repeated"] < 1.0 < record["history"][0]["loss_repeated"]
