@@ -57,11 +57,12 @@ class ClaimFileNode(pytest.File):
             yield ClaimItem.from_parent(self, name="<file>", line=parsed.error.line)
             return
         # checkpoint-major, so that each checkpoint's model is loaded once
-        for checkpoint in plugin.checkpoints(parsed):
-            yield from self._claim_items(parsed, checkpoint, claim_name)
+        order = plugin.checkpoints(parsed)
+        for checkpoint in order:
+            yield from self._claim_items(parsed, checkpoint, claim_name, order)
 
-    def _claim_items(self, parsed: Any, checkpoint: str | None,
-                     claim_name: Any) -> Iterator[ClaimItem]:
+    def _claim_items(self, parsed: Any, checkpoint: str | None, claim_name: Any,
+                     order: tuple[str | None, ...]) -> Iterator[ClaimItem]:
         seen: set[str] = set()
         for i, claim in enumerate(parsed.claims):
             name = claim_name(claim, i)
@@ -72,11 +73,21 @@ class ClaimFileNode(pytest.File):
                 name = f"{name}[{checkpoint}]"
             item = ClaimItem.from_parent(self, name=name, line=claim.line, entry=claim,
                                          checkpoint=checkpoint)
-            reason = getattr(claim, "xfail", None)
+            reason = getattr(claim, "xfail", None) or _before(claim, checkpoint, order)
             if reason:
                 item.add_marker(pytest.mark.xfail(reason=reason, strict=True,
                                                   raises=ClaimFailed))
             yield item
+
+
+def _before(claim: Any, checkpoint: str | None, order: tuple[str | None, ...]) -> str | None:
+    """The xfail reason when ``checkpoint`` comes before the claim's ``xfail_before``."""
+    first = getattr(claim, "xfail_before", None)
+    if first is None or first not in order or checkpoint not in order:
+        return None
+    if order.index(checkpoint) < order.index(first):
+        return f"expected to fail before {first} (xfail_before)"
+    return None
 
 
 class ClaimItem(pytest.Item):

@@ -45,7 +45,7 @@ _MAX_NODES = 100_000
 # Top-level keys that are not defaults for claims.
 _FILE_ONLY = frozenset({"claims", "correction", "checkpoints"})
 _SPEC_FIELDS = ("model", "data", "task", "alpha", "seed", "n", "test", "xfail", "description",
-                "skip_if_unavailable")
+                "skip_if_unavailable", "xfail_before")
 # Explicit tags such as ``!!int abc`` or ``!!timestamp x`` make PyYAML's scalar
 # constructors raise any of these.
 _SCALAR_ERRORS = (yaml.YAMLError, ValueError, TypeError, KeyError, AttributeError,

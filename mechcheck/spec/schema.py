@@ -72,6 +72,7 @@ class ClaimSpec:
     correction: str = "holm"
     xfail: str | None = None
     skip_if_unavailable: bool = False
+    xfail_before: str | None = None
     checkpoint: str | None = None
     description: str | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
@@ -219,6 +220,9 @@ COMMON_KEYS: Mapping[str, KeySpec] = {
                 parse=as_choice("t", "wilcoxon", "permutation", "bootstrap"), default="t"),
         KeySpec(name="xfail", expected="a reason string: the claim is expected to fail",
                 parse=as_str),
+        KeySpec(name="xfail_before", parse=as_str,
+                expected="a checkpoint name: on the checkpoints listed before it the claim is "
+                "expected to fail (strict xfail), e.g. before a phase change"),
         KeySpec(name="skip_if_unavailable", parse=as_bool, default=False,
                 expected="true or false: skip (not fail) when an hf: model is neither in "
                 "the local HF cache nor reachable"),
@@ -229,7 +233,7 @@ COMMON_KEYS: Mapping[str, KeySpec] = {
 # are defaults that a claim may override.
 FILE_KEYS: Mapping[str, KeySpec] = {
     **{k: COMMON_KEYS[k] for k in ("model", "data", "task", "alpha", "seed", "n", "test",
-                                   "description", "skip_if_unavailable")},
+                                   "description", "skip_if_unavailable", "xfail_before")},
     "metric": KeySpec(name="metric", expected="a metric such as logit_diff, logprob, prob, "
                       "accuracy or kl", parse=as_str),
     "correction": KeySpec(name="correction", expected="one of holm, bh, none",

@@ -390,9 +390,19 @@ def _vocabulary(source: PreTrainedTokenizerBase | Sequence[str] | None) -> list[
 
 
 def write_rows(path: str | Path, *, n: int = 200, seed: int = 0) -> Path:
-    """Write :func:`induction_rows` over :data:`WORDS` to a JSONL file (folders created)."""
+    """Write :func:`induction_rows` over :data:`WORDS` to a JSONL file (folders created),
+    with named positions: ``END`` (the last token), ``NEXT`` and ``NEXT2`` (one and two
+    after the earlier occurrence of the last word)."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    rows = "".join(json.dumps(r) + "\n" for r in induction_rows(WORDS, n=n, seed=seed))
-    out.write_text(rows, encoding="utf-8")
+    tokenizer = make_tokenizer()
+    rows = [_with_positions(r, tokenizer) for r in induction_rows(WORDS, n=n, seed=seed)]
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return out
+
+
+def _with_positions(row: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+    ids = tokenizer(row["prompt"])["input_ids"]
+    end = len(ids) - 1
+    earlier = max(i for i in range(end) if ids[i] == ids[end])
+    return {**row, "positions": {"END": end, "NEXT": earlier + 1, "NEXT2": earlier + 2}}

@@ -110,10 +110,16 @@ def test_recipe_record() -> None:
 def test_shipped_rows_are_valid() -> None:
     rows = [json.loads(line) for line in ROWS.read_text().splitlines()]
     assert len(rows) == 200
-    assert rows == induction.induction_rows(induction.WORDS, n=200, seed=0)
+    plain = [{k: v for k, v in r.items() if k != "positions"} for r in rows]
+    assert plain == induction.induction_rows(induction.WORDS, n=200, seed=0)
     tokenizer = AutoTokenizer.from_pretrained(zoo.resolve(induction.NAME))
     for row in rows:
-        assert set(row) == {"prompt", "answer", "wrong", "corrupt"}
+        assert set(row) == {"prompt", "answer", "wrong", "corrupt", "positions"}
+        ids = tokenizer(row["prompt"]).input_ids
+        end, nxt = row["positions"]["END"], row["positions"]["NEXT"]
+        assert end == len(ids) - 1 and ids[nxt - 1] == ids[end]
+        assert tokenizer.convert_ids_to_tokens(ids[nxt]) == row["answer"]
+        assert row["positions"]["NEXT2"] == nxt + 1
         for key in ("answer", "wrong"):
             assert len(tokenizer(row[key], add_special_tokens=False).input_ids) == 1
         prompt, corrupt = tokenizer(row["prompt"]).input_ids, tokenizer(row["corrupt"]).input_ids
