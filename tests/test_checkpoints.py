@@ -100,3 +100,12 @@ def test_matrix_accepts_a_frame(tmp_path: Path) -> None:
     table = matrix(results_frame(results))
     assert table.loc[("f", "a")].tolist() == ["fail", "pass"]
     assert Any is not None
+
+
+def test_xfail_before_marks_earlier_checkpoints(checkpointed: pytest.Pytester) -> None:
+    text = checkpointed.path.joinpath("test_ckpt.yaml").read_text()
+    checkpointed.path.joinpath("test_ckpt.yaml").write_text(
+        text.replace("min_score: 0.99", "min_score: 0.99\n    xfail_before: step9"))
+    result = checkpointed.runpytest("-p", "no:cacheprovider", "-k", "never")
+    result.assert_outcomes(xfailed=2, failed=1)
+    result.stdout.fnmatch_lines(["FAILED test_ckpt.yaml::never[[]step9[]]*"])
