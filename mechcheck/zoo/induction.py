@@ -22,11 +22,8 @@ from __future__ import annotations
 
 import json
 import random
-import re
-import shutil
-import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +32,7 @@ import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
 
 from mechcheck.models.tiny import word_tokenizer
+from mechcheck.zoo import _recipes
 
 __all__ = [
     "BOS", "NAME", "RECIPE", "WORDS", "Recipe", "build", "checkpoint_steps", "induction_rows",
@@ -223,15 +221,7 @@ def _evaluate(model: GPT2LMHeadModel, batch: tuple[torch.Tensor, torch.Tensor]) 
 
 def checkpoint_steps(recipe: Recipe = RECIPE) -> list[int]:
     """Steps with a checkpoint folder, in training order; the last one is ``recipe.steps``."""
-    return sorted({s for s in recipe.checkpoints if s < recipe.steps} | {recipe.steps})
-
-
-def _save(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
-    model.eval()
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    for path in folder.iterdir():
-        path.chmod(0o644)  # safetensors are written 0600; the package must be world-readable
+    return _recipes.checkpoint_steps(recipe.steps, recipe.checkpoints)
 
 
 def _optimizer(model: GPT2LMHeadModel, recipe: Recipe) -> tuple[Any, Any]:
@@ -251,7 +241,7 @@ def _train(recipe: Recipe, out_dir: Path) -> list[dict]:
     saves, history = set(checkpoint_steps(recipe)), []
     for step in range(recipe.steps + 1):
         if step in saves:
-            _save(model, tokenizer, out_dir / f"step{step}")
+            _recipes.save_checkpoint(model, tokenizer, out_dir / f"step{step}")
         if step % recipe.log_every == 0 or step in saves:
             history.append({"step": step, **_evaluate(model, eval_batch)})
         if step == recipe.steps:
@@ -265,14 +255,6 @@ def _train(recipe: Recipe, out_dir: Path) -> list[dict]:
         opt.step()
         sched.step()
     return history
-
-
-def _clear(out_dir: Path) -> None:
-    """Remove an earlier build's checkpoint folders and recipe from ``out_dir``."""
-    for child in out_dir.glob("step*"):
-        if child.is_dir() and re.fullmatch(r"step\d+", child.name):
-            shutil.rmtree(child)
-    (out_dir / "recipe.json").unlink(missing_ok=True)
 
 
 def build(out_dir: str | Path, *, steps: int | None = None, recipe: Recipe = RECIPE) -> Path:
@@ -293,34 +275,14 @@ def build(out_dir: str | Path, *, steps: int | None = None, recipe: Recipe = REC
     """
     if steps is not None:
         recipe = replace(recipe, steps=steps)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _clear(out)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(recipe.threads)
-    start = time.perf_counter()
-    try:
-        history = _train(recipe, out)
-    finally:
-        torch.set_num_threads(threads)
-    _write_recipe(out, recipe, history, time.perf_counter() - start)
-    return out
+    return _recipes.run_build(out_dir, recipe, _train, _RECORD)
 
 
-def _write_recipe(out: Path, recipe: Recipe, history: list[dict], seconds: float) -> None:
-    record: dict[str, Any] = {
-        "name": NAME,
-        "architecture": "GPT2LMHeadModel",
-        "tokenizer": {"type": "WordLevel", "bos_token": BOS, "words": len(WORDS)},
-        "recipe": asdict(recipe),
-        "checkpoints": [f"step{s}" for s in checkpoint_steps(recipe)],
-        "final": history[-1],
-        "train_seconds": round(seconds, 1),
-        "torch": torch.__version__,
-        "history": history,
-    }
-    text = json.dumps(record, indent=1)
-    (out / "recipe.json").write_text(text + "\n", encoding="utf-8")
+_RECORD: dict[str, Any] = {
+    "name": NAME,
+    "architecture": "GPT2LMHeadModel",
+    "tokenizer": {"type": "WordLevel", "bos_token": BOS, "words": len(WORDS)},
+}
 
 
 def _distinct(rng: random.Random, pool: Sequence[str], n: int, exclude: set[str]) -> list[str]:

@@ -1,0 +1,72 @@
+"""What every trained zoo recipe shares: checkpoint steps, saving, and the build run.
+
+A recipe module supplies its model, data and training loop; :func:`run_build` clears
+the output folder, trains with the recipe's thread count, and writes ``recipe.json``
+(the recipe, the loss history, the time taken and the torch version).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["checkpoint_steps", "run_build", "save_checkpoint"]
+
+
+def checkpoint_steps(steps: int, checkpoints: Iterable[int]) -> list[int]:
+    """Steps with a checkpoint folder, in training order; the last one is ``steps``."""
+    return sorted({s for s in checkpoints if s < steps} | {steps})
+
+
+def save_checkpoint(model: Any, tokenizer: Any, folder: Path) -> None:
+    """Save model and tokenizer (safetensors) into ``folder``, world-readable."""
+    model.eval()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    for path in folder.iterdir():
+        path.chmod(0o644)  # safetensors are written 0600; the package must be readable
+
+
+def _clear(out_dir: Path) -> None:
+    """Remove an earlier build's checkpoint folders and recipe from ``out_dir``."""
+    for child in out_dir.glob("step*"):
+        if child.is_dir() and re.fullmatch(r"step\d+", child.name):
+            shutil.rmtree(child)
+    (out_dir / "recipe.json").unlink(missing_ok=True)
+
+
+def run_build(out_dir: str | Path, recipe: Any, train: Callable[[Any, Path], list[dict]],
+              record: Mapping[str, Any]) -> Path:
+    """Train ``recipe`` into ``out_dir`` and write its ``recipe.json``.
+
+    Args:
+        out_dir: the folder to (re)write.
+        recipe: a dataclass with ``steps``, ``checkpoints`` and ``threads``.
+        train: ``train(recipe, out_dir) -> history``; saves the checkpoints itself.
+        record: what ``recipe.json`` says besides the recipe, history and timing.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _clear(out)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(recipe.threads)
+    start = time.perf_counter()
+    try:
+        history = train(recipe, out)
+    finally:
+        torch.set_num_threads(threads)
+    body = {**record, "recipe": asdict(recipe),
+            "checkpoints": [f"step{s}" for s in checkpoint_steps(recipe.steps,
+                                                                  recipe.checkpoints)],
+            "final": history[-1], "train_seconds": round(time.perf_counter() - start, 1),
+            "torch": torch.__version__, "history": history}
+    (out / "recipe.json").write_text(json.dumps(body, indent=1) + "\n", encoding="utf-8")
+    return out
