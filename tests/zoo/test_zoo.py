@@ -1,6 +1,7 @@
 """The zoo registry (names, checkpoints, resolve, errors) and the ``induction-2l`` model:
 its shipped weights load, its evaluation rows are well formed, and (slow) its recipe
-rebuilds a model with an induction head."""
+rebuilds a model with an induction head on which the claims of
+claims/zoo/test_induction.yaml pass."""
 
 from __future__ import annotations
 
@@ -177,3 +178,18 @@ def test_recipe_rebuilds_the_circuit(tmp_path: Path) -> None:
     assert max(scores) > 0.5, (scores, elapsed)
     record = json.loads((folder / "recipe.json").read_text())
     assert record["final"]["loss_repeated"] < 1.0 < record["history"][0]["loss_repeated"]
+    _claims_pass_on(final, tmp_path)
+
+
+def _claims_pass_on(model: Path, tmp_path: Path) -> None:
+    """claims/zoo/test_induction.yaml, pointed at ``model``: every claim passes, except
+    the expected failures, which fail."""
+    from mechcheck.api import evaluate_path
+
+    text = (ROOT / "claims" / "zoo" / "test_induction.yaml").read_text()
+    claims = tmp_path / "test_induction.yaml"
+    claims.write_text(text.replace("model: zoo:induction-2l", f"model: {model}")
+                      .replace("data: induction.jsonl", f"data: {ROWS}"))
+    results = evaluate_path(claims)
+    assert {r.verdict for r in results if not r.xfail} == {"pass"}, results
+    assert {r.verdict for r in results if r.xfail} == {"fail"}
