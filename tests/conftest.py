@@ -3,6 +3,7 @@ and loaded the way claim files load them, and a check that no test leaves a hook
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from collections.abc import Callable
@@ -81,7 +82,6 @@ def _import_everything_once(tiny_loaded: Callable[..., Any]) -> None:
     pytester's in-process runs restore ``sys.modules`` afterwards, so a module first
     imported inside one (torch registers operators on import) would be imported twice.
     """
-    import json
     import tempfile
 
     import pandas as pd
@@ -105,6 +105,32 @@ def _import_everything_once(tiny_loaded: Callable[..., Any]) -> None:
     runner.patched_logits([(Address("head", 0, 0), BUILTIN_INTERVENTIONS[0])])
     runner.pattern(0, 0)
     Session()
+
+
+def checkpointed_project(root: Path, steps: tuple[str, ...]) -> str:
+    """Tiny GPT-2 checkpoints ``root/model/<step>`` (different seeds), 12 rows in
+    ``root/d.jsonl``; returns a claim file over them (a passing and a failing claim)."""
+    from mechcheck.models.tiny import save_tiny
+
+    for i, step in enumerate(steps):
+        save_tiny("gpt2", root / "model" / step, seed=10 + i)
+    root.joinpath("d.jsonl").write_text("\n".join(json.dumps(r) for r in word_rows(12)))
+    return f"""\
+model: model
+data: d.jsonl
+checkpoints: [{", ".join(steps)}]
+claims:
+  - id: first
+    kind: attends
+    components: ["head 0.0"]
+    pattern: first_token
+    min_score: 0.0
+  - id: never
+    kind: attends
+    components: ["head 0.0"]
+    pattern: previous_token
+    min_score: 0.99
+"""
 
 
 @pytest.fixture(autouse=True)

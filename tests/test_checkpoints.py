@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +9,7 @@ import pytest
 
 from mechcheck.models.loading import with_checkpoint
 from mechcheck.report import matrix, read_report
-from tests.conftest import word_rows
+from tests.conftest import checkpointed_project
 
 
 def test_with_checkpoint() -> None:
@@ -24,28 +23,8 @@ def test_with_checkpoint() -> None:
 
 @pytest.fixture
 def checkpointed(pytester: pytest.Pytester) -> pytest.Pytester:
-    from mechcheck.models.tiny import save_tiny
-
-    for i, step in enumerate(("step0", "step5", "step9")):
-        save_tiny("gpt2", pytester.path / "model" / step, seed=10 + i)
-    pytester.path.joinpath("d.jsonl").write_text(
-        "\n".join(json.dumps(r) for r in word_rows(12)))
-    pytester.makefile(".yaml", test_ckpt="""\
-model: model
-data: d.jsonl
-checkpoints: [step0, step5, step9]
-claims:
-  - id: first
-    kind: attends
-    components: ["head 0.0"]
-    pattern: first_token
-    min_score: 0.0
-  - id: never
-    kind: attends
-    components: ["head 0.0"]
-    pattern: previous_token
-    min_score: 0.99
-""")
+    text = checkpointed_project(pytester.path, ("step0", "step5", "step9"))
+    pytester.makefile(".yaml", test_ckpt=text)
     return pytester
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from mechcheck.report import matrix, read_report
-from tests.conftest import word_rows
+from tests.conftest import checkpointed_project
 
 pytest.importorskip("xdist")
 
@@ -20,28 +20,8 @@ STEPS = ("step5", "step10", "step20")
 @pytest.fixture
 def checkpointed(pytester: pytest.Pytester) -> pytest.Pytester:
     """A claim file over three checkpoints of a tiny gpt2, one without, and a Python claim."""
-    from mechcheck.models.tiny import save_tiny
-
-    for i, step in enumerate(STEPS):
-        save_tiny("gpt2", pytester.path / "model" / step, seed=10 + i)
-    pytester.path.joinpath("d.jsonl").write_text(
-        "\n".join(json.dumps(r) for r in word_rows(12)))
-    pytester.makefile(".yaml", test_ckpt=f"""\
-model: model
-data: d.jsonl
-checkpoints: [{", ".join(STEPS)}]
-claims:
-  - id: first
-    kind: attends
-    components: ["head 0.0"]
-    pattern: first_token
-    min_score: 0.0
-  - id: never
-    kind: attends
-    components: ["head 0.0"]
-    pattern: previous_token
-    min_score: 0.99
-""", test_plain="""\
+    pytester.makefile(".yaml", test_ckpt=checkpointed_project(pytester.path, STEPS),
+                      test_plain="""\
 model: model/step5
 data: d.jsonl
 claims:

@@ -7,7 +7,7 @@ which forgets a bias or a norm weight gives visibly different numbers.
 
 Example:
     >>> model, tok = build_tiny("llama", seed=1)
-    >>> folder = save_tiny("gpt2", "/tmp/tiny-gpt2")
+    >>> folder = save_tiny("gpt2", tmp_path / "tiny-gpt2")  # any folder
 """
 
 from __future__ import annotations

@@ -18,7 +18,24 @@ from typing import Any
 
 import torch
 
-__all__ = ["checkpoint_steps", "run_build", "save_checkpoint"]
+__all__ = ["checkpoint_steps", "gpt2_model", "run_build", "save_checkpoint"]
+
+
+def gpt2_model(recipe: Any, tokenizer: Any, *, tie_embeddings: bool = True) -> Any:
+    """A randomly initialised GPT-2 sized by ``recipe`` (seeded by ``recipe.seed``), with
+    dropout 0 and eager attention, for ``tokenizer``'s vocabulary."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=recipe.n_positions, n_embd=recipe.d_model,
+        n_layer=recipe.n_layers, n_head=recipe.n_heads, n_inner=recipe.d_mlp,
+        activation_function="gelu", tie_word_embeddings=tie_embeddings,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.bos_token_id,
+    )
+    config._attn_implementation = "eager"
+    torch.manual_seed(recipe.seed)
+    return GPT2LMHeadModel(config).eval()
 
 
 def checkpoint_steps(steps: int, checkpoints: Iterable[int]) -> list[int]:

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
+from transformers import GPT2LMHeadModel, PreTrainedTokenizerBase
 
 from mechcheck.models.tiny import word_tokenizer
 from mechcheck.zoo import _recipes
@@ -119,25 +119,7 @@ def make_tokenizer() -> PreTrainedTokenizerBase:
 
 def make_model(recipe: Recipe = RECIPE) -> GPT2LMHeadModel:
     """The randomly initialised model (seeded by ``recipe.seed``), all dropout 0."""
-    tokenizer = make_tokenizer()
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=recipe.n_positions,
-        n_embd=recipe.d_model,
-        n_layer=recipe.n_layers,
-        n_head=recipe.n_heads,
-        n_inner=recipe.d_mlp,
-        activation_function="gelu",
-        tie_word_embeddings=recipe.tie_embeddings,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.bos_token_id,
-    )
-    config._attn_implementation = "eager"
-    torch.manual_seed(recipe.seed)
-    return GPT2LMHeadModel(config).eval()
+    return _recipes.gpt2_model(recipe, make_tokenizer(), tie_embeddings=recipe.tie_embeddings)
 
 
 def _skip_map(recipe: Recipe, n_words: int) -> list[int]:

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
+from transformers import GPT2LMHeadModel, PreTrainedTokenizerBase
 
 from mechcheck.models.tiny import word_tokenizer
 from mechcheck.tasks.ioi import IOIPools, ioi_pools, ioi_row, ioi_rows, ioi_vocabulary
@@ -107,24 +107,7 @@ def make_tokenizer() -> PreTrainedTokenizerBase:
 
 def make_model(recipe: Recipe = RECIPE) -> GPT2LMHeadModel:
     """The randomly initialised model (seeded by ``recipe.seed``), all dropout 0."""
-    tokenizer = make_tokenizer()
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=recipe.n_positions,
-        n_embd=recipe.d_model,
-        n_layer=recipe.n_layers,
-        n_head=recipe.n_heads,
-        n_inner=recipe.d_mlp,
-        activation_function="gelu",
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.bos_token_id,
-    )
-    config._attn_implementation = "eager"
-    torch.manual_seed(recipe.seed)
-    return GPT2LMHeadModel(config).eval()
+    return _recipes.gpt2_model(recipe, make_tokenizer())
 
 
 def training_batch(rng: random.Random, tokenizer: PreTrainedTokenizerBase,
