@@ -1,19 +1,24 @@
 """Recipe of the zoo model ``induction-2l``: a 2-layer GPT-2 that learns in-context copying.
 
 The model is trained from scratch on CPU, deterministically, on sequences of random words
-in which segments repeat at random offsets and with random periods: the only way to beat
-the unigram loss on a repeat is to find the earlier occurrence of the current word and
-copy the word that followed it. Checkpoints ``step{N}`` are saved before, during and
-after the phase change (steps 1250-2000) in which the loss on the repeated words drops
-abruptly (from 2.7 to 0.8 nats).
+in which segments repeat at random offsets and with random periods (the shortest period
+is 2, as in "A B A B"): the only way to beat the unigram loss on a repeat is to find the
+earlier occurrence of the current word and copy the word that followed it. Checkpoints
+``step{N}`` are saved before, during and after the phase change (steps 200-400) in which
+the loss on the repeated words drops abruptly (from about 2.0 to 0.6 nats).
 
-What it learns (measured on ``claims/zoo/induction.jsonl``): head 0.3 is a previous-token
-head (attention 1.0 to t-1), head 0.0 attends to t-2 and head 0.1 to t-3. The layer-1
-heads do induction shifted by one position: from the current word they attend to the
-position *two* after its earlier occurrence (matching the current word against what
-head 0.0 moved there) and copy the word that head 0.3 moved there, i.e. the word that
-followed the earlier occurrence. Their attention to the position right after the
-earlier occurrence (the textbook induction score) stays near 0.
+What it learns (measured on ``claims/zoo/induction.jsonl``, see
+``docs/zoo/induction-2l.md``): layer 0 holds previous-token heads and the four layer-1
+heads are induction heads, attending from the current word to the position right after
+its earlier occurrence and copying the word found there.
+
+Why the shortest period matters: when every repeat is at least three words from its
+source (as in an earlier version of this recipe), circuits shifted along the source
+solve the task as well as the textbook one, and the trained models used them: their
+layer-1 heads attended two (or, with denser repeats, three) positions past the earlier
+occurrence, reading the answer that a layer-0 head had moved there. A circuit shifted by
+two or more cannot predict period-2 repeats, whose source is too close; with them in the
+data, every seed tried (six) learned textbook induction heads.
 
 :func:`induction_rows` makes evaluation prompts for claims about the model.
 """
@@ -68,12 +73,11 @@ class Recipe:
         batch_size: sequences per step.
         copy_start: probability that a word outside a copy starts a copy.
         copy_continue: probability that a copy goes on for one more word.
-        skip_bigram: probability that a word outside a copy is a fixed permutation of the
-            word two back, for the first ``skip_until`` steps: it rewards a previous-token head
-            early (like n-grams in text), which cuts the plateau from >5000 steps to ~1300.
-        skip_until: the step from which training sequences have no skip-bigram words.
-        tie_embeddings: share token embedding and unembedding (untied, the circuit forms
-            sooner and more cleanly).
+        min_period: the shortest distance between a copied word and its source. With 2,
+            repeats such as "A B A B" occur and textbook induction heads form; with 3,
+            the model learned a shifted circuit instead (see the module docstring).
+        tie_embeddings: share token embedding and unembedding (tied, no circuit had formed
+            after 1500 steps in three seeds).
         lr: AdamW learning rate (after linear warm-up).
         betas: AdamW betas.
         weight_decay: AdamW weight decay.
@@ -93,17 +97,16 @@ class Recipe:
     d_mlp: int = 128
     n_positions: int = 32
     batch_size: int = 64
-    copy_start: float = 0.1
-    copy_continue: float = 0.85
-    skip_bigram: float = 0.3
-    skip_until: int = 1000
+    copy_start: float = 0.2
+    copy_continue: float = 0.9
+    min_period: int = 2
     tie_embeddings: bool = False
     lr: float = 2e-3
     betas: tuple[float, float] = (0.9, 0.98)
     weight_decay: float = 0.01
     warmup_steps: int = 50
-    steps: int = 3000
-    checkpoints: tuple[int, ...] = (0, 500, 1000, 1250, 1500, 1750, 2000, 2500)
+    steps: int = 1500
+    checkpoints: tuple[int, ...] = (0, 100, 200, 250, 300, 350, 400, 500, 1000)
     log_every: int = 50
     eval_size: int = 256
     threads: int = 1
@@ -122,18 +125,12 @@ def make_model(recipe: Recipe = RECIPE) -> GPT2LMHeadModel:
     return _recipes.gpt2_model(recipe, make_tokenizer(), tie_embeddings=recipe.tie_embeddings)
 
 
-def _skip_map(recipe: Recipe, n_words: int) -> list[int]:
-    """The fixed random permutation of the skip-bigram rule (seeded by ``recipe.seed``)."""
-    return random.Random(recipe.seed).sample(range(n_words), n_words)
-
-
 def _repeating_sequence(rng: random.Random, recipe: Recipe, n_words: int) -> tuple[list, list]:
     """Word indices (``n_positions - 1`` of them) and a flag per index: induction-predictable.
 
     A left-to-right process: outside a copy, the next word starts a copy with probability
-    ``copy_start`` (it repeats the word at a uniformly random earlier position at least 3
-    back), else it is a skip-bigram word (probability ``skip_bigram``: the permutation
-    :func:`_skip_map` of the word two back) or a uniformly random word. Inside a copy,
+    ``copy_start`` (it repeats the word at a uniformly random earlier position at least
+    ``min_period`` back), else it is a uniformly random word. Inside a copy,
     with probability ``copy_continue`` the next word is the one that followed the copied
     word (flagged predictable), else the copy ends. Copies thus start at random offsets
     and repeat with random periods, so position alone says nothing about where a repeat is.
@@ -141,7 +138,6 @@ def _repeating_sequence(rng: random.Random, recipe: Recipe, n_words: int) -> tup
     seq: list[int] = []
     flags: list[bool] = []
     src: int | None = None
-    skip = _skip_map(recipe, n_words)
     while len(seq) < recipe.n_positions - 1:
         if src is not None and rng.random() < recipe.copy_continue:
             src += 1
@@ -149,11 +145,9 @@ def _repeating_sequence(rng: random.Random, recipe: Recipe, n_words: int) -> tup
             flags.append(True)
             continue
         src = None
-        if len(seq) >= 3 and rng.random() < recipe.copy_start:
-            src = rng.randrange(len(seq) - 2)
+        if len(seq) >= recipe.min_period and rng.random() < recipe.copy_start:
+            src = rng.randrange(len(seq) - recipe.min_period + 1)
             seq.append(seq[src])
-        elif len(seq) >= 2 and rng.random() < recipe.skip_bigram:
-            seq.append(skip[seq[-2]])
         else:
             seq.append(rng.randrange(n_words))
         flags.append(False)
@@ -216,9 +210,8 @@ def _optimizer(model: GPT2LMHeadModel, recipe: Recipe) -> tuple[Any, Any]:
 
 def _train(recipe: Recipe, out_dir: Path) -> list[dict]:
     tokenizer, model = make_tokenizer(), make_model(recipe)
-    plain = replace(recipe, skip_bigram=0.0)
     data_rng = random.Random(recipe.seed + 1)
-    eval_batch = training_batch(random.Random(recipe.seed + 2), plain, recipe.eval_size)
+    eval_batch = training_batch(random.Random(recipe.seed + 2), recipe, recipe.eval_size)
     opt, sched = _optimizer(model, recipe)
     saves, history = set(checkpoint_steps(recipe)), []
     for step in range(recipe.steps + 1):
@@ -229,8 +222,7 @@ def _train(recipe: Recipe, out_dir: Path) -> list[dict]:
         if step == recipe.steps:
             break
         model.train()
-        phase = recipe if step < recipe.skip_until else plain
-        ids, _ = training_batch(data_rng, phase, recipe.batch_size)
+        ids, _ = training_batch(data_rng, recipe, recipe.batch_size)
         loss = _token_losses(model, ids).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -22,7 +22,7 @@ def test_matrix_has_the_pass_fail_boundary() -> None:
     table = matrix(results)
     assert list(table.columns) == order
     first = {c.id: c.xfail_before for c in parsed.claims}
-    assert first["layer_1_necessary"] == "step1500"
+    assert first["layer_1_necessary"] == "step350"
     for (_, claim), verdicts in table.iterrows():
         boundary = order.index(first[claim])
         assert set(verdicts.iloc[:boundary]) == {"fail"}, claim
