@@ -81,6 +81,7 @@ class MechcheckPlugin:
         # (file, checkpoint) -> position of the checkpoint in the file's declared order
         self._ranks: dict[tuple[str, str | None], int] = {}
         self._baseline: dict[Any, ClaimResult] | None = None
+        self.report_error: str | None = None
 
     @property
     def baseline(self) -> dict[Any, ClaimResult]:
@@ -164,9 +165,15 @@ class MechcheckPlugin:
         if path and not hasattr(self.config, "workerinput"):
             from mechcheck.report import write_report
 
+            from mechcheck.errors import MechcheckError
+
             meta = {"regressions": [c.describe() for c in self.changes()
                                     if c.kind in ("regression", "drift")]}
-            write_report(self.ordered(), Path(path), meta=meta if self.baseline else None)
+            try:
+                write_report(self.ordered(), Path(path), meta=meta if self.baseline else None)
+            except (MechcheckError, OSError) as exc:
+                self.report_error = str(exc)
+                session.exitstatus = pytest.ExitCode.USAGE_ERROR
 
     def changes(self) -> list[Any]:
         """Differences from the baseline among the claims that ran."""
@@ -177,6 +184,9 @@ class MechcheckPlugin:
         return compare(old, self.ordered(), max_drift=self.config.getoption(DRIFT_OPTION))
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.report_error:
+            terminalreporter.write_line(f"mechcheck report NOT written: {self.report_error}",
+                                        red=True)
         if not self.results:
             return
         from mechcheck.report import summary_table
@@ -195,7 +205,7 @@ class MechcheckPlugin:
             for line in format_changes(changes):
                 terminalreporter.write_line(f"  {line}")
         path = self.config.getoption(REPORT_OPTION)
-        if path:
+        if path and not self.report_error:
             terminalreporter.write_line(f"report written to {os.fspath(path)}")
 
     def ordered(self) -> list[ClaimResult]:
@@ -207,6 +217,10 @@ class MechcheckPlugin:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    report = config.getoption(REPORT_OPTION)
+    if report and Path(report).suffix.lower() not in (".json", ".csv"):
+        raise pytest.UsageError(f"{REPORT_OPTION} {report}: unknown report format "
+                                f"'{Path(report).suffix}'; name the report *.json or *.csv")
     plugin = MechcheckPlugin(config)
     config.stash[PLUGIN_KEY] = plugin
     config.pluginmanager.register(plugin, "mechcheck-session")

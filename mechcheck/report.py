@@ -44,8 +44,16 @@ def matrix(results: Iterable[ClaimResult] | Any, values: str = "verdict") -> Any
 
 def write_report(results: Sequence[ClaimResult], path: str | os.PathLike,
                  *, meta: dict[str, Any] | None = None) -> Path:
-    """Write ``.json`` (an object whose ``results`` is a list) or ``.csv``."""
+    """Write ``.json`` (an object whose ``results`` is a list) or ``.csv``; missing parent
+    folders are created."""
     path = Path(path)
+    if path.suffix.lower() in (".json", ".csv"):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise MechcheckError(f"cannot create the report's folder {path.parent}: {exc}",
+                                 key="--mechcheck-report",
+                                 hint="give a path in a folder you can write to") from exc
     if path.suffix.lower() == ".json":
         body = {"mechcheck_report": 1, **(meta or {}), "results": [r.record() for r in results]}
         path.write_text(json.dumps(body, indent=2, allow_nan=False) + "\n")

@@ -84,6 +84,23 @@ def test_report_json_and_csv_have_the_public_fields(project: pytest.Pytester) ->
     assert frame["verdict"].tolist() == ["pass", "fail", "pass"]
 
 
+def test_report_path_mistakes_are_usage_errors(project: pytest.Pytester) -> None:
+    """A wrong suffix stops the run before anything is computed; a folder that cannot be
+    created is reported after the run (exit code 4), never as an internal error."""
+    result = project.runpytest("-p", "no:cacheprovider", "--mechcheck-report", "out.txt")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--mechcheck-report out.txt: unknown report format '.txt'*"])
+    project.path.joinpath("blocker").write_text("")
+    result = project.runpytest("-p", "no:cacheprovider", "--mechcheck-report",
+                               "blocker/out.json")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stdout.fnmatch_lines(["*mechcheck report NOT written:*cannot create the report's "
+                                 "folder *blocker*", "*fix: give a path in a folder*"])
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    project.runpytest("-p", "no:cacheprovider", "--mechcheck-report", "new/dir/out.json")
+    assert project.path.joinpath("new", "dir", "out.json").is_file()
+
+
 def test_same_seed_same_report(project: pytest.Pytester) -> None:
     reports = []
     for name in ("a.json", "b.json"):

@@ -48,6 +48,15 @@ def test_csv_and_frame_columns(tmp_path: Path) -> None:
         write_report(_results(), tmp_path / "r.txt")
 
 
+def test_report_folders_are_created_and_unwritable_ones_explained(tmp_path: Path) -> None:
+    path = write_report(_results(), tmp_path / "new" / "deeper" / "r.csv")
+    assert path.read_text().startswith("file,")
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(MechcheckError, match="cannot create the report's folder") as info:
+        write_report(_results(), tmp_path / "a_file" / "r.json")
+    assert info.value.key == "--mechcheck-report"
+
+
 def test_summary_table_and_failure_text() -> None:
     lines = summary_table(_results())
     assert lines[0].split() == ["claim", "verdict", "effect", "CI", "threshold", "p_adj", "n"]
