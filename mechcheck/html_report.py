@@ -211,7 +211,7 @@ def _effect_panel(axes: Any, key: ClaimKey, cells: dict[str, ClaimResult],
     if not measured:
         axes.text(0.5, 0.5, "no effect measured", ha="center", va="center",
                   transform=axes.transAxes, color="#777777")
-    axes.set_title(_label(key), fontsize=9)
+    axes.set_title(_plain_text(f"{key[1]}\n{Path(key[0]).name}"), fontsize=8)
     axes.set_xlim(-0.5, len(checkpoints) - 0.5)
     _sparse_ticks(axes, [_plain_text(c) for c in checkpoints])
     axes.tick_params(labelsize=7)
