@@ -170,6 +170,29 @@ def _hub_error(source: ModelSource, exc: Exception) -> ModelLoadError:
     )
 
 
+HUB_PROBE_TIMEOUT_S = 10.0
+
+
+def _probe_hub(source: ModelSource) -> Exception | None:
+    """Ask the hub once, without retries, whether it has ``source``.
+
+    Returns the exception to report when the hub cannot be reached (no network, DNS,
+    proxy, timeout) or says the repo or revision is not there, else None. transformers
+    itself retries an unreachable hub for most of a minute before giving up; this probe
+    answers in about a second.
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        HfApi().model_info(source.name, revision=source.revision, timeout=HUB_PROBE_TIMEOUT_S)
+    except HfHubHTTPError as exc:  # the hub answered
+        return exc if _hub_answered_no(exc) else None
+    except Exception as exc:  # noqa: BLE001 - any failure to get an answer means no network
+        return exc
+    return None
+
+
 def _from_pretrained(source: ModelSource, *, allow_pickle: bool, trust_remote_code: bool,
                      dtype: Any) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -194,7 +217,10 @@ def _from_pretrained(source: ModelSource, *, allow_pickle: bool, trust_remote_co
                                      hint="check that the folder holds a model and a "
                                      "tokenizer saved with save_pretrained") from None
             if local_only and os.environ.get("HF_HUB_OFFLINE") not in ("1", "true", "True"):
-                continue
+                unreachable = _probe_hub(source)
+                if unreachable is None:
+                    continue
+                exc = unreachable
             raise _hub_error(source, exc) from None
     raise AssertionError("unreachable")
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from mechcheck.errors import ModelLoadError
+from mechcheck.errors import ModelLoadError, ModelUnavailableError
 from mechcheck.models.archs import BUILTIN_ARCHS
 from mechcheck.models.loading import load_model, parse_source
 
@@ -48,3 +48,58 @@ def test_pickle_checkpoints_need_opt_in(tmp_path: Path, tiny_folder: Any) -> Non
         load_model(str(tmp_path / "p"), archs=BUILTIN_ARCHS)
     assert "--mechcheck-allow-pickle" in info.value.hint
     assert load_model(str(tmp_path / "p"), archs=BUILTIN_ARCHS, allow_pickle=True)
+
+
+class _HubCalls:
+    """Records whether transformers was asked to go to the network."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import transformers
+
+        self.networked = 0
+        for cls in (transformers.AutoTokenizer, transformers.AutoModelForCausalLM):
+            monkeypatch.setattr(cls, "from_pretrained", self._refuse)
+
+    def _refuse(self, path: str, *, local_files_only: bool = False, **kwargs: Any) -> Any:
+        self.networked += not local_files_only
+        raise OSError(f"{path} is not available here")
+
+
+def _hub_says(monkeypatch: pytest.MonkeyPatch, answer: BaseException | None) -> None:
+    import huggingface_hub
+
+    def model_info(self: Any, repo_id: str, **kwargs: Any) -> Any:
+        if answer is not None:
+            raise answer
+        return object()
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", model_info)
+
+
+def test_unreachable_hub_fails_fast_without_transformers_retries(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without HF_HUB_OFFLINE, a model missing from the cache on a machine without network
+    is reported after one probe of the hub, not after transformers' retries."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    calls = _HubCalls(monkeypatch)
+    _hub_says(monkeypatch, ConnectionError("Name or service not known"))
+    with pytest.raises(ModelUnavailableError, match=r"could not be fetched \(ConnectionError\)"):
+        load_model("hf:nobody/missing-model", archs=BUILTIN_ARCHS)
+    assert calls.networked == 0
+
+
+def test_hub_that_says_no_and_hub_that_has_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    calls = _HubCalls(monkeypatch)
+    missing = RepositoryNotFoundError.__new__(RepositoryNotFoundError)
+    Exception.__init__(missing, "404: repository not found")
+    _hub_says(monkeypatch, missing)
+    with pytest.raises(ModelLoadError, match="the hub has no model 'nobody/typo'"):
+        load_model("hf:nobody/typo", archs=BUILTIN_ARCHS)
+    assert calls.networked == 0
+    _hub_says(monkeypatch, None)  # the hub has it: transformers downloads it
+    with pytest.raises(ModelLoadError):
+        load_model("hf:somebody/model", archs=BUILTIN_ARCHS)
+    assert calls.networked == 1
