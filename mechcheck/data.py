@@ -112,8 +112,8 @@ def _single_token(tokenizer: Any, text: Any, where: str, column: str) -> int:
         raise DataError(
             f"{where}: {column} {str(text)!r} is {len(ids)} tokens under this model's "
             f"tokenizer {pieces}, not one", key="data",
-            hint=f"choose {'an' if column == 'answer' else 'a'} {column} that is a single token (with GPT-2's tokenizer, "
-            "include the leading space, e.g. ' Mary')",
+            hint=f"choose {'an' if column == 'answer' else 'a'} {column} that is a single "
+            "token (with GPT-2's tokenizer, include the leading space, e.g. ' Mary')",
         )
     return ids[0]
 

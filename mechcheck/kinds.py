@@ -82,7 +82,8 @@ def _as_margin(value: Any) -> float:
 
 
 COMPONENTS = KeySpec(name="components", required=True, parse=as_components,
-                     expected='a list of quoted addresses, e.g. ["head 9.9", "blocks.10.attn.head.*"]')
+                     expected='a list of quoted addresses, e.g. '
+                              '["head 9.9", "blocks.10.attn.head.*"]')
 METRIC = KeySpec(name="metric", required=True, parse=as_str,
                  expected="a metric: logit_diff, logprob, prob, accuracy, kl or "
                  "greater_than_pd (or a plugin's)")

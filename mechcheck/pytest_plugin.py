@@ -163,9 +163,8 @@ class MechcheckPlugin:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         path = self.config.getoption(REPORT_OPTION)
         if path and not hasattr(self.config, "workerinput"):
-            from mechcheck.report import write_report
-
             from mechcheck.errors import MechcheckError
+            from mechcheck.report import write_report
 
             meta = {"regressions": [c.describe() for c in self.changes()
                                     if c.kind in ("regression", "drift")]}

@@ -25,9 +25,10 @@ class ClaimResult:
     """One claim's verdict with its numbers.
 
     ``verdict`` is ``pass``, ``fail`` or ``error`` (or ``skip`` for a claim whose
-    ``hf:`` model could not be had under ``skip_if_unavailable: true``); ``reason`` says why a claim failed
-    (``not supported`` or ``refuted``) and is empty otherwise.  ``ci_low``/``ci_high``
-    are one-sided (1 - alpha) bounds, together a (1 - 2 alpha) interval.
+    ``hf:`` model could not be had under ``skip_if_unavailable: true``); ``reason``
+    says why a claim failed (``not supported`` or ``refuted``) and is empty otherwise.
+    ``ci_low``/``ci_high`` are one-sided (1 - alpha) bounds, together a (1 - 2 alpha)
+    interval.
     """
 
     file: str

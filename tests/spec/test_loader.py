@@ -325,7 +325,8 @@ def test_bad_value_from_file_default_reports_the_header_line() -> None:
 
 
 def test_n_must_be_positive_in_a_claim() -> None:
-    error = claim_error(HEADER + "  - {id: a, kind: necessary, components: embed, min_drop: 1, n: 0}\n")
+    error = claim_error(
+        HEADER + "  - {id: a, kind: necessary, components: embed, min_drop: 1, n: 0}\n")
     assert (error.key, error.line, error.claim_id) == ("n", 4, "a")
     assert "positive" in error.message
 
