@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from typing import cast
 
 from mechcheck.results import ClaimResult
 
@@ -110,10 +111,11 @@ def apply_baseline(result: ClaimResult, baseline: dict[Key, ClaimResult],
         return result
     result = replace(result, baseline_verdict=old.verdict, baseline_effect=old.effect)
     if result.verdict == "pass" and _drifted(old, result, max_drift):
+        moved = cast(float, result.effect) - cast(float, old.effect)  # both finite here
         message = (f"{result.file}:{result.line} claim '{result.id}' failed: drift\n"
                    f"  baseline      effect {old.effect:.4g} ({old.verdict})\n"
                    f"  observed      effect {result.effect:.4g}, moved by "
-                   f"{result.effect - old.effect:+.4g} (allowed {max_drift:g})\n"
+                   f"{moved:+.4g} (allowed {max_drift:g})\n"
                    "  fix           if the change is intended, save this run's report as "
                    "the new baseline")
         return replace(result, verdict="fail", reason="drift", message=message)

@@ -172,7 +172,7 @@ class Context:
                             raise DataError(f"{runner.dataset.row_label(int(row))} defines "
                                             f"no position named {name!r}", key="from",
                                             hint="add it to the row's positions column")
-                    scores[row] = float(pattern[b, named[source], named[target]])
+                    scores[row] = float(pattern[b, named[str(source)], named[str(target)]])
         bad = np.flatnonzero(np.isnan(scores))
         if bad.size:
             raise DataError(f"{runner.dataset.row_label(int(bad[0]))} has no position to "

@@ -114,7 +114,9 @@ class Runner:
 
     def _shared_pass(self, run: str, sites: list[Site], layers: list[int]) -> None:
         self._check_run(run)
-        logits, recorded, patterns = [], {s: [] for s in sites}, {la: [] for la in layers}
+        logits: list[torch.Tensor] = []
+        recorded: dict[Site, list[torch.Tensor]] = {s: [] for s in sites}
+        patterns: dict[int, list[torch.Tensor]] = {la: [] for la in layers}
         for rows in self.batches:
             with hooked(self.loaded.adapter, record=sites, patterns=layers) as store:
                 if layers:

@@ -9,7 +9,7 @@ print it without a traceback and the report can store it.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = [
     "AddressError",
@@ -21,6 +21,8 @@ __all__ = [
     "closest",
 ]
 
+
+_E = TypeVar("_E", bound="MechcheckError")
 
 class MechcheckError(Exception):
     """Base class of all errors that mechcheck reports to the user.
@@ -52,7 +54,7 @@ class MechcheckError(Exception):
         self.key = key
         self.hint = hint
 
-    def located(self, **fields: Any) -> MechcheckError:
+    def located(self: _E, **fields: Any) -> _E:
         """Return this error with the location fields that are still unset filled in."""
         for name, value in fields.items():
             if getattr(self, name, None) is None and value is not None:

@@ -14,7 +14,7 @@ import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mechcheck.context import Context
 from mechcheck.engine import Needs
@@ -23,6 +23,9 @@ from mechcheck.kinds import Measurement
 from mechcheck.results import ClaimResult, format_failure
 from mechcheck.session import Session
 from mechcheck.spec.schema import ClaimFile, ClaimSpec
+
+if TYPE_CHECKING:
+    from mechcheck.stats import Correction
 
 __all__ = ["evaluate_claims", "evaluate_file", "library_versions"]
 
@@ -60,7 +63,8 @@ def evaluate_file(claim_file: ClaimFile, session: Session, *,
     return evaluate_claims(specs, session, correction=claim_file.correction, order=order)
 
 
-def evaluate_claims(specs: Sequence[ClaimSpec], session: Session, *, correction: str = "holm",
+def evaluate_claims(specs: Sequence[ClaimSpec], session: Session, *,
+                    correction: Correction = "holm",
                     order: Sequence[Any] | None = None) -> list[ClaimResult]:
     """Measure ``specs`` as one family.
 
@@ -130,7 +134,7 @@ def _measure(spec: ClaimSpec, ctx: Context) -> ClaimResult | _Measured:
 
 
 def _correct(measured: dict[int, ClaimResult | _Measured], specs: Sequence[ClaimSpec],
-             correction: str) -> dict[int, ClaimResult]:
+             correction: Correction) -> dict[int, ClaimResult]:
     from mechcheck.stats import adjust
 
     keys = [id(s) for s in specs]

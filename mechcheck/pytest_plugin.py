@@ -11,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
@@ -155,10 +155,10 @@ class MechcheckPlugin:
         rank = dict(report.user_properties).get(RANK_PROPERTY)
         for name, value in report.user_properties:
             if name == RESULT_PROPERTY:
-                result = ClaimResult.from_record(value)
+                result = ClaimResult.from_record(cast(dict[str, Any], value))
                 self.record(result)
                 if rank is not None:
-                    self._ranks[(result.file, result.checkpoint)] = rank
+                    self._ranks[(result.file, result.checkpoint)] = cast(int, rank)
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         path = self.config.getoption(REPORT_OPTION)
@@ -255,8 +255,10 @@ def _checkpoint_rank(item: pytest.Item) -> int | None:
     """The position of a claim item's checkpoint among its file's checkpoints."""
     checkpoint = getattr(item, "checkpoint", None)
     plugin = item.config.stash.get(PLUGIN_KEY, None)
-    parsed = None if plugin is None else plugin.parsed.get(str(item.path))
-    if checkpoint is None or parsed is None:
+    if checkpoint is None or plugin is None:
+        return None
+    parsed = plugin.parsed.get(str(item.path))
+    if parsed is None:
         return None
     order = plugin.checkpoints(parsed)
     return order.index(checkpoint) if checkpoint in order else None

@@ -12,9 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from mechcheck.addresses import Address, ModelDims
 from mechcheck.errors import AddressError, ModelLoadError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["ArchMap", "ModelAdapter", "Site", "adapter_for"]
 
@@ -125,7 +129,7 @@ class ModelAdapter:
         """The attention module of ``layer`` (its output holds the pattern)."""
         return self._existing(f"{self.arch.blocks}.{layer}.{self.arch.attn}")
 
-    def module(self, path: str) -> object:
+    def module(self, path: str) -> torch.nn.Module:
         """The submodule at a dotted path."""
         return self.model.get_submodule(path)  # type: ignore[attr-defined]
 

@@ -216,12 +216,13 @@ def _from_pretrained(source: ModelSource, *, allow_pickle: bool, trust_remote_co
                 raise ModelLoadError(f"could not load {path}: {exc}", key="model",
                                      hint="check that the folder holds a model and a "
                                      "tokenizer saved with save_pretrained") from None
+            reason: Exception = exc
             if local_only and os.environ.get("HF_HUB_OFFLINE") not in ("1", "true", "True"):
                 unreachable = _probe_hub(source)
                 if unreachable is None:
                     continue
-                exc = unreachable
-            raise _hub_error(source, exc) from None
+                reason = unreachable
+            raise _hub_error(source, reason) from None
     raise AssertionError("unreachable")
 
 

@@ -17,7 +17,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import yaml
 from yaml.constructor import SafeConstructor
@@ -25,6 +25,9 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from mechcheck.errors import ClaimSpecError, closest
 from mechcheck.spec.schema import COMMON_KEYS, FILE_KEYS, ClaimFile, ClaimSpec, KeySpec
+
+if TYPE_CHECKING:
+    from mechcheck.stats import Correction
 
 __all__ = ["claim_name", "load_claim_file", "parse_claim_text"]
 
@@ -306,7 +309,7 @@ class _Header:
     """What the top level of a claim file says besides the claims themselves."""
 
     defaults: dict[str, _Value]
-    correction: str
+    correction: Correction
     claim_nodes: list[Node]
     checkpoints: tuple[str, ...] = ()
 
@@ -378,11 +381,11 @@ def _check_known(name: str, allowed: list[str], line: int, what: str) -> None:
                          hint=f"{guess}{what}: {', '.join(allowed)}")
 
 
-def _correction(defaults: dict[str, _Value]) -> str:
+def _correction(defaults: dict[str, _Value]) -> Correction:
     spec = FILE_KEYS["correction"]
     if "correction" not in defaults:
         return spec.default
-    return spec.parse(defaults["correction"].raw)  # already checked in _read_header
+    return cast("Correction", spec.parse(defaults["correction"].raw))  # checked on reading
 
 
 def _claim_nodes(node: Node | None, root: Node) -> list[Node]:

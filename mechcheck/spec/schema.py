@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mechcheck.stats import Correction, GreaterTest
 
 __all__ = [
     "COMMON_KEYS",
@@ -68,8 +71,8 @@ class ClaimSpec:
     alpha: float = 0.05
     seed: int = 0
     n: int | None = None
-    test: str = "t"
-    correction: str = "holm"
+    test: GreaterTest = "t"
+    correction: Correction = "holm"
     xfail: str | None = None
     skip_if_unavailable: bool = False
     xfail_before: str | None = None
@@ -96,7 +99,7 @@ class ClaimFile:
     path: str
     claims: tuple[Any, ...] = ()  # ClaimSpec | ClaimSpecError, in file order
     error: Any = None  # ClaimSpecError | None
-    correction: str = "holm"
+    correction: Correction = "holm"
     checkpoints: tuple[str, ...] = ()
 
 

@@ -32,7 +32,7 @@ def _first_row(task: str, **params: Any) -> Any:
 def _planted_prompt(tokenizer: Any) -> str:
     from mechcheck.zoo.planted import planted_rows
 
-    return planted_rows(n=1, seed=0)[0]["prompt"]
+    return str(planted_rows(n=1, seed=0)[0]["prompt"])
 
 
 SAMPLES.update({

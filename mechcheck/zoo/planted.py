@@ -43,6 +43,7 @@ import math
 import random
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
@@ -112,7 +113,7 @@ def _indicator_layernorm(ln: torch.nn.LayerNorm) -> None:
 
 def _set_previous_token_head(model: GPT2LMHeadModel, vocab_size: int) -> None:
     """Head 0.0: QK looks one position back, OV copies the token into the copy block."""
-    attn = model.transformer.h[0].attn
+    attn: Any = model.transformer.h[0].attn
     w = attn.c_attn.weight  # Conv1D [d_model, 3 * d_model]: q | k | v, heads in order
     q, k, v = 0, D_MODEL, 2 * D_MODEL  # head 0 is the first D_HEAD columns of each
     for i in range(1, N_POSITIONS):
