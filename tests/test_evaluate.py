@@ -70,3 +70,34 @@ claims:
     assert "claim 'first', key 'model'" in results[0].message
     assert "claim 'second', key 'model'" in results[1].message
     assert all(":1:" in r.message for r in results)  # the line that set model:
+
+
+def test_a_claim_task_replaces_the_file_data(tmp_path: Path, tiny_folder: Any) -> None:
+    """One file, two prompt sets: the file's 16 rows, and 24 rows the induction task
+    generates for one claim; the family still spans both claims."""
+    from mechcheck.models.tiny import DEFAULT_WORDS
+    from mechcheck.zoo.induction import WORDS
+
+    model = tiny_folder("gpt2", words=tuple(dict.fromkeys([*DEFAULT_WORDS, *WORDS])))
+    (tmp_path / "data.jsonl").write_text("\n".join(json.dumps(r) for r in word_rows(16)))
+    path = tmp_path / "test_mixed.yaml"
+    path.write_text(f"""\
+model: {model}
+data: data.jsonl
+claims:
+  - id: on_file_rows
+    kind: attends
+    components: ["head 1.0"]
+    pattern: first_token
+    min_score: 0.01
+  - id: on_task_rows
+    kind: attends
+    components: ["head 1.0"]
+    pattern: induction
+    min_score: 0.01
+    task: {{name: induction, n: 24, seed: 3}}
+""")
+    results = evaluate_path(path, Session(device="cpu"))
+    assert [(r.id, r.verdict, r.n) for r in results] == [
+        ("on_file_rows", "pass", 16), ("on_task_rows", "pass", 24)]
+    assert results[1].p_adjusted >= results[1].p_value

@@ -47,6 +47,7 @@ _SCALAR_TAGS = frozenset(
 _MAX_NODES = 100_000
 # Top-level keys that are not defaults for claims.
 _FILE_ONLY = frozenset({"claims", "correction", "checkpoints"})
+_PROMPT_SOURCES = frozenset({"data", "task"})
 _SPEC_FIELDS = ("model", "data", "task", "alpha", "seed", "n", "test", "xfail", "description",
                 "skip_if_unavailable", "xfail_before")
 # Explicit tags such as ``!!int abc`` or ``!!timestamp x`` make PyYAML's scalar
@@ -499,9 +500,18 @@ def _claim_kind(own: dict[str, _Value], kinds: Kinds) -> tuple[str, dict[str, Ke
 
 def _merge(own: dict[str, _Value], defaults: dict[str, _Value],
            accepted: Mapping[str, KeySpec]) -> dict[str, _Value]:
-    """File-level defaults that this claim accepts, overridden by the claim's own keys."""
+    """File-level defaults that this claim accepts, overridden by the claim's own keys.
+
+    ``data`` and ``task`` are one choice, the prompts: a claim that gives either one
+    inherits neither from the file. A claim that gives both is an error.
+    """
+    if "data" in own and "task" in own:
+        raise ClaimSpecError("the claim has both data: and task:", line=own["task"].key_line,
+                             key="task", hint="give one: a file of prompts (data:) or a "
+                             "task generator (task:)")
+    skip = _PROMPT_SOURCES if _PROMPT_SOURCES & own.keys() else frozenset()
     inherited = {name: value for name, value in defaults.items()
-                 if name in accepted and name not in _FILE_ONLY}
+                 if name in accepted and name not in _FILE_ONLY and name not in skip}
     return {**inherited, **own}
 
 

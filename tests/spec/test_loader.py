@@ -514,3 +514,32 @@ def test_yaml_like_text_never_raises(lines: list[str]) -> None:
         assert isinstance(claim, (ClaimSpec, ClaimSpecError))
         if isinstance(claim, ClaimSpecError):
             assert claim.path == "fuzz.yaml" and isinstance(claim.line, int)
+
+
+# ---------------------------------------------------------------------------
+# The prompts: data: or task:, from the file or the claim
+
+
+def test_claim_task_replaces_the_file_data_and_claim_data_the_file_task() -> None:
+    parsed = parse(
+        "model: m\nmetric: logprob\ndata: rows.jsonl\nclaims:\n"
+        "  - {id: from_file, kind: necessary, components: embed, min_drop: 1}\n"
+        "  - {id: generated, kind: necessary, components: embed, min_drop: 1,\n"
+        "     task: {name: induction, n: 20, seed: 1}}\n")
+    from_file, generated = parsed.claims
+    assert isinstance(from_file, ClaimSpec) and isinstance(generated, ClaimSpec)
+    assert from_file.data is not None and from_file.task is None
+    assert generated.data is None and generated.task == {"name": "induction", "n": 20, "seed": 1}
+    parsed = parse(
+        "model: m\nmetric: logprob\ntask: {name: ioi}\nclaims:\n"
+        "  - {id: own_rows, kind: necessary, components: embed, min_drop: 1, data: r.jsonl}\n")
+    (own_rows,) = parsed.claims
+    assert isinstance(own_rows, ClaimSpec)
+    assert own_rows.task is None and own_rows.data is not None
+
+
+def test_claim_with_both_data_and_task_is_an_error_at_its_line() -> None:
+    error = claim_error(HEADER + "  - id: both\n    kind: necessary\n    components: embed\n"
+                        "    min_drop: 1\n    data: r.jsonl\n    task: {name: ioi}\n")
+    assert (error.key, error.line, error.claim_id) == ("task", 9, "both")
+    assert "both data: and task:" in error.message and "give one" in (error.hint or "")
