@@ -67,8 +67,8 @@ class Context:
             )
         return iv
 
-    def require_test(self, claim: ClaimSpec, allowed: str, why: str) -> None:
-        if claim.test != allowed:
+    def require_test(self, claim: ClaimSpec, allowed: str | tuple[str, ...], why: str) -> None:
+        if claim.test not in ((allowed,) if isinstance(allowed, str) else allowed):
             raise ClaimSpecError(f"test: {claim.test} does not apply here", key="test",
                                  hint=why)
 

@@ -175,14 +175,16 @@ class Sufficient:
     def measure(self, claim: ClaimSpec, ctx: Context) -> Measurement:
         from mechcheck.stats import test_ratio
 
-        ctx.require_test(claim, "t", "sufficient claims use a paired bootstrap of the "
-                         "recovery ratio; leave test: out")
+        ctx.require_test(claim, ("t", "bootstrap"), "sufficient claims take test: t (the "
+                         "default: Fieller's t-test of the recovery ratio) or test: bootstrap "
+                         "(a paired bootstrap of it)")
         corrupt, patched, label = ctx.metric_pair(claim, claim.params["patch"], base="corrupt")
         clean = ctx.metric_values(claim, "clean")
         threshold = claim.params["min_recovery"]
+        method = "bootstrap" if claim.test == "bootstrap" else "fieller"
         decision = ctx.stats_call(claim, "min_recovery", test_ratio, patched - corrupt,
                                   clean - corrupt, threshold, alpha=claim.alpha,
-                                  seed=claim.seed, n_resamples=ctx.n_resamples)
+                                  seed=claim.seed, n_resamples=ctx.n_resamples, method=method)
         metric = ctx.metric(claim)
         return Measurement(decision=decision, intervention=label, metric=metric.name,
                            components=ctx.component_names(claim),

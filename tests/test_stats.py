@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -99,18 +100,45 @@ def test_pass_iff_lower_bound_exceeds_threshold(test: str) -> None:
         assert (outcome(d) == "pass") == (d.ci_low > threshold)
 
 
-def test_ratio_pass_iff_lower_bound_exceeds_threshold() -> None:
+RATIO_METHODS = {"fieller": "fieller", "bootstrap": "bootstrap-ratio"}
+
+
+@pytest.mark.parametrize("method", list(RATIO_METHODS))
+def test_ratio_pass_iff_lower_bound_exceeds_threshold(method: str) -> None:
     rng = np.random.default_rng(5)
     den = rng.normal(2.0, 1.0, 25)
     num = 0.7 * den + rng.normal(0.0, 0.5, 25)
-    bounds = stats.test_ratio(num, den, 0.0, n_resamples=999)
+    bounds = stats.test_ratio(num, den, 0.0, n_resamples=999, method=method)  # type: ignore[arg-type]
     assert bounds.effect == pytest.approx(num.mean() / den.mean())
     assert bounds.ci_low < bounds.effect < bounds.ci_high
     for threshold in (bounds.ci_low - 1e-9, bounds.ci_low + 1e-9, 0.0, 1.5):
-        d = stats.test_ratio(num, den, threshold, n_resamples=999)
-        assert (d.ci_low, d.ci_high) == (bounds.ci_low, bounds.ci_high)
+        d = stats.test_ratio(num, den, threshold, n_resamples=999, method=method)  # type: ignore[arg-type]
+        assert (d.ci_low, d.ci_high) == pytest.approx((bounds.ci_low, bounds.ci_high))
         assert (outcome(d) == "pass") == (d.ci_low > threshold)
-        assert (d.method, d.alternative) == ("bootstrap-ratio", "greater")
+        assert (d.method, d.alternative) == (RATIO_METHODS[method], "greater")
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_fieller_bounds_invert_the_t_test_of_num_minus_r_den(sign: float) -> None:
+    """Reference by brute force: scan R, run scipy's one-sample t-test on num - R * den,
+    and find where its one-sided p-value crosses alpha (and 1 - alpha)."""
+    rng = np.random.default_rng(9)
+    den = sign * rng.normal(2.0, 0.8, 15)
+    num = 0.6 * den + rng.normal(0.0, 0.7, 15)
+    d = stats.test_ratio(num, den, 0.4, alpha=0.05)
+    alternative = "greater" if sign > 0 else "less"
+    grid = np.linspace(-1.0, 2.0, 300_001)
+
+    def p_at(r: float) -> float:
+        return float(sps.ttest_1samp(num - r * den, 0.0, alternative=alternative).pvalue)
+
+    p = np.array([p_at(r) for r in grid[::1000]])
+    assert np.all(np.diff(p) >= 0)  # p grows with R: the test of "ratio > R" weakens
+    passing = grid[::1000][p <= 0.05]
+    assert d.ci_low == pytest.approx(passing.max(), abs=0.011)
+    assert d.p_value == pytest.approx(p_at(0.4), rel=1e-9)
+    upper = grid[::1000][p < 0.95]
+    assert d.ci_high == pytest.approx(upper.max(), abs=0.011)
 
 
 def test_tost_pass_iff_interval_inside_margin() -> None:
@@ -120,13 +148,15 @@ def test_tost_pass_iff_interval_inside_margin() -> None:
     assert outcome(stats.test_inside(X, widest - 1e-9)) == "not supported"
 
 
-def test_ratio_handles_negative_denominators() -> None:
+@pytest.mark.parametrize("method", list(RATIO_METHODS))
+def test_ratio_handles_negative_denominators(method: str) -> None:
     rng = np.random.default_rng(2)
     den = rng.normal(-2.0, 0.5, 20)
     num = 0.9 * den + rng.normal(0.0, 0.2, 20)
-    d = stats.test_ratio(num, den, 0.5, n_resamples=999)
+    d = stats.test_ratio(num, den, 0.5, n_resamples=999, method=method)  # type: ignore[arg-type]
     assert d.effect == pytest.approx(num.mean() / den.mean())
     assert outcome(d) == "pass"
+    assert outcome(stats.test_ratio(num, den, 1.2, method=method)) != "pass"  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("test", RESAMPLING)
@@ -292,8 +322,10 @@ def test_same_seed_gives_identical_ratio_decisions() -> None:
     rng = np.random.default_rng(1)
     den = rng.normal(2.0, 1.0, 40)
     num = 0.5 * den + rng.normal(0.0, 1.0, 40)
-    first = stats.test_ratio(num, den, 0.3, seed=4, n_resamples=999)
-    assert stats.test_ratio(num, den, 0.3, seed=4, n_resamples=999) == first
+    first = stats.test_ratio(num, den, 0.3, seed=4, n_resamples=999, method="bootstrap")
+    assert stats.test_ratio(num, den, 0.3, seed=4, n_resamples=999, method="bootstrap") == first
+    fieller = stats.test_ratio(num, den, 0.3, seed=4)
+    assert stats.test_ratio(num, den, 0.3, seed=5) == replace(fieller, seed=5)
 
 
 def test_rules_are_not_collected_by_pytest() -> None:
@@ -411,17 +443,24 @@ def _inside_case(rng: np.random.Generator, past: bool, seed: int) -> Decision:
     return stats.test_inside(values, margin, seed=seed)
 
 
-def _ratio_case(rng: np.random.Generator, past: bool, seed: int) -> Decision:
-    ratio = 0.5  # true ratio exactly R, or R + 0.75 (1.2 SD of num - R * den)
-    den = rng.normal(2.0, 1.0, N_PROMPTS)
-    num = (ratio + (0.75 if past else 0.0)) * den + rng.normal(0.0, 1.0, N_PROMPTS)
-    return stats.test_ratio(num, den, ratio, seed=seed, n_resamples=SIM_RESAMPLES)
+def _ratio_case(method: str, n: int = N_PROMPTS) -> Case:
+    def case(rng: np.random.Generator, past: bool, seed: int) -> Decision:
+        # true ratio exactly R, or R + 0.75 (1.2 SD of num - R * den; 1.5 SD at n = 10)
+        ratio, shift = 0.5, (0.75 if n >= N_PROMPTS else 1.5)
+        den = rng.normal(2.0, 1.0, n)
+        num = (ratio + (shift if past else 0.0)) * den + rng.normal(0.0, 1.0, n)
+        return stats.test_ratio(num, den, ratio, seed=seed, n_resamples=SIM_RESAMPLES,
+                                method=method)  # type: ignore[arg-type]
+
+    return case
 
 
 CASES: dict[str, Case] = {
     **{test: _greater_case(test) for test in ["t", *RESAMPLING]},
     "tost": _inside_case,
-    "ratio": _ratio_case,
+    "ratio": _ratio_case("fieller"),
+    "ratio-bootstrap": _ratio_case("bootstrap"),
+    "ratio-10-prompts": _ratio_case("fieller", n=10),  # exact for normal values at any n
 }
 
 
