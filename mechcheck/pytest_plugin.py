@@ -217,9 +217,15 @@ class MechcheckPlugin:
 
 def pytest_configure(config: pytest.Config) -> None:
     report = config.getoption(REPORT_OPTION)
-    if report and Path(report).suffix.lower() not in (".json", ".csv"):
-        raise pytest.UsageError(f"{REPORT_OPTION} {report}: unknown report format "
-                                f"'{Path(report).suffix}'; name the report *.json or *.csv")
+    if report:
+        from mechcheck.errors import MechcheckError
+        from mechcheck.report import check_report_path
+
+        try:
+            check_report_path(report)
+        except MechcheckError as exc:
+            raise pytest.UsageError(f"{REPORT_OPTION} {report}: {exc.message}; "
+                                    f"{exc.hint}") from None
     plugin = MechcheckPlugin(config)
     config.stash[PLUGIN_KEY] = plugin
     config.pluginmanager.register(plugin, "mechcheck-session")

@@ -12,7 +12,19 @@ from typing import Any
 from mechcheck.errors import MechcheckError
 from mechcheck.results import REPORT_FIELDS, ClaimResult
 
-__all__ = ["matrix", "read_report", "results_frame", "summary_table", "write_report"]
+__all__ = ["check_report_path", "matrix", "read_report", "results_frame", "summary_table",
+           "write_report"]
+
+REPORT_SUFFIXES = (".json", ".csv")
+
+
+def check_report_path(path: str | os.PathLike) -> Path:
+    """``path`` as a Path if it names a report format mechcheck writes, else an error."""
+    path = Path(path)
+    if path.suffix.lower() not in REPORT_SUFFIXES:
+        raise MechcheckError(f"unknown report format '{path.suffix}'",
+                             key="--mechcheck-report", hint="name the report *.json or *.csv")
+    return path
 
 
 def results_frame(results: Iterable[ClaimResult]) -> Any:
@@ -46,26 +58,22 @@ def write_report(results: Sequence[ClaimResult], path: str | os.PathLike,
                  *, meta: dict[str, Any] | None = None) -> Path:
     """Write ``.json`` (an object whose ``results`` is a list) or ``.csv``; missing parent
     folders are created."""
-    path = Path(path)
-    if path.suffix.lower() in (".json", ".csv"):
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise MechcheckError(f"cannot create the report's folder {path.parent}: {exc}",
-                                 key="--mechcheck-report",
-                                 hint="give a path in a folder you can write to") from exc
+    path = check_report_path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MechcheckError(f"cannot create the report's folder {path.parent}: {exc}",
+                             key="--mechcheck-report",
+                             hint="give a path in a folder you can write to") from exc
     if path.suffix.lower() == ".json":
         body = {"mechcheck_report": 1, **(meta or {}), "results": [r.record() for r in results]}
         path.write_text(json.dumps(body, indent=2, allow_nan=False) + "\n")
-    elif path.suffix.lower() == ".csv":
+    else:
         frame = results_frame(results)
         frame["components"] = frame["components"].map(lambda c: " ".join(c or []))
         for column in ("n", "seed"):
             frame[column] = frame[column].astype("Int64")  # missing stays empty, not 40.0
         frame[list(REPORT_FIELDS)].to_csv(path, index=False)
-    else:
-        raise MechcheckError(f"unknown report format '{path.suffix}'",
-                             key="--mechcheck-report", hint="name the report *.json or *.csv")
     return path
 
 
