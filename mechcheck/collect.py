@@ -8,17 +8,18 @@ readable file is an item that fails with its spec error, without a traceback.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from mechcheck.errors import MechcheckError
+from mechcheck.outcomes import xfail_before
 
 if TYPE_CHECKING:
     from mechcheck.results import ClaimResult
 
-__all__ = ["ClaimFailed", "ClaimFileNode", "ClaimItem"]
+__all__ = ["ClaimFailed", "ClaimFileNode", "ClaimItem", "item_names"]
 
 
 class ClaimFailed(Exception):
@@ -63,31 +64,40 @@ class ClaimFileNode(pytest.File):
 
     def _claim_items(self, parsed: Any, checkpoint: str | None, claim_name: Any,
                      order: tuple[str | None, ...]) -> Iterator[ClaimItem]:
-        seen: set[str] = set()
-        for i, claim in enumerate(parsed.claims):
-            name = claim_name(claim, i)
-            if name in seen:
-                name = f"{name}@line{claim.line}"
-            seen.add(name)
+        for name, claim in zip(item_names(parsed.claims), parsed.claims):
             if checkpoint is not None:
                 name = f"{name}[{checkpoint}]"
             item = ClaimItem.from_parent(self, name=name, line=claim.line, entry=claim,
                                          checkpoint=checkpoint)
-            reason = getattr(claim, "xfail", None) or _before(claim, checkpoint, order)
+            reason = getattr(claim, "xfail", None) or xfail_before(claim, checkpoint, order)
             if reason:
                 item.add_marker(pytest.mark.xfail(reason=reason, strict=True,
                                                   raises=ClaimFailed))
             yield item
 
 
-def _before(claim: Any, checkpoint: str | None, order: tuple[str | None, ...]) -> str | None:
-    """The xfail reason when ``checkpoint`` comes before the claim's ``xfail_before``."""
-    first = getattr(claim, "xfail_before", None)
-    if first is None or first not in order or checkpoint not in order:
-        return None
-    if order.index(checkpoint) < order.index(first):
-        return f"expected to fail before {first} (xfail_before)"
-    return None
+def item_names(claims: Sequence[Any]) -> list[str]:
+    """One distinct pytest item name per entry of a file's claims, in file order.
+
+    A claim is named by its id (``claim[<i>]`` when it has none); a name already taken,
+    e.g. by a duplicate id (an error item) is told apart by its line, ``<id>@line<N>``,
+    and, should a claim's own id be that very name, by a counter after it.
+    """
+    from mechcheck.spec.loader import claim_name
+
+    names: list[str] = []
+    taken: set[str] = set()
+    for i, claim in enumerate(claims):
+        name = claim_name(claim, i)
+        if name in taken:
+            name = f"{name}@line{getattr(claim, 'line', None)}"
+        base, count = name, 1
+        while name in taken:
+            count += 1
+            name = f"{base}#{count}"
+        taken.add(name)
+        names.append(name)
+    return names
 
 
 class ClaimItem(pytest.Item):
@@ -101,6 +111,15 @@ class ClaimItem(pytest.Item):
         self.entry = entry
         self.checkpoint = checkpoint
         self.result: ClaimResult | None = None
+
+    def setup(self) -> None:
+        """Evaluate the claim's file (the shared runs and every claim of it) here, on
+        its first claim, so that ``--durations`` shows that work as setup and each
+        claim's call as its own."""
+        try:
+            self.config.stash[PLUGIN_KEY].result_for(self)
+        except Exception:  # noqa: BLE001, S110 - runtest meets it again and reports it
+            pass
 
     def runtest(self) -> None:
         plugin = self.config.stash[PLUGIN_KEY]

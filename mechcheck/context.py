@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from mechcheck.attention import SCORES
-from mechcheck.engine import Needs, Runner
+from mechcheck.engine import Needs, Runner, unknown_position
 from mechcheck.errors import ClaimSpecError, DataError, MechcheckError
 
 if TYPE_CHECKING:
@@ -167,11 +167,10 @@ class Context:
             else:
                 for b, row in enumerate(rows):
                     named = runner.dataset.positions[int(row)]
-                    for name in (source, target):
+                    for key, name in (("from", source), ("to", target)):
                         if name not in named:
-                            raise DataError(f"{runner.dataset.row_label(int(row))} defines "
-                                            f"no position named {name!r}", key="from",
-                                            hint="add it to the row's positions column")
+                            raise unknown_position(runner.dataset, int(row), str(name),
+                                                   key=key)
                     scores[row] = float(pattern[b, named[str(source)], named[str(target)]])
         bad = np.flatnonzero(np.isnan(scores))
         if bad.size:

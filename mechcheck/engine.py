@@ -8,7 +8,9 @@ claim's patched run as one batched forward pass per group of equal-length prompt
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,12 +20,18 @@ import torch
 from mechcheck._torch_hooks import Patch, hooked
 from mechcheck.addresses import Address
 from mechcheck.data import Dataset
-from mechcheck.errors import DataError
+from mechcheck.errors import (
+    DataError,
+    MechcheckError,
+    RunError,
+    closest,
+    describe_exception,
+)
 from mechcheck.interventions import Intervention
 from mechcheck.models.adapter import Site
 from mechcheck.models.loading import LoadedModel, eager_attention
 
-__all__ = ["Needs", "Runner", "position_mask"]
+__all__ = ["Needs", "Runner", "position_mask", "unknown_position"]
 
 
 @dataclass(slots=True)
@@ -64,16 +72,38 @@ def _resolve_position(dataset: Dataset, row: int, length: int, item: int | str) 
     if isinstance(item, str):
         named = dataset.positions[row]
         if item not in named:
-            known = ", ".join(sorted(named)) or "none"
-            raise DataError(f"{where} defines no position named {item!r} (it has: {known})",
-                            key="at", hint="add it to the row's positions, or use last or "
-                            "a token index")
+            raise unknown_position(dataset, row, item, key="at")
         return named[item]
     index = item + length if item < 0 else item
     if not 0 <= index < length:
         raise DataError(f"at: position {item} is outside {where}'s {length} tokens",
                         key="at", hint=f"use an index from {-length} to {length - 1}")
     return index
+
+
+def unknown_position(dataset: Dataset, row: int, name: str, *, key: str) -> DataError:
+    """The error for a position name that row ``row`` does not define, at ``key``."""
+    named = sorted(dataset.positions[row])
+    near = [n for n in named if n.lower() == name.lower()] or closest(name, named)
+    guess = f"did you mean {' or '.join(repr(n) for n in near)}? " if near else ""
+    known = ", ".join(named) or "none"
+    if dataset.source.startswith("task "):
+        fix = (f"{guess}the {dataset.source.removeprefix('task ')} task names these "
+               f"positions: {known}")
+    elif named:
+        fix = f"{guess}the rows name these positions: {known}; or add {name!r} to them"
+    else:
+        fix = (f"the rows define no positions: add a positions column such as "
+               f'{{"{name}": 5}} to every row, or use last or a token index')
+    if key == "at":
+        fix += " (at: also takes last and token indices)"
+    return DataError(f"{key}: {dataset.row_label(row)} defines no position named {name!r}",
+                     key=key, hint=fix)
+
+
+Progress = Callable[[str], None]
+# Recordings of one forward pass: Site -> [rows, pos, width], ("pattern", L) -> patterns.
+Store = dict[Any, torch.Tensor]
 
 
 class Runner:
@@ -83,47 +113,63 @@ class Runner:
         loaded: the model with its adapter.
         dataset: the tokenized prompts.
         batch_size: the most prompts in one forward pass.
+        progress: called with a line of text after each shared run (and on retries).
     """
 
-    def __init__(self, loaded: LoadedModel, dataset: Dataset, *, batch_size: int = 128) -> None:
+    def __init__(self, loaded: LoadedModel, dataset: Dataset, *, batch_size: int = 128,
+                 progress: Progress | None = None) -> None:
         self.loaded = loaded
         self.dataset = dataset
+        self.batch_size = batch_size
         self.batches = tuple(
             chunk for group in dataset.groups
             for chunk in np.array_split(group, max(1, -(-len(group) // batch_size)))
         )
+        self._progress = progress
         self._logits: dict[str, torch.Tensor] = {}
         self._recorded: dict[tuple[str, Site], list[torch.Tensor]] = {}
         self._patterns: dict[int, list[torch.Tensor]] = {}
         self._means: dict[tuple[Site, str | None, str], dict[Any, torch.Tensor]] = {}
+        self._failed: dict[tuple[Any, ...], MechcheckError] = {}
+        self._max_rows = batch_size  # lowered for good after an out-of-memory retry
         self._keep_one = "logits_to_keep" in _forward_parameters(loaded.model)
 
     # -- the shared runs -------------------------------------------------------
     def prepare(self, needs: Needs) -> None:
-        """Run (or re-run) the shared passes so that everything in ``needs`` is cached."""
+        """Run (or re-run) the shared passes so that everything in ``needs`` is cached.
+
+        Raises:
+            MechcheckError: a shared run failed (the same error again for every later
+                request of the same pass, which is not retried).
+        """
         for run in sorted(needs.runs | {r for r, _ in needs.record}):
             sites = sorted({s for r, s in needs.record if r == run} - self._sites(run),
                            key=lambda s: (s.module, s.when))
             layers = sorted(needs.patterns - set(self._patterns)) if run == "clean" else []
             if run in self._logits and not sites and not layers:
                 continue
-            self._shared_pass(run, sites, layers)
+            key = (run, tuple(sites), tuple(layers))
+            if key in self._failed:
+                raise _fresh(self._failed[key])
+            try:
+                self._shared_pass(run, sites, layers)
+            except MechcheckError as exc:
+                self._failed[key] = _fresh(exc)
+                raise
 
     def _sites(self, run: str) -> set[Site]:
         return {s for r, s in self._recorded if r == run}
 
     def _shared_pass(self, run: str, sites: list[Site], layers: list[int]) -> None:
         self._check_run(run)
+        start = time.perf_counter()
         logits: list[torch.Tensor] = []
         recorded: dict[Site, list[torch.Tensor]] = {s: [] for s in sites}
         patterns: dict[int, list[torch.Tensor]] = {la: [] for la in layers}
+        what = f"the shared {run} run"
         for rows in self.batches:
-            with hooked(self.loaded.adapter, record=sites, patterns=layers) as store:
-                if layers:
-                    with eager_attention(self.loaded.model):
-                        logits.append(self._forward(self._inputs(run, rows), sites))
-                else:
-                    logits.append(self._forward(self._inputs(run, rows), sites))
+            batch_logits, store = self._execute(run, rows, what, record=sites, layers=layers)
+            logits.append(batch_logits)
             for site in sites:
                 recorded[site].append(store[site])
             for layer in layers:
@@ -132,6 +178,12 @@ class Runner:
         for site, values in recorded.items():
             self._recorded[(run, site)] = values
         self._patterns.update(patterns)
+        extras = [f"{len(sites)} site(s)" if sites else "",
+                  f"{len(layers)} attention layer(s)" if layers else ""]
+        recording = " and ".join(e for e in extras if e)
+        self._say(f"{run} run: {len(self.dataset)} prompts of {self.dataset.source} on "
+                  f"{self.loaded.key} in {time.perf_counter() - start:.2f} s"
+                  + (f", recording {recording}" if recording else ""))
 
     def _check_run(self, run: str) -> None:
         if run == "corrupt" and self.dataset.corrupts is None:
@@ -171,12 +223,14 @@ class Runner:
             raise DataError(f"mean_by: the data have no column {mean_by!r} (extra columns: "
                             f"{known})", key="mean_by",
                             hint="add the column to every row, or drop mean_by")
+        names = sorted({iv.name for _, iv in targets})
+        what = (f"the patched run ({', '.join(names)} on "
+                f"{', '.join(str(a) for a, _ in targets[:3])}{' ...' if len(targets) > 3 else ''})")
         logits = []
         for b, rows in enumerate(self.batches):
             mask = position_mask(self.dataset, rows, len(self.dataset.prompts[rows[0]]), at)
             patches = self._patches(targets, b, mask.to(self.loaded.device), mean_by)
-            with hooked(self.loaded.adapter, patches=patches):
-                logits.append(self._forward(self._inputs(base, rows), patches))
+            logits.append(self._execute(base, rows, what, patches=patches)[0])
         return self._in_row_order(logits)
 
     def needs_for(self, targets: Iterable[tuple[Address, Intervention]]) -> Needs:
@@ -190,31 +244,22 @@ class Runner:
         return needs
 
     def _patches(self, targets: Sequence[tuple[Address, Intervention]], batch: int,
-                 mask: torch.Tensor, mean_by: str | None) -> dict[Site, Patch]:
+                 mask: torch.Tensor, mean_by: str | None) -> Callable[[slice], dict[Site, Patch]]:
+        """The patches of one batch, as a function of the slice of its rows that runs."""
         adapter = self.loaded.adapter
         by_site: dict[Site, list[tuple[slice, Intervention]]] = {}
         for address, iv in targets:
             by_site.setdefault(adapter.site(address), []).append((adapter.columns(address), iv))
-        return {site: self._site_patch(site, parts, batch, mask, mean_by)
-                for site, parts in by_site.items()}
+        sources = {site: {iv.source: self._source(iv.source, site, batch, mean_by)
+                          for _, iv in parts} for site, parts in by_site.items()}
+        rows = mask.shape[0]
 
-    def _site_patch(self, site: Site, parts: list[tuple[slice, Intervention]], batch: int,
-                    mask: torch.Tensor, mean_by: str | None) -> Patch:
-        sources = {iv.source: self._source(iv.source, site, batch, mean_by) for _, iv in parts}
+        def for_rows(part: slice) -> dict[Site, Patch]:
+            return {site: _site_patch(parts, {k: _rows_of(v, part, rows)
+                                              for k, v in sources[site].items()}, mask[part])
+                    for site, parts in by_site.items()}
 
-        def patch(act: torch.Tensor) -> torch.Tensor:
-            # pos_embed runs with batch 1: give every row its own copy to patch
-            act = act.expand(mask.shape[0], *act.shape[1:])
-            new = act.clone()
-            keep = mask.view(*mask.shape, 1)
-            for cols, iv in parts:
-                src = sources[iv.source]
-                current = act[..., cols]
-                replacement = iv.replace(current, None if src is None else src[..., cols])
-                new[..., cols] = torch.where(keep, replacement.to(act.dtype), current)
-            return new
-
-        return patch
+        return for_rows
 
     def _source(self, source: str | None, site: Site, batch: int,
                 mean_by: str | None = None) -> torch.Tensor | None:
@@ -255,7 +300,64 @@ class Runner:
                 count[: acts.shape[1]] += len(keep)
         return (total / count.clamp_min(1)).to(recorded[0].dtype)
 
+    # -- one batch, in pieces when memory runs out ------------------------------------
+    def _execute(self, run: str, rows: np.ndarray, what: str, *, record: Sequence[Site] = (),
+                 layers: Sequence[int] = (),
+                 patches: Callable[[slice], dict[Site, Patch]] | None = None,
+                 ) -> tuple[torch.Tensor, Store]:
+        """One batch's last-position logits and recordings.
+
+        Runs ``rows`` in pieces of at most the current batch size; a piece that runs out
+        of memory is halved and retried, down to one prompt.  Any failure of the forward
+        pass becomes a :class:`~mechcheck.errors.RunError` naming ``what`` failed.
+        """
+        pieces: list[tuple[torch.Tensor, Store, int]] = []
+        start = 0
+        while start < len(rows):
+            size = min(self._max_rows, len(rows) - start)
+            part = slice(start, start + size)
+            try:
+                pieces.append((*self._forward_part(run, rows, part, record, layers, patches),
+                               size))
+            except MechcheckError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the model's or a plugin's failure
+                if not _is_out_of_memory(exc):
+                    raise RunError(f"{what} failed: {describe_exception(exc)}",
+                                   hint=_RUN_HINT) from exc
+                _free_memory(self.loaded.device)
+                if size == 1:
+                    raise RunError(f"{what} ran out of memory on {self.loaded.device} even "
+                                   f"with one prompt at a time ({type(exc).__name__})",
+                                   key="--mechcheck-batch-size", hint=_OOM_HINT) from exc
+                self._max_rows = max(1, size // 2)
+                self._say(f"out of memory with {size} prompts in one pass on "
+                          f"{self.loaded.device}: retrying with {self._max_rows}")
+                continue
+            start += size
+        logits = torch.cat([p[0] for p in pieces])
+        if len(pieces) == 1:
+            return logits, pieces[0][1]
+        store = {key: torch.cat([_rows_of(p[1][key], slice(0, p[2]), p[2], expand=True)
+                                 for p in pieces]) for key in pieces[0][1]}
+        return logits, store
+
+    def _forward_part(self, run: str, rows: np.ndarray, part: slice, record: Sequence[Site],
+                      layers: Sequence[int],
+                      patches: Callable[[slice], dict[Site, Patch]] | None,
+                      ) -> tuple[torch.Tensor, Store]:
+        patched = patches(part) if patches is not None else {}
+        eager = eager_attention(self.loaded.model) if layers else nullcontext()
+        with hooked(self.loaded.adapter, patches=patched, record=record,
+                    patterns=layers) as store, eager:
+            logits = self._forward(self._inputs(run, rows[part]), [*record, *patched])
+        return logits, dict(store)
+
     # -- plumbing -----------------------------------------------------------------
+    def _say(self, line: str) -> None:
+        if self._progress is not None:
+            self._progress(line)
+
     def _inputs(self, run: str, rows: np.ndarray) -> torch.Tensor:
         prompts = self.dataset.prompts if run == "clean" else self.dataset.corrupts
         assert prompts is not None
@@ -279,6 +381,69 @@ class Runner:
         out = torch.empty_like(stacked)
         out[order.to(stacked.device)] = stacked
         return out
+
+
+_RUN_HINT = ("the model (or a plugin's intervention or hook) raised this during the forward "
+             "pass; the claims that need this run cannot be measured, the others still are. "
+             "Check the model and the prompts, or reproduce it by running the model on one "
+             "prompt")
+_OOM_HINT = ("mechcheck halved the batch down to one prompt; use a smaller dtype "
+             "(--mechcheck-dtype bfloat16), shorter prompts or a device with more memory; "
+             "--mechcheck-batch-size N sets the starting batch size")
+
+
+def _site_patch(parts: list[tuple[slice, Intervention]],
+                sources: dict[str | None, torch.Tensor | None], mask: torch.Tensor) -> Patch:
+    def patch(act: torch.Tensor) -> torch.Tensor:
+        # pos_embed runs with batch 1: give every row its own copy to patch
+        act = act.expand(mask.shape[0], *act.shape[1:])
+        new = act.clone()
+        keep = mask.view(*mask.shape, 1)
+        for cols, iv in parts:
+            src = sources[iv.source]
+            current = act[..., cols]
+            replacement = iv.replace(current, None if src is None else src[..., cols])
+            new[..., cols] = torch.where(keep, replacement.to(act.dtype), current)
+        return new
+
+    return patch
+
+
+def _rows_of(tensor: Any, part: slice, rows: int, *, expand: bool = False) -> Any:
+    """``tensor``'s rows in ``part``; a batch-1 tensor (pos_embed's) is shared by all
+    rows, so it is kept (or, with ``expand``, repeated to the part's rows)."""
+    if tensor is None:
+        return None
+    if tensor.shape[0] == 1 and rows != 1:
+        if not expand:
+            return tensor
+        count = len(range(*part.indices(rows)))
+        return tensor.expand(count, *tensor.shape[1:])
+    return tensor[part]
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or
+                                              "not enough memory" in text or
+                                              "can't allocate memory" in text)
+
+
+def _free_memory(device: str) -> None:
+    import gc
+
+    gc.collect()
+    if device.startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _fresh(exc: MechcheckError) -> MechcheckError:
+    """A copy of a cached error, so that each claim can add its own location."""
+    import copy
+
+    return copy.copy(exc)
 
 
 def _forward_parameters(model: Any) -> set[str]:

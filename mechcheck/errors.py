@@ -18,7 +18,10 @@ __all__ = [
     "MechcheckError",
     "ModelLoadError",
     "ModelUnavailableError",
+    "RunError",
     "closest",
+    "describe_exception",
+    "raised_in_mechcheck",
 ]
 
 
@@ -103,8 +106,56 @@ class ModelUnavailableError(ModelLoadError):
     """An ``hf:`` model is neither in the local HF cache nor reachable on the hub."""
 
 
+class RunError(MechcheckError):
+    """A forward pass (a shared clean/corrupt run or a patched run) could not complete:
+    the model, a plugin's code or the machine (out of memory) raised."""
+
+
 def closest(word: str, candidates: Iterable[str], *, n: int = 3) -> list[str]:
     """Up to ``n`` candidates close to ``word`` (difflib), best first."""
     import difflib
 
     return difflib.get_close_matches(word, list(candidates), n=n, cutoff=0.5)
+
+
+def _frames(exc: BaseException) -> list[Any]:
+    import traceback
+
+    return list(traceback.extract_tb(exc.__traceback__))
+
+
+def raised_in_mechcheck(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised by mechcheck's own code (a bug), not by code it called
+    (the model, torch, a plugin): the innermost frame of its traceback is in mechcheck."""
+    import os
+
+    frames = _frames(exc)
+    if not frames:
+        return False
+    package = os.path.dirname(os.path.abspath(__file__))
+    return os.path.abspath(frames[-1].filename).startswith(package + os.sep)
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``Type: message (raised in file:line, in function)``, naming the first frame
+    outside mechcheck below mechcheck's last frame: the code mechcheck called that
+    failed (a plugin's function, the model's forward, torch)."""
+    import os
+
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frames = _frames(exc)
+    last_ours = max((i for i, f in enumerate(frames)
+                     if os.path.abspath(f.filename).startswith(package)), default=-1)
+    outside = frames[last_ours + 1:] if last_ours + 1 < len(frames) else frames[-1:]
+    text = f"{type(exc).__name__}: {exc}".rstrip(": ")
+    # torch's module-call machinery says nothing: name the code it called
+    named = [f for f in outside if not _is_torch_machinery(f.filename)] or outside[-1:]
+    if named:
+        frame = named[0]
+        text += f" (raised in {frame.filename}:{frame.lineno}, in {frame.name})"
+    return text
+
+
+def _is_torch_machinery(filename: str) -> bool:
+    normal = filename.replace("\\", "/")
+    return "/torch/nn/modules/module.py" in normal or "/torch/utils/" in normal

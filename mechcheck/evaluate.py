@@ -12,13 +12,19 @@ from __future__ import annotations
 import math
 import time
 import traceback
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from mechcheck.context import Context
 from mechcheck.engine import Needs
-from mechcheck.errors import MechcheckError, ModelUnavailableError
+from mechcheck.errors import (
+    MechcheckError,
+    ModelUnavailableError,
+    describe_exception,
+    raised_in_mechcheck,
+)
 from mechcheck.kinds import Measurement
 from mechcheck.results import ClaimResult, format_failure
 from mechcheck.session import Session
@@ -50,17 +56,31 @@ def evaluate_file(claim_file: ClaimFile, session: Session, *,
     """Measure every claim of a parsed file and apply the file's correction.
 
     With ``checkpoint``, every claim runs on that checkpoint of its model, and the
-    claims of the file form one family per checkpoint.
+    claims of the file form one family per checkpoint.  It never raises: a claim that
+    cannot be measured, for whatever reason, is an ``error`` result in its place.
     """
     from mechcheck.models.loading import with_checkpoint
 
     if claim_file.error is not None:
         return [_error_result(claim_file.path, "<file>", claim_file.error, None)]
+    start = time.perf_counter()
     order = [c if not isinstance(c, ClaimSpec) or checkpoint is None or c.model is None
              else replace(c, model=with_checkpoint(c.model, checkpoint), checkpoint=checkpoint)
              for c in claim_file.claims]
     specs = [c for c in order if isinstance(c, ClaimSpec)]
-    return evaluate_claims(specs, session, correction=claim_file.correction, order=order)
+    try:
+        results = evaluate_claims(specs, session, correction=claim_file.correction,
+                                  order=order)
+    except Exception as exc:  # noqa: BLE001 - a last resort: every claim still gets a result
+        results = [_internal_error(c, exc) if isinstance(c, ClaimSpec) else
+                   _error_result(c.path or claim_file.path, c.claim_id or f"claim[{i}]", c,
+                                 None) for i, c in enumerate(order)]
+    counts = Counter(r.verdict for r in results)
+    at = f" at {checkpoint}" if checkpoint else ""
+    session.say(f"{claim_file.path}{at}: {len(results)} claim(s) in "
+                f"{time.perf_counter() - start:.2f} s ("
+                + ", ".join(f"{n} {v}" for v, n in sorted(counts.items())) + ")")
+    return results
 
 
 def evaluate_claims(specs: Sequence[ClaimSpec], session: Session, *,
@@ -97,15 +117,15 @@ def _prepare(specs: Sequence[ClaimSpec], ctx: Context) -> dict[int, ClaimResult]
             failed[id(spec)] = _error_result(spec.path, spec.id, exc, spec)
             continue
         except Exception as exc:  # noqa: BLE001 - a plugin's bug must not stop the file
-            failed[id(spec)] = _internal_error(spec, exc)
+            failed[id(spec)] = _unexpected(spec, exc)
             continue
         plan = plans.setdefault(id(runner), (runner, Needs()))
         plan[1].update(needs)
     for runner, needs in plans.values():
         try:
             runner.prepare(needs)
-        except MechcheckError:
-            pass  # each claim meets this error again when measured, at its own key
+        except Exception:  # noqa: BLE001, S110
+            pass  # each claim that needs the failed run meets its error when measured
     return failed
 
 
@@ -128,8 +148,8 @@ def _measure(spec: ClaimSpec, ctx: Context) -> ClaimResult | _Measured:
     except MechcheckError as exc:
         return replace(_error_result(spec.path, spec.id, exc, spec),
                        duration_s=time.perf_counter() - start)
-    except Exception as exc:  # noqa: BLE001
-        return _internal_error(spec, exc)
+    except Exception as exc:  # noqa: BLE001 - one claim's failure never stops the others
+        return replace(_unexpected(spec, exc), duration_s=time.perf_counter() - start)
     return _Measured(spec, measurement, loaded, time.perf_counter() - start)
 
 
@@ -191,6 +211,19 @@ def _checkpoint_of(spec: ClaimSpec | None) -> str | None:
         return None if spec is None else spec.checkpoint
     kind, _, rest = spec.model.partition(":")
     return rest.partition("@")[2] or None if kind in ("hf", "zoo") else None
+
+
+def _unexpected(spec: ClaimSpec, exc: Exception) -> ClaimResult:
+    """A claim stopped by an exception that is not a MechcheckError: a bug of mechcheck's
+    when raised in mechcheck's code, else the failure of code it called (a plugin)."""
+    if raised_in_mechcheck(exc):
+        return _internal_error(spec, exc)
+    error = MechcheckError(
+        f"measuring the claim failed in code that mechcheck called: "
+        f"{describe_exception(exc)}",
+        hint="the function named above (a plugin's claim kind, metric or intervention) "
+        "raised; fix it there. The file's other claims were still measured")
+    return _error_result(spec.path, spec.id, error, spec)
 
 
 def _internal_error(spec: ClaimSpec, exc: Exception) -> ClaimResult:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import copy
 import gc
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,12 +40,16 @@ class Session:
         trust_remote_code: passed to transformers; off unless asked for.
         plugins: extra plugin objects or modules to register besides the built-ins
             and the ``mechcheck`` entry points.
+        progress: called with one line of text per model load, shared run and file
+            evaluated (with timings), and when a batch is retried after running out
+            of memory; None for silence.
     """
 
     def __init__(self, *, registry: Registry | None = None, device: str | None = None,
                  dtype: str = "float32", batch_size: int = 128, n_resamples: int = 9999,
                  allow_pickle: bool = False, trust_remote_code: bool = False,
-                 plugins: Sequence[object] = ()) -> None:
+                 plugins: Sequence[object] = (),
+                 progress: Callable[[str], None] | None = None) -> None:
         if registry is None:
             from mechcheck.plugins import Registry, get_plugin_manager
 
@@ -56,6 +61,7 @@ class Session:
         self.n_resamples = n_resamples
         self.allow_pickle = allow_pickle
         self.trust_remote_code = trust_remote_code
+        self.progress = progress
         self._model: LoadedModel | None = None
         self._model_errors: dict[str, MechcheckError] = {}
         self._runners: dict[tuple[Any, ...], Runner] = {}
@@ -70,6 +76,7 @@ class Session:
         if key in self._model_errors:  # a fresh copy: each claim adds its own location
             raise copy.copy(self._model_errors[key])
         self.release()
+        start = time.perf_counter()
         try:
             self._model = load_model(spec, base_dir=base_dir, archs=self.registry.archs,
                                      device=self.device, dtype=self.dtype,
@@ -78,7 +85,14 @@ class Session:
         except MechcheckError as exc:
             self._model_errors[key] = copy.copy(exc.located(key="model"))
             raise
+        self.say(f"model {key} loaded on {self._model.device} ({self.dtype}) in "
+                 f"{time.perf_counter() - start:.2f} s")
         return self._model
+
+    def say(self, line: str) -> None:
+        """Pass one line of progress to the ``progress`` callback, if any."""
+        if self.progress is not None:
+            self.progress(line)
 
     def release(self) -> None:
         """Drop the current model and every runner built on it."""
@@ -97,10 +111,11 @@ class Session:
         key = (loaded.key, self._data_key(claim), claim.n)
         if key not in self._runners:
             try:
-                dataset = self._dataset(claim, loaded.tokenizer)
+                dataset = self._dataset(claim, loaded)
             except MechcheckError as exc:
                 raise exc.located(key="task" if claim.task else "data") from None
-            self._runners[key] = Runner(loaded, dataset, batch_size=self.batch_size)
+            self._runners[key] = Runner(loaded, dataset, batch_size=self.batch_size,
+                                        progress=self.progress)
         return self._runners[key]
 
     def _data_key(self, claim: ClaimSpec) -> str:
@@ -120,9 +135,10 @@ class Session:
         path = Path(str(claim.data))
         return path if path.is_absolute() else Path(claim.base_dir) / path
 
-    def _dataset(self, claim: ClaimSpec, tokenizer: Any) -> Dataset:
+    def _dataset(self, claim: ClaimSpec, loaded: LoadedModel) -> Dataset:
         from mechcheck.data import load_rows, tokenize_rows
 
+        tokenizer, limit = loaded.tokenizer, loaded.context_length
         if claim.task is not None:
             task = self.registry.lookup("tasks", claim.task["name"], key="task")
             try:
@@ -133,6 +149,6 @@ class Session:
                                 "words must be single tokens for the model's "
                                 "tokenizer") from None
             rows = rows[: claim.n] if claim.n else rows
-            return tokenize_rows(rows, tokenizer, source=f"task {task.name}")
+            return tokenize_rows(rows, tokenizer, source=f"task {task.name}", max_length=limit)
         rows = load_rows(self._data_path(claim), n=claim.n)
-        return tokenize_rows(rows, tokenizer, source=str(claim.data))
+        return tokenize_rows(rows, tokenizer, source=str(claim.data), max_length=limit)

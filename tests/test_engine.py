@@ -225,3 +225,114 @@ def test_mean_corrupt_with_identical_corrupt_prompts_equals_mean(tiny_loaded: An
     other = [(Address("head", 0, 1), IV["mean_corrupt"])]
     torch.testing.assert_close(runner.patched_logits(other), runner.patched_logits(target),
                                atol=1e-6, rtol=0)
+
+
+# --- failures of the forward pass ----------------------------------------------------------
+
+
+class _OutOfMemoryAbove:
+    """A forward that runs out of memory for more than ``limit`` prompts at once."""
+
+    def __init__(self, model: torch.nn.Module, limit: int, error: type[BaseException]) -> None:
+        self.real, self.limit, self.error = model.forward, limit, error
+        self.sizes: list[int] = []
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        size = int(kwargs["input_ids"].shape[0])
+        self.sizes.append(size)
+        if size > self.limit:
+            raise self.error("CUDA out of memory. Tried to allocate 20.00 GiB") \
+                if self.error is RuntimeError else self.error()
+        return self.real(*args, **kwargs)
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError, MemoryError, RuntimeError])
+def test_out_of_memory_halves_the_batch_and_gives_the_same_values(
+        error: type[BaseException], tiny_loaded: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded = tiny_loaded("gpt2")
+    rows = word_rows(10, lengths=(6,))
+    expected_runner = runner_for(loaded, rows)
+    target = [(Address("head", 1, 0), IV["mean"])]
+    expected = expected_runner.patched_logits(target)
+    expected_pattern = expected_runner.pattern(0, 1)[0]
+    lines: list[str] = []
+    runner = runner_for(loaded, rows, progress=lines.append)
+    fake = _OutOfMemoryAbove(loaded.model, 3, error)
+    monkeypatch.setattr(loaded.model, "forward", fake)
+    got = runner.patched_logits(target)
+    pattern = runner.pattern(0, 1)[0]
+    monkeypatch.undo()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(pattern, expected_pattern, rtol=1e-5, atol=1e-6)
+    assert fake.sizes[:3] == [10, 5, 2]  # halved until it fits, then kept at that size
+    assert all(size <= 2 for size in fake.sizes[2:])
+    assert any("out of memory with 10 prompts" in line and "retrying with 5" in line
+               for line in lines)
+
+
+def test_out_of_memory_with_one_prompt_is_a_located_error(
+        tiny_loaded: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mechcheck.errors import RunError
+
+    loaded = tiny_loaded("gpt2")
+    runner = runner_for(loaded, word_rows(4, lengths=(6,)))
+    monkeypatch.setattr(loaded.model, "forward", _OutOfMemoryAbove(loaded.model, 0,
+                                                                    torch.OutOfMemoryError))
+    with pytest.raises(RunError) as info:
+        runner.logits("clean")
+    monkeypatch.undo()
+    assert "ran out of memory on cpu even with one prompt at a time" in info.value.message
+    assert info.value.key == "--mechcheck-batch-size"
+    assert "--mechcheck-batch-size" in (info.value.hint or "")
+
+
+def test_a_failing_forward_is_a_run_error_naming_the_cause_and_is_not_retried(
+        tiny_loaded: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mechcheck.errors import RunError
+
+    loaded = tiny_loaded("gpt2")
+    runner = runner_for(loaded, word_rows(4, lengths=(6,)))
+    calls: list[int] = []
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        raise ValueError("the model refuses")
+
+    monkeypatch.setattr(loaded.model, "forward", broken)
+    for _ in range(2):
+        with pytest.raises(RunError) as info:
+            runner.logits("clean")
+        assert info.value.message.startswith("the shared clean run failed: ValueError: the "
+                                             "model refuses (raised in ")
+        assert "in broken)" in info.value.message
+    monkeypatch.undo()
+    assert len(calls) == 1  # the failed shared pass is remembered, not run again
+
+
+def test_an_intervention_that_raises_names_itself_and_leaves_no_hook(tiny_loaded: Any) -> None:
+    from mechcheck._torch_hooks import hook_count
+    from mechcheck.errors import RunError
+
+    def explode(current: torch.Tensor, source: torch.Tensor | None) -> torch.Tensor:
+        raise KeyError("no such thing")
+
+    loaded = tiny_loaded("gpt2")
+    runner = runner_for(loaded, word_rows(4, lengths=(6,)))
+    bad = Intervention(name="explode", base_run="clean", source=None, replace=explode)
+    with pytest.raises(RunError) as info:
+        runner.patched_logits([(Address("head", 1, 0), bad)])
+    assert "the patched run (explode on blocks.1.attn.head.0) failed: KeyError" in str(info.value)
+    assert "in explode)" in str(info.value)
+    assert hook_count(loaded.model) == 0
+
+
+def test_unknown_position_names_suggest_the_right_case_and_list_the_names(
+        tiny_loaded: Any) -> None:
+    loaded = tiny_loaded("gpt2")
+    runner = runner_for(loaded, word_rows(4, lengths=(6,)))
+    with pytest.raises(DataError) as info:
+        runner.patched_logits([(Address("head", 1, 0), IV["zero"])], at=["end"])
+    assert info.value.key == "at"
+    assert "defines no position named 'end'" in info.value.message
+    assert "did you mean 'END'?" in (info.value.hint or "")
+    assert "END, S" in (info.value.hint or "")

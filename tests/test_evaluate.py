@@ -101,3 +101,124 @@ claims:
     assert [(r.id, r.verdict, r.n) for r in results] == [
         ("on_file_rows", "pass", 16), ("on_task_rows", "pass", 24)]
     assert results[1].p_adjusted >= results[1].p_value
+
+
+# --- one fault never takes down the file ---------------------------------------------------
+
+
+def _two_data_files(tmp_path: Path, model: Path) -> Path:
+    (tmp_path / "short.jsonl").write_text(
+        "\n".join(json.dumps(r) for r in word_rows(8, lengths=(5,))))
+    (tmp_path / "long.jsonl").write_text(
+        "\n".join(json.dumps(r) for r in word_rows(8, seed=1, lengths=(8,))))
+    path = tmp_path / "test_two.yaml"
+    path.write_text(f"""\
+model: {model}
+claims:
+  - id: on_short
+    kind: attends
+    data: short.jsonl
+    components: ["head 0.0"]
+    pattern: first_token
+    min_score: 0.01
+  - id: on_long
+    kind: attends
+    data: long.jsonl
+    components: ["head 0.0"]
+    pattern: first_token
+    min_score: 0.01
+  - id: on_long_ablated
+    kind: necessary
+    data: long.jsonl
+    metric: logprob
+    components: ["head 0.0"]
+    ablation: zero
+    min_drop: -100
+""")
+    return path
+
+
+def test_a_failing_shared_run_errors_only_the_claims_that_need_it(
+        tmp_path: Path, tiny_folder: Any, monkeypatch: Any) -> None:
+    """The model raises on 9-token inputs (the long file's prompts with <bos>): the claims
+    on that file end as located errors naming the cause; the other file's claim passes."""
+    model = tiny_folder("gpt2")
+    path = _two_data_files(tmp_path, model)
+    session = Session(device="cpu")
+    loaded = session.model(str(model), str(tmp_path))
+    real = loaded.model.forward
+    calls: list[int] = []
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs["input_ids"].shape[1])
+        if kwargs["input_ids"].shape[1] == 9:
+            raise IndexError("index out of range in self")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loaded.model, "forward", forward)
+    results = evaluate_path(path, session)
+    assert [(r.id, r.verdict) for r in results] == [
+        ("on_short", "pass"), ("on_long", "error"), ("on_long_ablated", "error")]
+    for result in results[1:]:
+        assert f"claim '{result.id}'" in result.message
+        assert "the shared clean run failed: IndexError: index out of range in self" \
+            in result.message
+        assert "internal error" not in result.message
+    assert calls.count(9) <= 2  # the failed pass is not run once per claim
+
+
+def test_a_plugin_kind_that_raises_is_named_and_the_others_are_measured(
+        tmp_path: Path, tiny_folder: Any) -> None:
+    from types import SimpleNamespace
+
+    from mechcheck.hookspecs import hookimpl
+    from mechcheck.kinds import Attends
+
+    class Broken(Attends):
+        name = "broken"
+
+        def measure(self, claim: Any, ctx: Any) -> Any:
+            return {}["missing"]
+
+    plugin = SimpleNamespace(mechcheck_claim_kinds=hookimpl(lambda: [Broken()]))
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in word_rows(8)))
+    path = tmp_path / "test_p.yaml"
+    path.write_text(f"""\
+model: {tiny_folder("gpt2")}
+data: d.jsonl
+claims:
+  - {{id: bad, kind: broken, components: ["head 0.0"], pattern: first_token, min_score: 0}}
+  - {{id: good, kind: attends, components: ["head 0.0"], pattern: first_token,
+      min_score: 0.01}}
+""")
+    results = evaluate_path(path, Session(device="cpu", plugins=[plugin]))
+    assert [(r.id, r.verdict) for r in results] == [("bad", "error"), ("good", "pass")]
+    assert "failed in code that mechcheck called: KeyError: 'missing'" in results[0].message
+    assert "in measure)" in results[0].message and "internal error" not in results[0].message
+    assert "test_evaluate.py" in results[0].message  # where the plugin's code is
+
+
+def test_evaluate_file_never_raises(tmp_path: Path, tiny_folder: Any, monkeypatch: Any) -> None:
+    """Even a bug of mechcheck's own outside any one claim leaves a result per claim."""
+    import mechcheck.evaluate as evaluate
+
+    def bug(*args: Any, **kwargs: Any) -> Any:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(evaluate, "_correct", bug)
+    path = _two_data_files(tmp_path, tiny_folder("gpt2"))
+    results = evaluate_path(path, Session(device="cpu"))
+    assert [r.verdict for r in results] == ["error"] * 3
+    assert all("internal error" in r.message and "a bug" in r.message for r in results)
+
+
+def test_progress_reports_model_load_shared_runs_and_the_file(
+        tmp_path: Path, tiny_folder: Any) -> None:
+    lines: list[str] = []
+    path = _two_data_files(tmp_path, tiny_folder("gpt2"))
+    evaluate_path(path, Session(device="cpu", progress=lines.append))
+    assert any(line.startswith("model ") and " loaded on cpu (float32) in " in line
+               for line in lines)
+    assert any(line.startswith("clean run: 8 prompts of short.jsonl") for line in lines)
+    assert lines[-1].endswith("3 claim(s) in " + lines[-1].split(" in ")[-1])
+    assert "(3 pass)" in lines[-1]

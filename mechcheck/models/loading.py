@@ -57,6 +57,17 @@ class LoadedModel:
     def key(self) -> str:
         return str(self.source)
 
+    @property
+    def context_length(self) -> int | None:
+        """The most tokens one prompt may have (``n_positions`` or
+        ``max_position_embeddings`` of the config), or None when the config says none."""
+        config = getattr(self.model, "config", None)
+        for name in ("n_positions", "max_position_embeddings", "n_ctx"):
+            value = getattr(config, name, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+        return None
+
 
 def parse_source(spec: str, *, base_dir: str | os.PathLike = ".") -> ModelSource:
     """Read a ``model:`` value into a :class:`ModelSource` (no loading)."""
@@ -201,21 +212,23 @@ def _from_pretrained(source: ModelSource, *, allow_pickle: bool, trust_remote_co
     hf_logging.disable_progress_bar()
     path, kwargs = _folder_for(source)
     use_safetensors = _check_weights(path, source, allow_pickle)
+    if source.kind != "hf":
+        _check_tokenizer_files(path)
+        if not trust_remote_code:
+            _refuse_custom_code(path)
     common = {"trust_remote_code": trust_remote_code, **kwargs}
     attempts = [True] if source.kind != "hf" else [True, False]
     for local_only in attempts:
         try:
             tok = AutoTokenizer.from_pretrained(path, local_files_only=local_only, **common)
-            model = AutoModelForCausalLM.from_pretrained(
+            loaded: Any = AutoModelForCausalLM.from_pretrained(
                 path, local_files_only=local_only, use_safetensors=use_safetensors or None,
-                dtype=dtype, **common,
+                dtype=dtype, output_loading_info=True, **common,
             )
-            return model, tok
+            model, info = loaded
         except (OSError, ValueError) as exc:  # transformers raises both for missing files
-            if source.kind != "hf":
-                raise ModelLoadError(f"could not load {path}: {exc}", key="model",
-                                     hint="check that the folder holds a model and a "
-                                     "tokenizer saved with save_pretrained") from None
+            if source.kind != "hf" or _is_remote_code_refusal(exc):
+                raise _folder_error(path, exc) from None
             reason: Exception = exc
             if local_only and os.environ.get("HF_HUB_OFFLINE") not in ("1", "true", "True"):
                 unreachable = _probe_hub(source)
@@ -223,7 +236,100 @@ def _from_pretrained(source: ModelSource, *, allow_pickle: bool, trust_remote_co
                     continue
                 reason = unreachable
             raise _hub_error(source, reason) from None
+        except Exception as exc:  # noqa: BLE001 - corrupt files raise many kinds of errors
+            raise _folder_error(path, exc) from None
+        _check_loaded(path, model, tok, info)
+        return model, tok
     raise AssertionError("unreachable")
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "spiece.model",
+                    "vocab.txt", "tokenizer_config.json")
+
+
+def _check_tokenizer_files(path: str) -> None:
+    """A local model folder must hold its tokenizer: without one, transformers quietly
+    builds an empty tokenizer that turns every prompt into no tokens at all."""
+    if not any(os.path.isfile(os.path.join(path, name)) for name in _TOKENIZER_FILES):
+        raise ModelLoadError(
+            f"{path} holds no tokenizer (none of {', '.join(_TOKENIZER_FILES[:4])} ...)",
+            key="model", hint="save the tokenizer next to the model: "
+            "tokenizer.save_pretrained(folder)")
+
+
+def _refuse_custom_code(path: str) -> None:
+    """Refuse a folder whose config asks for its own Python code (``auto_map``) before
+    transformers sees it: without trust_remote_code, transformers would quietly load its
+    built-in class for a known model_type instead, which is not the model in the folder."""
+    import json
+
+    try:
+        config = json.loads(Path(path, "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # transformers reports a missing or broken config.json
+    if isinstance(config, dict) and "auto_map" in config:
+        raise _folder_error(path, ValueError("requires trust_remote_code (auto_map)"))
+
+
+def _is_remote_code_refusal(exc: BaseException) -> bool:
+    return "trust_remote_code" in str(exc)
+
+
+def _weight_files(path: str) -> str:
+    names = sorted(f for f in os.listdir(path) if f.endswith(".safetensors")) \
+        if os.path.isdir(path) else []
+    return ", ".join(names) or "the weights"
+
+
+def _folder_error(path: str, exc: BaseException) -> ModelLoadError:
+    """A failed load of a local (or zoo) folder, naming the folder and the file at fault."""
+    text = f"{exc}".strip().splitlines()
+    reason = text[0] if text else type(exc).__name__
+    name = type(exc).__name__
+    if _is_remote_code_refusal(exc):
+        return ModelLoadError(
+            f"{path} needs custom code from its folder (auto_map in config.json), which "
+            "mechcheck does not run by default", key="model",
+            hint="load only models you trust this way: pass --mechcheck-trust-remote-code "
+            "(Session(trust_remote_code=True)) to allow it")
+    if name == "SafetensorError" or "safetensors" in reason.lower():
+        return ModelLoadError(
+            f"{path}: the weights file ({_weight_files(path)}) is corrupt or truncated: "
+            f"{reason}", key="model",
+            hint="re-save the model with save_pretrained, or download it again")
+    if "mismatch" in reason.lower() or "ignore_mismatched_sizes" in reason:
+        return ModelLoadError(
+            f"{path}: a tensor in {_weight_files(path)} has the wrong shape for the "
+            f"architecture in config.json ({reason})", key="model",
+            hint="the weights and config.json come from different models: save both "
+            "from the same model with save_pretrained")
+    if "config" in reason.lower() or name.endswith("ValidationError") or \
+            "model_type" in reason:
+        return ModelLoadError(
+            f"{path}: config.json cannot be used: {reason}", key="model",
+            hint="config.json must be the JSON that save_pretrained writes (with a "
+            "model_type); re-save the model")
+    return ModelLoadError(f"could not load {path}: {name}: {reason}", key="model",
+                          hint="check that the folder holds a model and a tokenizer saved "
+                          "with save_pretrained")
+
+
+def _check_loaded(path: str, model: Any, tokenizer: Any, info: dict[str, Any]) -> None:
+    """Refuse a model whose weights file lacked some of its parameters (transformers
+    would initialise them at random and only warn) or whose tokenizer is empty."""
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more"
+                                          if len(missing) > 4 else "")
+        raise ModelLoadError(
+            f"{path}: {_weight_files(path)} lacks {len(missing)} of the model's tensors "
+            f"({shown}); they would be random", key="model",
+            hint="the weights file is incomplete or from another model: re-save the model "
+            "with save_pretrained")
+    if len(tokenizer) <= 1:
+        raise ModelLoadError(f"{path}: the tokenizer has no vocabulary", key="model",
+                             hint="save the model's tokenizer into the folder with "
+                             "tokenizer.save_pretrained(folder)")
 
 
 def load_model(

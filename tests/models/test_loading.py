@@ -103,3 +103,97 @@ def test_hub_that_says_no_and_hub_that_has_the_model(monkeypatch: pytest.MonkeyP
     with pytest.raises(ModelLoadError):
         load_model("hf:somebody/model", archs=BUILTIN_ARCHS)
     assert calls.networked == 1
+
+
+# --- corrupt model folders: model errors naming the folder and the file ------------------
+
+
+def _broken_copy(tmp_path: Path, tiny_folder: Any, name: str) -> Path:
+    folder = tmp_path / name
+    shutil.copytree(tiny_folder("gpt2"), folder)
+    return folder
+
+
+def _edit_weights(folder: Path, edit: Any) -> None:
+    from safetensors.torch import load_file, save_file
+
+    weights = folder / "model.safetensors"
+    tensors = edit(load_file(weights))
+    save_file(tensors, weights, metadata={"format": "pt"})
+
+
+def _wrong_shape(tensors: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    key = next(k for k in tensors if k.endswith("attn.c_attn.weight"))
+    return {**tensors, key: torch.zeros(3, 3)}
+
+
+CORRUPTIONS = {
+    "truncated": (lambda f: (f / "model.safetensors").write_bytes(
+        (f / "model.safetensors").read_bytes()[:400]),
+        "model.safetensors) is corrupt or truncated"),
+    "garbage": (lambda f: (f / "model.safetensors").write_bytes(bytes(range(256)) * 8),
+                "model.safetensors) is corrupt or truncated"),
+    "wrong shape": (lambda f: _edit_weights(f, _wrong_shape),
+                    "a tensor in model.safetensors has the wrong shape"),
+    "missing tensors": (lambda f: _edit_weights(f, lambda t: dict(list(t.items())[::2])),
+                        "model.safetensors lacks"),
+    "no tokenizer": (lambda f: [p.unlink() for p in f.iterdir() if "token" in p.name],
+                     "holds no tokenizer"),
+    "config not json": (lambda f: (f / "config.json").write_text("{nope"),
+                        "config.json cannot be used"),
+    "config wrong type": (lambda f: (f / "config.json").write_text(
+        '{"model_type": "gpt2", "n_layer": "x"}'), "config.json cannot be used"),
+}
+
+
+@pytest.mark.parametrize("case", list(CORRUPTIONS))
+def test_corrupt_model_files_are_model_errors_naming_folder_and_file(
+        case: str, tmp_path: Path, tiny_folder: Any) -> None:
+    corrupt, expected = CORRUPTIONS[case]
+    folder = _broken_copy(tmp_path, tiny_folder, case.replace(" ", "-"))
+    corrupt(folder)
+    with pytest.raises(ModelLoadError) as info:
+        load_model(str(folder), archs=BUILTIN_ARCHS, device="cpu")
+    assert str(folder) in info.value.message
+    assert expected in info.value.message
+    assert info.value.key == "model" and info.value.hint
+
+
+def test_custom_code_folder_is_refused_and_nothing_runs(tmp_path: Path, tiny_folder: Any) -> None:
+    import json
+
+    folder = _broken_copy(tmp_path, tiny_folder, "remote")
+    marker = tmp_path / "ran"
+    (folder / "modeling_evil.py").write_text(
+        f"open({str(marker)!r}, 'w').write('x')\n"
+        "from transformers import GPT2LMHeadModel\n"
+        "class Evil(GPT2LMHeadModel):\n    pass\n")
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.Evil"}
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError) as info:
+        load_model(str(folder), archs=BUILTIN_ARCHS, device="cpu")
+    assert "needs custom code" in info.value.message
+    assert "--mechcheck-trust-remote-code" in (info.value.hint or "")
+    assert not marker.exists()
+
+
+def test_context_length_comes_from_the_config(tiny_loaded: Any) -> None:
+    loaded = tiny_loaded("gpt2")
+    assert loaded.context_length == loaded.model.config.n_positions
+    assert tiny_loaded("llama").context_length == \
+        tiny_loaded("llama").model.config.max_position_embeddings
+
+
+def test_custom_model_type_is_refused_too(tmp_path: Path, tiny_folder: Any) -> None:
+    import json
+
+    folder = _broken_copy(tmp_path, tiny_folder, "remote-type")
+    config = json.loads((folder / "config.json").read_text())
+    config["model_type"] = "evil-arch"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError) as info:
+        load_model(str(folder), archs=BUILTIN_ARCHS, device="cpu")
+    assert str(folder) in info.value.message
