@@ -167,10 +167,7 @@ class Context:
             else:
                 for b, row in enumerate(rows):
                     named = runner.dataset.positions[int(row)]
-                    for key, name in (("from", source), ("to", target)):
-                        if name not in named:
-                            raise unknown_position(runner.dataset, int(row), str(name),
-                                                   key=key)
+                    _check_named(runner, int(row), source, target)
                     scores[row] = float(pattern[b, named[str(source)], named[str(target)]])
         bad = np.flatnonzero(np.isnan(scores))
         if bad.size:
@@ -191,6 +188,19 @@ class Context:
             raise ClaimSpecError("attends needs pattern: or both from: and to:", key="pattern",
                                  hint="e.g. pattern: induction, or from: END and to: IO")
         return f"attention {source}->{target}"
+
+
+def _check_named(runner: Runner, row: int, source: Any, target: Any) -> None:
+    """Raise for the from:/to: names that ``row`` lacks, both in one error if both."""
+    named = runner.dataset.positions[row]
+    errors = [unknown_position(runner.dataset, row, str(name), key=key)
+              for key, name in (("from", source), ("to", target)) if name not in named]
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        first, second = errors
+        raise DataError(f"{first.message}; {second.message}", key="from",
+                        hint=f"{first.hint}; for to: the same names apply")
 
 
 def _metric_inputs(ds: Any, clean_logits: torch.Tensor, tokenizer: Any) -> Any:

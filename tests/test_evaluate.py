@@ -222,3 +222,40 @@ def test_progress_reports_model_load_shared_runs_and_the_file(
     assert any(line.startswith("clean run: 8 prompts of short.jsonl") for line in lines)
     assert lines[-1].endswith("3 claim(s) in " + lines[-1].split(" in ")[-1])
     assert "(3 pass)" in lines[-1]
+
+
+def test_unknown_from_and_to_names_are_reported_at_their_own_keys(
+        tmp_path: Path, tiny_folder: Any) -> None:
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in word_rows(8)))
+    path = tmp_path / "test_pos.yaml"
+    path.write_text(f"""\
+model: {tiny_folder("gpt2")}
+data: d.jsonl
+claims:
+  - id: bad_to
+    kind: attends
+    components: ["head 0.0"]
+    from: END
+    to: s
+    min_score: 0.1
+  - id: bad_both
+    kind: attends
+    components: ["head 0.0"]
+    from: end
+    to: nowhere
+    min_score: 0.1
+  - id: bad_at
+    kind: necessary
+    metric: logprob
+    components: ["head 0.0"]
+    ablation: zero
+    at: [End]
+    min_drop: 0.1
+""")
+    bad_to, bad_both, bad_at = evaluate_path(path, Session(device="cpu"))
+    assert bad_to.verdict == "error" and bad_to.line == 8  # the line of to:
+    assert "key 'to'" in bad_to.message and "did you mean 'S'?" in bad_to.message
+    assert bad_both.line == 13 and "'end'" in bad_both.message and "'nowhere'" in bad_both.message
+    assert "did you mean 'END'?" in bad_both.message
+    assert bad_at.line == 21 and "key 'at'" in bad_at.message
+    assert "did you mean 'END'?" in bad_at.message and "END, S" in bad_at.message
