@@ -15,7 +15,7 @@ import torch
 
 from mechcheck.attention import SCORES
 from mechcheck.engine import Needs, Runner, unknown_position
-from mechcheck.errors import ClaimSpecError, DataError, MechcheckError
+from mechcheck.errors import ClaimSpecError, DataError, MechcheckError, describe_exception
 
 if TYPE_CHECKING:
     from mechcheck.addresses import Address
@@ -118,7 +118,15 @@ class Context:
         metric = self.metric(claim)
         ds = runner.dataset
         inputs = _metric_inputs(ds, runner.logits("clean"), runner.loaded.tokenizer)
-        return metric(logits, inputs).double().cpu().numpy()
+        try:
+            values = torch.as_tensor(metric(logits, inputs)).double().cpu().numpy()
+        except MechcheckError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a plugin metric's failure, named
+            raise MechcheckError(f"metric {metric.name} raised {describe_exception(exc)}",
+                                 key="metric", hint="fix the metric's function (a plugin's?) "
+                                 "or choose another metric") from exc
+        return _checked_values(values, metric.name, len(ds))
 
     def percent_of_clean(self, claim: ClaimSpec, key: str, value: float | str,
                          clean: np.ndarray) -> float:
@@ -188,6 +196,23 @@ class Context:
             raise ClaimSpecError("attends needs pattern: or both from: and to:", key="pattern",
                                  hint="e.g. pattern: induction, or from: END and to: IO")
         return f"attention {source}->{target}"
+
+
+def _checked_values(values: np.ndarray, name: str, n: int) -> np.ndarray:
+    """A metric's per-prompt values, which must be ``n`` finite numbers."""
+    if values.shape != (n,):
+        raise MechcheckError(f"metric {name} returned values of shape {tuple(values.shape)} "
+                             f"for {n} prompts", key="metric",
+                             hint="a metric returns one number per prompt: a tensor [n]")
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        rows = ", ".join(str(int(r)) for r in bad[:5]) + (" ..." if bad.size > 5 else "")
+        raise MechcheckError(
+            f"metric {name} gave {values[bad[0]]} (not a finite number) for {bad.size} of "
+            f"{n} prompts (rows {rows})", key="metric",
+            hint="the decision rules need finite values: check the metric (e.g. a "
+            "probability of 0 under log) and the rows named")
+    return values
 
 
 def _check_named(runner: Runner, row: int, source: Any, target: Any) -> None:
