@@ -33,6 +33,8 @@ class Context:
     def __init__(self, session: Session) -> None:
         self.session = session
         self.n_resamples = session.n_resamples
+        # per claim (by id()), the per-prompt values computed for it, by name
+        self._values: dict[int, dict[str, np.ndarray]] = {}
 
     # -- lookups ---------------------------------------------------------------
     def runner(self, claim: ClaimSpec) -> Runner:
@@ -90,7 +92,37 @@ class Context:
     # -- measurements ------------------------------------------------------------
     def metric_values(self, claim: ClaimSpec, run: str) -> np.ndarray:
         runner = self.runner(claim)
-        return self._apply_metric(claim, runner.logits(run))
+        return self._keep(claim, run, self._apply_metric(claim, runner.logits(run)))
+
+    def _keep(self, claim: ClaimSpec, name: str, values: np.ndarray) -> np.ndarray:
+        self._values.setdefault(id(claim), {})[name] = values
+        return values
+
+    def per_prompt(self, claim: ClaimSpec) -> dict[str, list[Any]] | None:
+        """The per-prompt values computed for ``claim`` so far, as report columns:
+        ``row``, the runs' metric values (``clean``, ``corrupt``, ``patched``), the
+        attention ``score``, ``difference`` (patched minus the run patched into), then
+        the data's extra columns; None when none were computed."""
+        kept = self._values.get(id(claim))
+        if not kept:
+            return None
+        n = len(next(iter(kept.values())))
+        columns: dict[str, list[Any]] = {"row": list(range(n))}
+        for name in ("clean", "corrupt", "patched", "score"):
+            if name in kept:
+                columns[name] = kept[name].tolist()
+        base = kept.get("_base")
+        if base is not None and "patched" in kept:
+            columns["difference"] = (kept["patched"] - base).tolist()
+        try:
+            dataset = self.runner(claim).dataset
+        except MechcheckError:
+            return columns
+        for name, values in dataset.columns.items():
+            if name not in columns and len(values) == n:
+                columns[name] = [v if isinstance(v, (str, int, float, bool)) or v is None
+                                 else str(v) for v in values]
+        return columns
 
     def metric_pair(self, claim: ClaimSpec, name: str, *,
                     base: str) -> tuple[np.ndarray, np.ndarray, str]:
@@ -111,7 +143,9 @@ class Context:
             label += f" per {claim.params['mean_by']}"
         if claim.params.get("at") is not None:
             label += f" at {', '.join(map(str, claim.params['at']))}"
-        return self.metric_values(claim, base), self._apply_metric(claim, patched), label
+        base_values = self.metric_values(claim, base)
+        self._keep(claim, "_base", base_values)
+        return base_values, self._keep(claim, "patched", self._apply_metric(claim, patched)), label
 
     def _apply_metric(self, claim: ClaimSpec, logits: torch.Tensor) -> np.ndarray:
         runner = self.runner(claim)
@@ -183,7 +217,7 @@ class Context:
                             f"score for {label}", key="pattern",
                             hint="every prompt needs a repeated token for induction and "
                             "duplicate_token scores")
-        return scores, label
+        return self._keep(claim, "score", scores), label
 
     def _pattern_label(self, pattern: str | None, source: str | None,
                        target: str | None) -> str:

@@ -137,6 +137,7 @@ class _Measured:
     measurement: Measurement
     loaded: Any
     duration_s: float
+    per_prompt: dict[str, list[Any]] | None = None
 
 
 def _measure(spec: ClaimSpec, ctx: Context) -> ClaimResult | _Measured:
@@ -150,7 +151,8 @@ def _measure(spec: ClaimSpec, ctx: Context) -> ClaimResult | _Measured:
                        duration_s=time.perf_counter() - start)
     except Exception as exc:  # noqa: BLE001 - one claim's failure never stops the others
         return replace(_unexpected(spec, exc), duration_s=time.perf_counter() - start)
-    return _Measured(spec, measurement, loaded, time.perf_counter() - start)
+    return _Measured(spec, measurement, loaded, time.perf_counter() - start,
+                     ctx.per_prompt(spec))
 
 
 def _correct(measured: dict[int, ClaimResult | _Measured], specs: Sequence[ClaimSpec],
@@ -185,7 +187,7 @@ def _result(item: _Measured, p_adjusted: float, correction: str) -> ClaimResult:
         duration_s=item.duration_s, line=spec.line, expected=m.expected, alpha=spec.alpha,
         confidence_level=d.confidence_level, method=d.method, correction=correction,
         xfail=spec.xfail, device=loaded.device, dtype=loaded.dtype,
-        versions=library_versions(),
+        versions=library_versions(), per_prompt=item.per_prompt,
     )
     return result if label == "pass" else replace(result, message=format_failure(result))
 

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from mechcheck.api import evaluate_path
 from mechcheck.report import results_frame
 from mechcheck.session import Session
@@ -259,3 +261,48 @@ claims:
     assert "did you mean 'END'?" in bad_both.message
     assert bad_at.line == 21 and "key 'at'" in bad_at.message
     assert "did you mean 'END'?" in bad_at.message and "END, S" in bad_at.message
+
+
+def test_results_keep_their_per_prompt_values(tmp_path: Path, tiny_folder: Any) -> None:
+    import numpy as np
+    import torch
+
+    rows = word_rows(10)
+    for i, row in enumerate(rows):
+        row["template"] = f"t{i % 3}"
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    path = tmp_path / "test_pp.yaml"
+    path.write_text(f"""\
+model: {tiny_folder("gpt2")}
+data: d.jsonl
+claims:
+  - {{id: nec, kind: necessary, metric: logprob, components: ["head 0.0"], ablation: zero,
+      min_drop: -100}}
+  - {{id: suf, kind: sufficient, metric: kl, components: [blocks.1.resid_post],
+      min_recovery: 0.5}}
+  - {{id: att, kind: attends, components: ["head 0.0"], pattern: first_token,
+      min_score: 0.01}}
+""")
+    session = Session(device="cpu")
+    nec, suf, att = evaluate_path(path, session)
+    values = nec.per_prompt
+    assert values is not None and values["row"] == list(range(10))
+    assert values["template"] == [r["template"] for r in rows]
+    # the clean column is the answer's log-probability, computed here without mechcheck
+    loaded = session.model(str(tiny_folder("gpt2")), str(tmp_path))
+    for i, row in enumerate(rows):
+        ids = loaded.tokenizer(row["prompt"])["input_ids"]
+        answer = loaded.tokenizer(row["answer"], add_special_tokens=False)["input_ids"][0]
+        with torch.inference_mode():
+            logits = loaded.model(input_ids=torch.tensor([ids])).logits[0, -1]
+        assert values["clean"][i] == pytest.approx(
+            float(logits.log_softmax(-1)[answer]), abs=1e-5)
+    difference = np.array(values["patched"]) - np.array(values["clean"])
+    assert values["difference"] == pytest.approx(difference.tolist())
+    assert -np.mean(values["difference"]) == pytest.approx(nec.effect)  # the drop tested
+    assert suf.verdict == "pass", suf.message
+    assert suf.per_prompt is not None and {"clean", "corrupt", "patched"} <= set(suf.per_prompt)
+    # patching the whole residual stream after the last block restores the clean run
+    assert suf.per_prompt["patched"] == pytest.approx(suf.per_prompt["clean"], abs=1e-4)
+    assert att.per_prompt is not None and np.mean(att.per_prompt["score"]) == \
+        pytest.approx(att.effect)
