@@ -223,7 +223,8 @@ def _from_pretrained(source: ModelSource, *, allow_pickle: bool, trust_remote_co
             tok = AutoTokenizer.from_pretrained(path, local_files_only=local_only, **common)
             loaded: Any = AutoModelForCausalLM.from_pretrained(
                 path, local_files_only=local_only, use_safetensors=use_safetensors or None,
-                dtype=dtype, output_loading_info=True, **common,
+                dtype=dtype, output_loading_info=True, ignore_mismatched_sizes=True,
+                **common,
             )
             model, info = loaded
         except (OSError, ValueError) as exc:  # transformers raises both for missing files
@@ -314,9 +315,26 @@ def _folder_error(path: str, exc: BaseException) -> ModelLoadError:
                           "with save_pretrained")
 
 
+def _mismatch(entry: Any) -> str:
+    """``name is [a, b] in the file, [c, d] in the model`` from transformers' report."""
+    if isinstance(entry, (tuple, list)) and len(entry) == 3:
+        name, in_file, in_model = entry
+        return f"{name} is {list(in_file)} in the file but {list(in_model)} in the model"
+    return str(entry)
+
+
 def _check_loaded(path: str, model: Any, tokenizer: Any, info: dict[str, Any]) -> None:
     """Refuse a model whose weights file lacked some of its parameters (transformers
     would initialise them at random and only warn) or whose tokenizer is empty."""
+    mismatched = list(info.get("mismatched_keys") or [])
+    if mismatched:
+        shown = "; ".join(_mismatch(m) for m in mismatched[:3]) + (
+            f"; and {len(mismatched) - 3} more" if len(mismatched) > 3 else "")
+        raise ModelLoadError(
+            f"{path}: a tensor in {_weight_files(path)} has the wrong shape for the "
+            f"architecture in config.json: {shown}", key="model",
+            hint="the weights and config.json come from different models: save both "
+            "from the same model with save_pretrained")
     missing = sorted(info.get("missing_keys") or [])
     if missing:
         shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more"

@@ -136,7 +136,7 @@ CORRUPTIONS = {
     "garbage": (lambda f: (f / "model.safetensors").write_bytes(bytes(range(256)) * 8),
                 "model.safetensors) is corrupt or truncated"),
     "wrong shape": (lambda f: _edit_weights(f, _wrong_shape),
-                    "a tensor in model.safetensors has the wrong shape"),
+                    "attn.c_attn.weight is [3, 3] in the file but [32, 96] in the model"),
     "missing tensors": (lambda f: _edit_weights(f, lambda t: dict(list(t.items())[::2])),
                         "model.safetensors lacks"),
     "no tokenizer": (lambda f: [p.unlink() for p in f.iterdir() if "token" in p.name],
