@@ -8,17 +8,19 @@ call form one family for the multiple-comparison correction.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
+from mechcheck.errors import ClaimSpecError
 from mechcheck.results import ClaimResult, format_failure
 from mechcheck.session import Session
 
-__all__ = ["Checker"]
+__all__ = ["Checker", "plain_claim", "plain_key", "plain_value"]
 
 
 class Checker:
@@ -58,14 +60,33 @@ class Checker:
 
     def evaluate(self, claims: Sequence[Mapping[str, Any]], *,
                  correction: str = "holm") -> list[ClaimResult]:
-        """Evaluate claims as one family and return the results without failing."""
+        """Evaluate claims as one family and return the results without failing.
+
+        Values are converted to plain YAML values first: numpy scalars and arrays,
+        tuples and paths become numbers, lists and text.  A value that cannot be
+        converted makes its claim an error naming the key; the other claims still run.
+        """
         from mechcheck.evaluate import evaluate_file
         from mechcheck.spec.loader import parse_claim_text
 
-        text = yaml.safe_dump({"correction": correction, "claims": [dict(c) for c in claims]},
-                              sort_keys=False)
+        plain, problems = [], {}
+        for i, claim in enumerate(claims):
+            try:
+                plain.append(plain_claim(claim))
+            except ClaimSpecError as exc:
+                problems[i] = exc
+                plain.append(_placeholder(claim))
+        try:
+            family = plain_value(correction, "correction")
+        except ClaimSpecError:
+            family = str(correction)  # the loader says what it should be
+        text = yaml.safe_dump({"correction": family, "claims": plain}, sort_keys=False)
         parsed = parse_claim_text(text, self.shown, self.session.registry.kind_keys(),
                                   base_dir=str(Path(self.path).parent))
+        if problems and parsed.error is None:
+            parsed = replace(parsed, claims=tuple(
+                problems[i].located(path=self.shown, line=entry.line) if i in problems
+                else entry for i, entry in enumerate(parsed.claims)))
         results = [self._at_test_line(r) for r in evaluate_file(parsed, self.session)]
         self.results.extend(results)
         return results
@@ -79,3 +100,79 @@ class Checker:
             return replace(moved, message=format_failure(moved))
         old, new = f"{self.shown}:{result.line}", f"{self.shown}:{self.line}"
         return replace(moved, message=result.message.replace(old, new, 1))
+
+
+# ---------------------------------------------------------------------------
+# Python values -> plain YAML values
+
+_PLAIN_HINT = ("pass text, numbers, true/false, None, or lists and mappings of them "
+               "(numpy scalars and arrays, tuples and paths are converted)")
+
+
+def plain_claim(claim: Any) -> Any:
+    """``claim`` with every value made a plain YAML value (see :func:`plain_value`).
+
+    Raises:
+        ClaimSpecError: a value (or the claim itself) cannot be written as YAML; the
+            error names the claim (when its id is plain text) and the key.
+    """
+    if not isinstance(claim, Mapping):
+        return plain_value(claim, None)
+    claim_id = str(claim["id"]) if isinstance(claim.get("id"), str) else None
+    out: dict[Any, Any] = {}
+    for key, value in claim.items():
+        name = plain_key(key, None)
+        try:
+            out[name] = plain_value(value, str(name))
+        except ClaimSpecError as exc:
+            raise exc.located(claim_id=claim_id) from None
+    return out
+
+
+def plain_value(value: Any, key: str | None) -> Any:
+    """``value`` as plain YAML: text, numbers, booleans, None, lists and mappings.
+
+    numpy scalars become Python values, numpy arrays, tuples and other sequences
+    lists, ``os.PathLike`` objects (``pathlib.Path``) text.
+
+    Raises:
+        ClaimSpecError: naming ``key``, for anything else (a set, an object, a tensor).
+    """
+    import numpy as np
+
+    if value is None or type(value) in (str, bool, int, float):
+        return value
+    if isinstance(value, np.generic):  # np.float64, np.str_ ... (some subclass float, str)
+        return plain_value(value.item(), key)
+    for kind in (bool, int, float, str):  # e.g. an enum.StrEnum member: its plain value
+        if isinstance(value, kind):
+            return str.__str__(value) if kind is str else kind(value)
+    if isinstance(value, np.ndarray):
+        return plain_value(value.tolist(), key)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, Mapping):
+        return {plain_key(k, key): plain_value(v, key) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, (bytes, bytearray)):
+        return [plain_value(item, key) for item in value]
+    what = "a set has no order" if isinstance(value, (set, frozenset)) else (
+        f"a {type(value).__module__}.{type(value).__qualname__} is not a plain value")
+    raise ClaimSpecError(f"cannot write {value!r:.60} in a claim: {what}", key=key,
+                         hint=("pass a list" if isinstance(value, (set, frozenset))
+                               else _PLAIN_HINT))
+
+
+def plain_key(key: Any, where: str | None) -> str | int | float | bool | None:
+    """A mapping key as plain YAML (text, a number, a boolean or None)."""
+    plain = plain_value(key, where)
+    if plain is not None and not isinstance(plain, (str, int, float, bool)):
+        raise ClaimSpecError(f"cannot write the key {key!r:.60} in a claim: a key must be "
+                             "text", key=where, hint="write keys as text")
+    return cast("str | int | float | bool | None", plain)
+
+
+def _placeholder(claim: Any) -> dict[str, Any]:
+    """What stands in for a claim that cannot be written: its id, if it has a plain one,
+    so that the loader still sees the id (and a repeat of it)."""
+    claim_id = claim.get("id") if isinstance(claim, Mapping) else None
+    return {"id": str(claim_id)} if isinstance(claim_id, str) else {}

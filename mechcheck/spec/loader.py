@@ -8,52 +8,60 @@ nodes itself, so it keeps every key's line number, rejects duplicate keys (which
 Errors are values, not exceptions: a file that cannot be used at all becomes a
 :class:`~mechcheck.spec.schema.ClaimFile` whose ``error`` is set, and each bad claim
 becomes a :class:`~mechcheck.errors.ClaimSpecError` in ``ClaimFile.claims`` next to the
-good ones, so one mistake never hides the others.
+good ones, so one mistake never hides the others.  The error of a claim lists every
+problem found in it (unknown keys, bad values, missing keys), so that one run shows
+them all.  Aliases and merge keys are expanded in linear time and counted as written
+out against the size limits of :mod:`mechcheck.spec.nodes`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-import yaml
-from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from mechcheck.errors import ClaimSpecError, closest
+from mechcheck.spec.nodes import (
+    MAP_TAG,
+    MAX_FILE_CHARS,
+    MAX_FILE_NODES,
+    MAX_NODES,
+    NULL_TAG,
+    SCALAR_TAGS,
+    SEQ_TAG,
+    STR_TAG,
+    Builder,
+    FileTooLarge,
+    compose,
+    line_of,
+    tag_error,
+)
 from mechcheck.spec.schema import COMMON_KEYS, FILE_KEYS, ClaimFile, ClaimSpec, KeySpec
 
 if TYPE_CHECKING:
     from mechcheck.stats import Correction
 
-__all__ = ["claim_name", "load_claim_file", "parse_claim_text"]
+__all__ = ["MAX_FILE_CHARS", "MAX_FILE_NODES", "MAX_NODES", "claim_name", "load_claim_file",
+           "parse_claim_text"]
 
 Kinds = Mapping[str, Mapping[str, KeySpec]]
+_T = TypeVar("_T")
 
-_TAG = "tag:yaml.org,2002:"
-_MAP_TAG = _TAG + "map"
-_SEQ_TAG = _TAG + "seq"
-_STR_TAG = _TAG + "str"
-_NULL_TAG = _TAG + "null"
-_MERGE_TAG = _TAG + "merge"
-_VALUE_TAG = _TAG + "value"
-_SCALAR_TAGS = frozenset(
-    _TAG + name for name in ("null", "bool", "int", "float", "binary", "timestamp", "str")
-)
-# Aliases can make a tiny file expand to a huge value ("billion laughs"): refuse it.
-_MAX_NODES = 100_000
+# Characters of the names mechcheck makes up (<id>@line<N>, claim[<i>], <id>[<checkpoint>]),
+# which an id may therefore not contain.
+_RESERVED_ID_CHARS = "@[]"
+# A claim with more problems than this lists the first ones and counts the rest.
+_MAX_LISTED = 20
 # Top-level keys that are not defaults for claims.
 _FILE_ONLY = frozenset({"claims", "correction", "checkpoints"})
 _PROMPT_SOURCES = frozenset({"data", "task"})
 _SPEC_FIELDS = ("model", "data", "task", "alpha", "seed", "n", "test", "xfail", "description",
                 "skip_if_unavailable", "xfail_before")
-# Explicit tags such as ``!!int abc`` or ``!!timestamp x`` make PyYAML's scalar
-# constructors raise any of these.
-_SCALAR_ERRORS = (yaml.YAMLError, ValueError, TypeError, KeyError, AttributeError,
-                  OverflowError, IndexError)
 
 
 # ---------------------------------------------------------------------------
@@ -103,14 +111,19 @@ def parse_claim_text(
         The parsed file; it never raises for bad text.
     """
     path = os.fsdecode(path)
-    builder = _Builder()
+    builder = Builder()
     try:
-        header = _read_header(_compose(text), kinds, builder)
+        header = _read_header(compose(text), kinds, builder)
     except ClaimSpecError as exc:
         return ClaimFile(path=path, error=exc.located(path=path))
+    except FileTooLarge as exc:
+        return ClaimFile(path=path, error=exc.error.located(path=path))
     folder = base_dir if base_dir is not None else os.path.dirname(os.path.abspath(path))
     ctx = _Context(path=path, kinds=kinds, header=header, base_dir=folder, builder=builder)
-    claims = tuple(_claim_or_error(node, ctx) for node in header.claim_nodes)
+    try:
+        claims = tuple(_claim_or_error(node, i, ctx) for i, node in enumerate(header.claim_nodes))
+    except FileTooLarge as exc:
+        return ClaimFile(path=path, error=exc.error.located(path=path))
     return ClaimFile(path=path, claims=claims, correction=header.correction,
                      checkpoints=header.checkpoints)
 
@@ -125,180 +138,14 @@ def claim_name(item: ClaimSpec | ClaimSpecError, index: int) -> str:
     return claim_id if claim_id else f"claim[{index}]"
 
 
-# ---------------------------------------------------------------------------
-# YAML nodes -> plain values, with lines
-
-
 @dataclass(frozen=True, slots=True)
 class _Value:
-    """A key's constructed (unparsed) value and where it was written."""
+    """A key's constructed (unparsed) value, where it was written and its size."""
 
     raw: Any
     key_line: int
     line: int
-
-
-def _line(node: Node) -> int:
-    return node.start_mark.line + 1
-
-
-def _show_tag(tag: str) -> str:
-    return "!!" + tag[len(_TAG):] if tag.startswith(_TAG) else tag
-
-
-def _compose(text: str) -> Node | None:
-    """The single YAML document in ``text`` as a node tree (nothing constructed)."""
-    try:
-        return yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        raise _yaml_error(exc, text) from None
-    except RecursionError:
-        raise ClaimSpecError(
-            "not valid YAML: the file is nested too deeply", line=1,
-            hint="flatten the nesting of lists and mappings") from None
-
-
-def _yaml_error(exc: yaml.YAMLError, text: str) -> ClaimSpecError:
-    """A YAML syntax error as a ClaimSpecError with the line and column YAML reported."""
-    if isinstance(exc, yaml.reader.ReaderError):
-        line = text.count("\n", 0, exc.position) + 1
-        return ClaimSpecError(
-            f"not valid YAML at line {line}: {exc.reason} ({exc.character!r})", line=line,
-            hint=f"remove the special character near line {line}")
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc)
-    if mark is None:
-        return ClaimSpecError(f"not valid YAML: {problem}", line=1,
-                              hint="check indentation and quoting")
-    line, column = mark.line + 1, mark.column + 1
-    context = getattr(exc, "context", None)
-    message = f"not valid YAML at line {line}, column {column}: {problem}"
-    if context:
-        message += f" ({context})"
-    hint = f"check indentation and quoting near line {line}"
-    if "'\\t'" in problem:
-        hint += "; indent with spaces, not tabs"
-    return ClaimSpecError(message, line=line, hint=hint)
-
-
-@dataclass(slots=True)
-class _Builder:
-    """Constructs plain Python values from safe YAML nodes, checking as it goes.
-
-    Only the standard scalar tags, ``!!seq`` and ``!!map`` are accepted; duplicate keys
-    in a mapping and recursive aliases are errors.  Values shared through aliases are
-    built once, as PyYAML does.
-    """
-
-    memo: dict[int, tuple[Any, int]] = field(default_factory=dict)
-    active: set[int] = field(default_factory=set)
-    scalars: SafeConstructor = field(default_factory=SafeConstructor)
-
-    def value(self, node: Node) -> Any:
-        """The plain value of ``node``; raises ClaimSpecError with the line at fault."""
-        try:
-            return self._build(node)[0]
-        except RecursionError:
-            raise ClaimSpecError("the value is nested too deeply", line=_line(node),
-                                 hint="flatten the nesting of lists and mappings") from None
-
-    def pairs(self, node: MappingNode) -> list[tuple[Any, Node, Node]]:
-        """``(key, key node, value node)`` of a mapping, ``<<`` merges applied.
-
-        Raises:
-            ClaimSpecError: a key is repeated, is not a scalar, or a merge is malformed.
-        """
-        own: dict[Any, tuple[Node, Node]] = {}
-        merged: dict[Any, tuple[Node, Node]] = {}
-        for key_node, value_node in node.value:
-            if key_node.tag == _MERGE_TAG:
-                merged.update(self._merge_sources(value_node))
-                continue
-            key = self._key(key_node)
-            if key in own:
-                raise ClaimSpecError(
-                    f"duplicate key '{key_node.value}' (line {_line(own[key][0])} "
-                    f"already sets it)", line=_line(key_node), key=str(key_node.value),
-                    hint="write each key once per mapping; YAML would keep only the last")
-            own[key] = (key_node, value_node)
-        both = {**merged, **own}
-        return [(key, key_node, value_node) for key, (key_node, value_node) in both.items()]
-
-    def _key(self, node: Node) -> Any:
-        if not isinstance(node, ScalarNode):
-            raise ClaimSpecError("a mapping key must be a plain name, not a list or mapping",
-                                 line=_line(node), hint="write keys as plain words")
-        return self._scalar(node)
-
-    def _merge_sources(self, node: Node) -> dict[Any, tuple[Node, Node]]:
-        sources = node.value if isinstance(node, SequenceNode) else [node]
-        result: dict[Any, tuple[Node, Node]] = {}
-        for source in reversed(sources):  # earlier sources win: apply them last
-            if not isinstance(source, MappingNode) or source.tag != _MAP_TAG:
-                raise ClaimSpecError("'<<' must merge a mapping or a list of mappings",
-                                     line=_line(node), hint="merge an anchored mapping: <<: *name")
-            self._enter(source)
-            try:
-                result.update({k: (kn, vn) for k, kn, vn in self.pairs(source)})
-            finally:
-                self.active.discard(id(source))
-        return result
-
-    def _enter(self, node: Node) -> None:
-        if id(node) in self.active:
-            raise ClaimSpecError("an alias refers to the mapping or list that contains it",
-                                 line=_line(node), hint="remove the recursive alias")
-        self.active.add(id(node))
-
-    def _build(self, node: Node) -> tuple[Any, int]:
-        """``(value, number of nodes it expands to)``, memoised per node."""
-        if id(node) in self.memo:
-            return self.memo[id(node)]
-        self._enter(node)
-        try:
-            built = self._build_new(node)
-        finally:
-            self.active.discard(id(node))
-        if built[1] > _MAX_NODES:
-            raise ClaimSpecError(
-                f"the value expands to more than {_MAX_NODES} items", line=_line(node),
-                hint="claim files should not use aliases to build huge values")
-        self.memo[id(node)] = built
-        return built
-
-    def _build_new(self, node: Node) -> tuple[Any, int]:
-        if isinstance(node, ScalarNode):
-            return self._scalar(node), 1
-        if isinstance(node, SequenceNode) and node.tag == _SEQ_TAG:
-            items = [self._build(child) for child in node.value]
-            return [value for value, _ in items], 1 + sum(size for _, size in items)
-        if isinstance(node, MappingNode) and node.tag == _MAP_TAG:
-            result: dict[Any, Any] = {}
-            size = 1
-            for key, _, value_node in self.pairs(node):
-                result[key], count = self._build(value_node)
-                size += count
-            return result, size
-        raise _tag_error(node)
-
-    def _scalar(self, node: ScalarNode) -> Any:
-        if node.tag == _VALUE_TAG:  # a plain "=": PyYAML's safe loader has no constructor
-            return node.value
-        if node.tag not in _SCALAR_TAGS:
-            raise _tag_error(node)
-        try:
-            return SafeConstructor.yaml_constructors[node.tag](self.scalars, node)
-        except _SCALAR_ERRORS as exc:
-            raise ClaimSpecError(
-                f"cannot read {node.value!r} as {_show_tag(node.tag)}: {exc}",
-                line=_line(node), hint="fix the value or remove the explicit tag") from None
-
-
-def _tag_error(node: Node) -> ClaimSpecError:
-    return ClaimSpecError(
-        f"the YAML tag {_show_tag(node.tag)} is not allowed: claim files hold plain "
-        f"values only, and are never run as code", line=_line(node),
-        hint="remove the tag (anything starting with '!')")
+    size: int = 1
 
 
 # ---------------------------------------------------------------------------
@@ -323,23 +170,26 @@ class _Context:
     kinds: Kinds
     header: _Header
     base_dir: str
-    builder: _Builder
+    builder: Builder
     seen_ids: dict[str, int] = field(default_factory=dict)
+    # Parsed lists and mappings by (id of the value, id of the parser): a value that
+    # aliases or defaults share is checked once, however many claims use it.
+    parsed: dict[tuple[int, int], Any] = field(default_factory=dict)
 
 
-def _read_header(root: Node | None, kinds: Kinds, builder: _Builder) -> _Header:
+def _read_header(root: Node | None, kinds: Kinds, builder: Builder) -> _Header:
     """Check the top-level mapping; raises ClaimSpecError for a whole-file problem."""
-    if root is None or (isinstance(root, ScalarNode) and root.tag == _NULL_TAG):
+    if root is None or (isinstance(root, ScalarNode) and root.tag == NULL_TAG):
         raise ClaimSpecError("the claim file is empty", line=1,
                              hint="start with a `claims:` list of claims")
-    if not isinstance(root, MappingNode) or root.tag != _MAP_TAG:
+    if not isinstance(root, MappingNode) or root.tag != MAP_TAG:
         raise ClaimSpecError(
             "the top level of a claim file must be a mapping (keys such as model, data "
-            "and claims)", line=_line(root), hint="write `key: value` lines and a `claims:` list")
+            "and claims)", line=line_of(root), hint="write `key: value` lines and a `claims:` list")
     allowed = _top_level_keys(kinds)
     claims_node: Node | None = None
     for _, key_node, value_node in builder.pairs(root):
-        _check_known(str(key_node.value), allowed, _line(key_node), "top-level keys")
+        _check_known(str(key_node.value), allowed, line_of(key_node), "top-level keys")
         if key_node.value == "claims":
             claims_node = value_node
     defaults = _mapping_values(root, builder, skip="claims")
@@ -351,19 +201,27 @@ def _read_header(root: Node | None, kinds: Kinds, builder: _Builder) -> _Header:
                    FILE_KEYS["checkpoints"].parse(checkpoints.raw) if checkpoints else ())
 
 
-def _mapping_values(node: MappingNode, builder: _Builder, skip: str = "") -> dict[str, _Value]:
-    """Each key of a mapping (as written) with its constructed value and lines."""
+def _mapping_values(node: MappingNode, builder: Builder, skip: str = "",
+                    failed: dict[str, ClaimSpecError] | None = None) -> dict[str, _Value]:
+    """Each key of a mapping (as written) with its constructed value, lines and size.
+
+    A value that cannot be built raises, or goes into ``failed`` when that is given.
+    """
     values: dict[str, _Value] = {}
     for _, key_node, value_node in builder.pairs(node):
         name = str(key_node.value)
         if name == skip:
             continue
         try:
-            raw = builder.value(value_node)
+            raw, size = builder.sized(value_node)
         except ClaimSpecError as exc:
             exc.key = name  # a nested problem is reported against the top key
-            raise
-        values[name] = _Value(raw, _line(key_node), _line(value_node))
+            if failed is None:
+                raise
+            failed[name] = exc
+            continue
+        builder.charge(size, line_of(key_node), name)
+        values[name] = _Value(raw, line_of(key_node), line_of(value_node), size)
     return values
 
 
@@ -393,76 +251,180 @@ def _claim_nodes(node: Node | None, root: Node) -> list[Node]:
     """The entries of the ``claims:`` list; raises if it is missing, not a list or empty."""
     hint = "add a `claims:` list whose entries start with `- id: <name>` and `kind: <kind>`"
     if node is None:
-        raise ClaimSpecError("the file has no `claims:` list", line=_line(root),
+        raise ClaimSpecError("the file has no `claims:` list", line=line_of(root),
                              key="claims", hint=hint)
-    if isinstance(node, ScalarNode) and node.tag == _NULL_TAG:
-        raise ClaimSpecError("claims: the list is empty", line=_line(node), key="claims",
+    if isinstance(node, ScalarNode) and node.tag == NULL_TAG:
+        raise ClaimSpecError("claims: the list is empty", line=line_of(node), key="claims",
                              hint=hint)
-    if not isinstance(node, SequenceNode) or node.tag != _SEQ_TAG:
-        if node.tag not in (_MAP_TAG, _SEQ_TAG) and node.tag not in _SCALAR_TAGS:
-            raise _tag_error(node).located(key="claims")
-        raise ClaimSpecError("claims: must be a list of claims", line=_line(node),
+    if not isinstance(node, SequenceNode) or node.tag != SEQ_TAG:
+        if node.tag not in (MAP_TAG, SEQ_TAG) and node.tag not in SCALAR_TAGS:
+            raise tag_error(node).located(key="claims")
+        raise ClaimSpecError("claims: must be a list of claims", line=line_of(node),
                              key="claims", hint=hint)
     if not node.value:
-        raise ClaimSpecError("claims: the list is empty", line=_line(node), key="claims",
+        raise ClaimSpecError("claims: the list is empty", line=line_of(node), key="claims",
                              hint=hint)
     return list(node.value)
 
 
-def _parse_value(name: str, spec: KeySpec, raw: Any, line: int) -> Any:
-    """``spec.parse(raw)``, with a failure turned into a located ClaimSpecError."""
-    try:
-        value = spec.parse(raw)
-    except (ValueError, TypeError) as exc:
-        raise ClaimSpecError(f"{name}: {exc}", line=line, key=name,
-                             hint=f"expected {spec.expected}") from None
-    if name == "n" and isinstance(value, int) and value < 1:
-        raise ClaimSpecError(f"n: got {value}, which is not a positive integer", line=line,
-                             key=name, hint=f"expected {spec.expected}")
-    return value
+def _parse_value(name: str, spec: KeySpec, raw: Any, line: int,
+                 cache: dict[tuple[int, int], Any] | None = None) -> Any:
+    """``spec.parse(raw)``, with a failure turned into a located ClaimSpecError.
+
+    With ``cache``, a list or mapping already parsed by the same parser is not parsed
+    again (its outcome, value or reason, is reused).
+    """
+    key = (id(raw), id(spec.parse))
+    if cache is None or not isinstance(raw, (list, dict)):
+        cache = {}  # parse this value afresh
+    if key not in cache:
+        try:
+            cache[key] = spec.parse(raw)
+        except (ValueError, TypeError) as exc:
+            cache[key] = exc
+    outcome = cache[key]
+    if isinstance(outcome, (ValueError, TypeError)):
+        raise ClaimSpecError(f"{name}: {outcome}", line=line, key=name,
+                             hint=f"expected {spec.expected}")
+    return outcome
 
 
 # ---------------------------------------------------------------------------
 # One claim
 
 
-def _claim_or_error(node: Node, ctx: _Context) -> ClaimSpec | ClaimSpecError:
-    """The claim at ``node`` as a spec, or the first error found in it."""
+@dataclass(slots=True)
+class _Problems:
+    """Every error found in one claim, so that one run reports them all.
+
+    Errors about the id and kind come first, then those of keys in line order, then
+    missing keys.
+    """
+
+    path: str
+    claim_line: int
+    found: list[tuple[int, int, ClaimSpecError]] = field(default_factory=list)
+
+    def add(self, error: ClaimSpecError, rank: int = 1) -> None:
+        line = error.line if error.line is not None else self.claim_line
+        self.found.append((rank, line, error))
+
+    def attempt(self, rank: int, check: Callable[..., _T], *args: Any) -> _T | None:
+        """``check(*args)``, or None after recording the ClaimSpecError it raised."""
+        try:
+            return check(*args)
+        except ClaimSpecError as exc:
+            self.add(exc, rank)
+            return None
+
+    def raise_any(self) -> None:
+        """Raise the one error found, or one error that lists all of them."""
+        if not self.found:
+            return
+        errors = [error for _, _, error in sorted(self.found, key=lambda f: f[:2])]
+        if len(errors) == 1:
+            raise errors[0]
+        raise _combined(errors, self.path, self.claim_line)
+
+
+def _combined(errors: list[ClaimSpecError], path: str, claim_line: int) -> ClaimSpecError:
+    """One error listing ``errors``, each at its line, located at the first of them."""
+    lines = [f"{len(errors)} problems in this claim:"]
+    for error in errors[:_MAX_LISTED]:
+        where = f"{path}:{error.line if error.line is not None else claim_line}"
+        if error.key is not None:
+            where += f": key '{error.key}'"
+        lines.append(f"  {where}: {error.message}")
+        if error.hint:
+            lines.append(f"    fix: {error.hint}")
+    if len(errors) > _MAX_LISTED:
+        lines.append(f"  ... and {len(errors) - _MAX_LISTED} more")
+    first = errors[0]
+    return ClaimSpecError("\n".join(lines), line=first.line, key=first.key,
+                          hint="fix each problem listed above")
+
+
+def _claim_or_error(node: Node, index: int, ctx: _Context) -> ClaimSpec | ClaimSpecError:
+    """The claim at ``node`` as a spec, or the error that lists its problems, labelled
+    with the claim's id or, without a usable one, ``claim[<index>]``."""
     try:
         return _parse_claim(node, ctx)
     except ClaimSpecError as exc:
-        return exc.located(path=ctx.path, line=_line(node), claim_id=_guess_id(node))
+        return exc.located(path=ctx.path, line=line_of(node),
+                           claim_id=_guess_id(node) or f"claim[{index}]")
 
 
 def _guess_id(node: Node) -> str | None:
-    """The claim's id as written, if it is a plain string: used to label errors."""
+    """The claim's id as written, if it is a plain string that may be an id: used to
+    label errors (an id with reserved characters would look like a made-up name)."""
     if not isinstance(node, MappingNode):
         return None
     for key_node, value_node in node.value:
         if (isinstance(key_node, ScalarNode) and key_node.value == "id"
-                and isinstance(value_node, ScalarNode) and value_node.tag == _STR_TAG
-                and value_node.value.strip()):
+                and isinstance(value_node, ScalarNode) and value_node.tag == STR_TAG
+                and value_node.value.strip() and not _reserved(value_node.value)):
             return value_node.value
     return None
 
 
+def _reserved(claim_id: str) -> list[str]:
+    return [char for char in _RESERVED_ID_CHARS if char in claim_id]
+
+
 def _parse_claim(node: Node, ctx: _Context) -> ClaimSpec:
-    if not isinstance(node, MappingNode) or node.tag != _MAP_TAG:
-        if node.tag not in (_MAP_TAG, _SEQ_TAG) and node.tag not in _SCALAR_TAGS:
-            raise _tag_error(node)
+    if not isinstance(node, MappingNode) or node.tag != MAP_TAG:
+        if node.tag not in (MAP_TAG, SEQ_TAG) and node.tag not in SCALAR_TAGS:
+            raise tag_error(node)
         raise ClaimSpecError(
             "each entry of claims: must be a mapping with id, kind and the kind's keys",
-            line=_line(node), hint="start each claim with `- id: <name>` and indent its keys")
-    own = _mapping_values(node, ctx.builder)
-    claim_id = _claim_id(own, ctx)
-    kind, accepted = _claim_kind(own, ctx.kinds)
-    for name, value in own.items():
-        _check_known(name, sorted(accepted), value.key_line, f"{kind} claims accept")
-    merged = _merge(own, ctx.header.defaults, accepted)
-    parsed = {name: _parse_value(name, accepted[name], value.raw, value.line)
-              for name, value in merged.items()}
-    _check_required(parsed, accepted)
-    return _spec(claim_id, kind, node, parsed, merged, accepted, ctx)
+            line=line_of(node), hint="start each claim with `- id: <name>` and indent its keys")
+    problems = _Problems(ctx.path, line_of(node))
+    failed: dict[str, ClaimSpecError] = {}
+    own = _mapping_values(node, ctx.builder, failed=failed)
+    for name in ("id", "kind"):
+        if name in failed:
+            problems.add(failed[name], 0)
+    claim_id = None if "id" in failed else problems.attempt(0, _claim_id, own, ctx)
+    found = None if "kind" in failed else problems.attempt(0, _claim_kind, own, ctx.kinds)
+    kind, accepted = found if found is not None else (None, dict(COMMON_KEYS))
+    problems.attempt(1, _check_prompt_source, own)
+    merged = _merge(own, ctx.header.defaults, accepted, ctx.builder)
+    parsed, suggested = _parse_keys(merged, failed, accepted, kind, problems, ctx)
+    if kind is not None:  # a key that an unknown key's "did you mean" names is not missing
+        present = merged.keys() | failed.keys() | suggested
+        problems.attempt(2, _check_required, present, accepted)
+    problems.raise_any()  # without a problem, the id and the kind are known
+    return _spec(cast(str, claim_id), cast(str, kind), node, parsed, merged, accepted, ctx)
+
+
+def _parse_keys(merged: dict[str, _Value], failed: dict[str, ClaimSpecError],
+                accepted: Mapping[str, KeySpec], kind: str | None, problems: _Problems,
+                ctx: _Context) -> tuple[dict[str, Any], set[str]]:
+    """The parsed value of each key but ``id`` and ``kind`` (checked already), and the
+    keys suggested for unknown ones.  An unknown key, a value that could not be built
+    (``failed``) or a bad value is a problem, one per key.  Without a known kind, only
+    the keys that every claim has can be checked."""
+    parsed: dict[str, Any] = {}
+    suggested: set[str] = set()
+    listing = sorted(accepted)
+    lines = {name: value.key_line for name, value in merged.items()}
+    lines.update({name: error.line or problems.claim_line for name, error in failed.items()})
+    for name, line in lines.items():
+        if name in ("id", "kind"):
+            continue
+        if name not in accepted and kind is not None:
+            suggested.update(closest(name, listing))
+            problems.attempt(1, _check_known, name, listing, line, f"{kind} claims accept")
+        elif name in failed:
+            problems.add(failed[name])
+        elif name in accepted:
+            value = merged[name]
+            try:
+                parsed[name] = _parse_value(name, accepted[name], value.raw, value.line,
+                                            ctx.parsed)
+            except ClaimSpecError as exc:
+                problems.add(exc)
+    return parsed, suggested
 
 
 def _claim_id(own: dict[str, _Value], ctx: _Context) -> str:
@@ -473,6 +435,15 @@ def _claim_id(own: dict[str, _Value], ctx: _Context) -> str:
                              hint=f"add `id:` to the claim: {spec.expected}")
     value = own["id"]
     claim_id = _parse_value("id", spec, value.raw, value.line)
+    reserved = _reserved(claim_id)
+    if reserved:
+        chars = " and ".join(f"'{char}'" for char in reserved)
+        plain = "".join("_" if char in _RESERVED_ID_CHARS else char for char in claim_id)
+        raise ClaimSpecError(
+            f"id '{claim_id}' contains {chars}: @, [ and ] are kept for the names "
+            "mechcheck makes up (<id>@line<N> for a repeated id, claim[<index>] for a "
+            "claim without one, <id>[<checkpoint>])", line=value.line, key="id",
+            hint=f"use letters, digits, '_', '-' and '.', e.g. '{plain}'")
     if claim_id in ctx.seen_ids:
         raise ClaimSpecError(
             f"duplicate id '{claim_id}': line {ctx.seen_ids[claim_id]} already uses it",
@@ -498,25 +469,33 @@ def _claim_kind(own: dict[str, _Value], kinds: Kinds) -> tuple[str, dict[str, Ke
     return kind, {**kinds[kind], **COMMON_KEYS}
 
 
-def _merge(own: dict[str, _Value], defaults: dict[str, _Value],
-           accepted: Mapping[str, KeySpec]) -> dict[str, _Value]:
-    """File-level defaults that this claim accepts, overridden by the claim's own keys.
-
-    ``data`` and ``task`` are one choice, the prompts: a claim that gives either one
-    inherits neither from the file. A claim that gives both is an error.
-    """
+def _check_prompt_source(own: dict[str, _Value]) -> None:
+    """``data`` and ``task`` are one choice, the prompts: a claim may not give both."""
     if "data" in own and "task" in own:
         raise ClaimSpecError("the claim has both data: and task:", line=own["task"].key_line,
                              key="task", hint="give one: a file of prompts (data:) or a "
                              "task generator (task:)")
+
+
+def _merge(own: dict[str, _Value], defaults: dict[str, _Value],
+           accepted: Mapping[str, KeySpec], builder: Builder) -> dict[str, _Value]:
+    """File-level defaults that this claim accepts, overridden by the claim's own keys.
+
+    A claim that gives ``data`` or ``task`` inherits neither from the file.  Each
+    inherited value counts against the file's size budget again.
+    """
     skip = _PROMPT_SOURCES if _PROMPT_SOURCES & own.keys() else frozenset()
     inherited = {name: value for name, value in defaults.items()
-                 if name in accepted and name not in _FILE_ONLY and name not in skip}
+                 if name in accepted and name not in _FILE_ONLY and name not in skip
+                 and name not in own}
+    for name, value in inherited.items():
+        builder.charge(value.size, value.key_line, name)
     return {**inherited, **own}
 
 
-def _check_required(parsed: dict[str, Any], accepted: Mapping[str, KeySpec]) -> None:
-    missing = [name for name, spec in accepted.items() if spec.required and name not in parsed]
+def _check_required(present: AbstractSet[str], accepted: Mapping[str, KeySpec]) -> None:
+    missing = [name for name, spec in accepted.items()
+               if spec.required and name not in present and name not in ("id", "kind")]
     if not missing:
         return
     first = accepted[missing[0]]
@@ -536,6 +515,6 @@ def _spec(claim_id: str, kind: str, node: Node, parsed: dict[str, Any],
               if name not in COMMON_KEYS and spec.default is not None}
     params.update({name: value for name, value in parsed.items() if name not in COMMON_KEYS})
     return ClaimSpec(
-        id=claim_id, kind=kind, path=ctx.path, line=_line(node), base_dir=ctx.base_dir,
+        id=claim_id, kind=kind, path=ctx.path, line=line_of(node), base_dir=ctx.base_dir,
         correction=ctx.header.correction, params=params,
         key_lines={name: value.key_line for name, value in merged.items()}, **common)

@@ -8,6 +8,7 @@ claim and key, with ``KeySpec.expected`` as the fix.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -25,9 +26,12 @@ __all__ = [
     "as_bool",
     "as_choice",
     "as_components",
+    "as_count",
     "as_int",
     "as_number",
+    "as_number_or_percent",
     "as_positions",
+    "as_seed",
     "as_str",
 ]
 
@@ -115,15 +119,65 @@ def as_str(value: Any) -> str:
 
 
 def as_number(value: Any) -> float:
+    """A finite number (``.nan``, ``.inf`` and ``-.inf`` are refused)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"got {value!r}")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ValueError(f"got {value!r}, which is too large for a number") from None
+    if not math.isfinite(number):
+        raise ValueError(f"got {_shown(number)}, which is not a finite number")
+    return number
+
+
+def as_number_or_percent(value: Any) -> float | str:
+    """A finite number, or a finite percentage written as text such as ``'40%'``
+    (kept as the text, stripped)."""
+    if not isinstance(value, str):
+        return as_number(value)
+    text = value.strip()
+    try:
+        number = float(text[:-1]) if text.endswith("%") else None
+    except ValueError:
+        number = None
+    if number is None:
+        raise ValueError(f"got {value!r}")
+    if not math.isfinite(number):
+        raise ValueError(f"got {value!r}, which is not a finite percentage")
+    return text
+
+
+def _shown(number: float) -> str:
+    """``number`` as YAML writes it when it is not finite (``.nan``, ``.inf``)."""
+    if math.isnan(number):
+        return ".nan"
+    if math.isinf(number):
+        return ".inf" if number > 0 else "-.inf"
+    return repr(number)
 
 
 def as_int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"got {value!r}")
     return value
+
+
+def as_seed(value: Any) -> int:
+    """A non-negative integer (numpy's generators refuse negative seeds)."""
+    seed = as_int(value)
+    if seed < 0:
+        raise ValueError(f"got {seed}; a seed must be 0 or more")
+    return seed
+
+
+def as_count(value: Any) -> int:
+    """A number of prompts: an integer of at least 2, the fewest any decision rule
+    (a t-test, a bootstrap) can work with."""
+    n = as_int(value)
+    if n < 2:
+        raise ValueError(f"got {n}; the decision rules need at least 2 prompts")
+    return n
 
 
 def as_bool(value: Any) -> bool:
@@ -167,14 +221,20 @@ def as_components(value: Any) -> tuple[str, ...]:
 
 
 def as_task(value: Any) -> dict[str, Any]:
-    """``{name: ..., n: ..., seed: ..., <task parameters>}``."""
-    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+    """``{name: ..., n: ..., seed: ..., <task parameters>}``: ``n`` at least 2, ``seed``
+    0 or more."""
+    if not isinstance(value, dict):
         raise ValueError(f"got {value!r}")
+    if not isinstance(value.get("name"), str) or not value["name"].strip():
+        raise ValueError(f"the task has no name, got {value!r}")
     for key in ("n", "seed"):
         if key in value and (isinstance(value[key], bool) or not isinstance(value[key], int)):
             raise ValueError(f"{key} must be an integer, got {value[key]!r}")
-    if value.get("n", 1) < 1:
-        raise ValueError(f"n must be at least 1, got {value['n']!r}")
+    if value.get("n", 2) < 2:
+        raise ValueError(f"n must be at least 2 (the decision rules need at least 2 "
+                         f"prompts), got {value['n']!r}")
+    if value.get("seed", 0) < 0:
+        raise ValueError(f"seed must be 0 or more, got {value['seed']!r}")
     return dict(value)
 
 
@@ -213,14 +273,19 @@ COMMON_KEYS: Mapping[str, KeySpec] = {
                 parse=as_str, required=True),
         KeySpec(name="data", expected="a .jsonl or .csv file next to the claim file",
                 parse=as_str),
-        KeySpec(name="task", expected="a task generator, e.g. {name: ioi, n: 200, seed: 0}",
-                parse=as_task),
+        KeySpec(name="task", parse=as_task,
+                expected="a task generator, e.g. {name: ioi, n: 200, seed: 0} (n at least "
+                "2, seed 0 or more)"),
         KeySpec(name="alpha", expected="a number between 0 and 0.5, e.g. 0.05",
                 parse=as_alpha, default=0.05),
-        KeySpec(name="seed", expected="an integer, e.g. 0", parse=as_int, default=0),
-        KeySpec(name="n", expected="a positive integer: use the first n rows", parse=as_int),
-        KeySpec(name="test", expected="one of t, wilcoxon, permutation, bootstrap",
-                parse=as_choice("t", "wilcoxon", "permutation", "bootstrap"), default="t"),
+        KeySpec(name="seed", expected="an integer of 0 or more, e.g. 0", parse=as_seed,
+                default=0),
+        KeySpec(name="n", parse=as_count,
+                expected="an integer of at least 2: use the first n rows"),
+        KeySpec(name="test", expected="one of robust (the default), t, wilcoxon, "
+                "permutation, bootstrap",
+                parse=as_choice("robust", "t", "wilcoxon", "permutation", "bootstrap"),
+                default="robust"),
         KeySpec(name="xfail", expected="a reason string: the claim is expected to fail",
                 parse=as_str),
         KeySpec(name="xfail_before", parse=as_str,
