@@ -1,4 +1,4 @@
-"""A readable report of a run: verdict heatmap, effects over checkpoints, onsets.
+"""A readable report of a run: claims, verdicts, effects, onsets, changes, messages.
 
 :func:`render` writes one of two formats, chosen by the file extension:
 
@@ -9,9 +9,14 @@
   folder next to the report and linked with relative paths, so the folder must be
   kept with the report.
 
+A run over checkpoints gets a verdict heatmap (claims x checkpoints), each claim's
+effect over the checkpoints and the onsets; a run without checkpoints gets a plot of
+each claim's effect, interval and threshold instead.  Both list every claim with its
+expected inequality, and the message of every claim that did not pass.  A claim that
+failed as expected shows as ``xfail``, one expected to fail that passed as ``xpass``.
+
 The same input gives the same bytes: nothing depends on the time or the machine,
-and PNG metadata is stripped.  Figures are drawn on matplotlib's Agg canvas
-directly, so rendering needs no display and does not change pyplot's backend.
+and PNG metadata is stripped.
 
 Example:
     >>> from mechcheck.report import read_report
@@ -22,36 +27,53 @@ from __future__ import annotations
 
 import base64
 import html
-import io
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 from mechcheck.errors import MechcheckError
-from mechcheck.results import ClaimResult
+from mechcheck.report_figures import (
+    CHANGE_COLOURS,
+    NO_CHECKPOINT,
+    VERDICT_COLOURS,
+    effects_grid,
+    forest,
+    heatmap,
+    shown_verdict,
+)
+from mechcheck.results import ClaimResult, format_p
 
-__all__ = ["VERDICT_COLOURS", "onsets", "render"]
+__all__ = ["CHANGE_COLOURS", "VERDICT_COLOURS", "check_output", "onsets", "render"]
 
-VERDICT_COLOURS: dict[str, str] = {
-    "pass": "#1a9850", "fail": "#d73027", "error": "#7b3294", "skip": "#bdbdbd",
-}
-MISSING_COLOUR = "#ffffff"
-NO_CHECKPOINT = "-"
-DPI = 100
 HTML_SUFFIXES = (".html", ".htm")
 RAW_HEADER = ("file", "id", "checkpoint", "verdict", "effect", "CI", "threshold",
               "p_adjusted", "n")
-CSS = """body { font-family: sans-serif; margin: 2em; color: #222; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
-th { background: #f3f3f3; }
-img { max-width: 100%; }
-.v-pass { background: #d9f0d3; } .v-fail { background: #f8d0cc; }
-.v-error { background: #e7d4e8; } .v-skip { background: #eeeeee; }"""
+CLAIM_HEADER = ("file", "id", "line", "kind", "expected", "components")
+FLAT_HEADER = ("file", "id", "line", "kind", "expected", "verdict", "effect", "CI",
+               "threshold", "p_adjusted", "n")
+CHANGE_ORDER = {"regression": 0, "drift": 1, "missing": 2, "fixed": 3, "new": 4}
+
+
+def _css() -> str:
+    light = {"pass": "#d9f0d3", "fail": "#f8d0cc", "error": "#e7d4e8", "skip": "#eeeeee",
+             "xfail": "#d6e9f5", "xpass": "#fbd3b5"}
+    change = {"regression": "#f8d0cc", "drift": "#fde3bd", "fixed": "#d9f0d3",
+              "missing": "#eeeeee", "new": "#d6e9f5"}
+    rules = [f".v-{k} {{ background: {v}; }}" for k, v in light.items()]
+    rules += [f".c-{k} {{ background: {v}; border-left: 4px solid {CHANGE_COLOURS[k]}; }}"
+              for k, v in change.items()]
+    return "\n".join([
+        "body { font-family: sans-serif; margin: 2em; color: #222; max-width: 90em; }",
+        "table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }",
+        "th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; "
+        "vertical-align: top; }",
+        "th { background: #f3f3f3; }", "img { max-width: 100%; }",
+        ".warn { background: #fde3bd; border-left: 4px solid #f1a340; padding: 0.5em 1em; }",
+        "details { margin: 0.4em 0; } summary { cursor: pointer; }",
+        "pre { background: #f7f7f7; padding: 0.6em; overflow-x: auto; }", *rules])
+
 
 ClaimKey = tuple[str, str]
 
@@ -65,6 +87,8 @@ class _Section:
     image: tuple[str, bytes] | None = None  # (file name, PNG bytes)
     header: tuple[str, ...] = ()
     rows: tuple[tuple[str, ...], ...] = ()
+    blocks: tuple[tuple[str, str], ...] = ()  # (title, preformatted text)
+    warning: str = ""
 
 
 # -- grouping ----------------------------------------------------------------------
@@ -116,121 +140,6 @@ def onsets(results: Sequence[ClaimResult]) -> dict[ClaimKey, tuple[str | None, s
     return found
 
 
-# -- figures -----------------------------------------------------------------------
-def _figure(width: float, height: float) -> Any:
-    """A matplotlib figure on the Agg canvas (no pyplot, no display)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), dpi=DPI)
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def _png(figure: Any) -> bytes:
-    """The figure as PNG bytes, without metadata that could vary between runs."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight",
-                   metadata={"Software": None})
-    return buffer.getvalue()
-
-
-def _label(key: ClaimKey) -> str:
-    """A claim's name for a figure, with ``$`` kept from starting mathtext."""
-    return _plain_text(f"{Path(key[0]).name}::{key[1]}")
-
-
-def _plain_text(text: str) -> str:
-    """Text that matplotlib draws as written, never as mathtext."""
-    return text.replace("$", r"\$")
-
-
-def _sparse_ticks(axis: Any, labels: Sequence[str], *, vertical: bool = False) -> None:
-    """Tick labels (already :func:`_plain_text`) on an axis, thinned to about 40."""
-    step = max(1, math.ceil(len(labels) / 40))
-    positions = list(range(0, len(labels), step))
-    shown = [labels[i] for i in positions]
-    if vertical:
-        axis.set_yticks(positions, shown)
-    else:
-        axis.set_xticks(positions, shown, rotation=60, ha="right")
-
-
-def _heatmap(results: Sequence[ClaimResult]) -> bytes:
-    """Claims x checkpoints, one coloured cell per verdict."""
-    from matplotlib.colors import ListedColormap
-    from matplotlib.patches import Patch
-
-    from mechcheck.report import matrix
-
-    table = matrix(list(results))
-    names = list(VERDICT_COLOURS)
-    codes = [[names.index(v) if v in names else len(names) for v in row]
-             for row in table.itertuples(index=False)]
-    cell = max(0.1, min(0.5, 16 / max(table.shape)))
-    figure = _figure(1 + cell * table.shape[1], 0.8 + cell * table.shape[0])
-    axes = figure.add_subplot()
-    colours = ListedColormap([*VERDICT_COLOURS.values(), MISSING_COLOUR])
-    axes.imshow(codes, cmap=colours, vmin=-0.5, vmax=len(names) + 0.5, aspect="auto")
-    _sparse_ticks(axes, [_plain_text(str(c)) for c in table.columns])
-    _sparse_ticks(axes, [_label(k) for k in table.index], vertical=True)
-    axes.set_xlabel("checkpoint")
-    axes.legend(handles=[Patch(color=c, label=v) for v, c in VERDICT_COLOURS.items()],
-                loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    return _png(figure)
-
-
-def _error_bars(cells: Sequence[ClaimResult]) -> tuple[list[float], list[float]]:
-    """Distances from each effect down to ci_low and up to ci_high (0 when unbounded)."""
-    def gap(low: float | None, high: float | None) -> float:
-        if low is None or high is None or not math.isfinite(high - low):
-            return 0.0
-        return max(0.0, high - low)
-
-    below = [gap(r.ci_low, r.effect) for r in cells]
-    above = [gap(r.effect, r.ci_high) for r in cells]
-    return below, above
-
-
-def _effect_panel(axes: Any, key: ClaimKey, cells: dict[str, ClaimResult],
-                  checkpoints: Sequence[str]) -> None:
-    """One claim's effect with its interval at each checkpoint, and its threshold."""
-    ordered = [cells[c] for c in checkpoints if c in cells]
-    measured = [r for r in ordered if r.effect is not None and math.isfinite(r.effect)]
-    xs = [checkpoints.index(_checkpoint(r)) for r in measured]
-    below, above = _error_bars(measured)
-    axes.errorbar(xs, [r.effect for r in measured], yerr=[below, above], fmt="none",
-                  ecolor="#555555", capsize=3, zorder=1)
-    axes.scatter(xs, [r.effect for r in measured], zorder=2, s=18,
-                 c=[VERDICT_COLOURS.get(r.verdict, "#000000") for r in measured])
-    threshold = next((r.threshold for r in ordered if r.threshold is not None), None)
-    if threshold is not None and math.isfinite(threshold):
-        axes.axhline(threshold, color="#d73027", linestyle="--", linewidth=1)
-        if ordered[0].kind == "negligible":
-            axes.axhline(-threshold, color="#d73027", linestyle="--", linewidth=1)
-    if not measured:
-        axes.text(0.5, 0.5, "no effect measured", ha="center", va="center",
-                  transform=axes.transAxes, color="#777777")
-    axes.set_title(_plain_text(f"{key[1]}\n{Path(key[0]).name}"), fontsize=8)
-    axes.set_xlim(-0.5, len(checkpoints) - 0.5)
-    _sparse_ticks(axes, [_plain_text(c) for c in checkpoints])
-    axes.tick_params(labelsize=7)
-
-
-def _effects(results: Sequence[ClaimResult]) -> bytes:
-    """A grid of small plots, one per claim, of the effect over checkpoints."""
-    claims = _by_claim(results)
-    checkpoints = _checkpoints(results)
-    columns = min(3, len(claims))
-    rows = math.ceil(len(claims) / columns)
-    width = max(3.2, min(8.0, 0.25 * len(checkpoints)))
-    figure = _figure(width * columns, 2.6 * rows)
-    for i, (key, cells) in enumerate(claims.items()):
-        _effect_panel(figure.add_subplot(rows, columns, i + 1), key, cells, checkpoints)
-    figure.tight_layout()
-    return _png(figure)
-
-
 # -- sections ----------------------------------------------------------------------
 def _num(value: float | int | None) -> str:
     """A number to four significant digits; ``-`` when missing."""
@@ -241,21 +150,40 @@ def _num(value: float | int | None) -> str:
     return str(value)
 
 
+def _p(value: float | None) -> str:
+    return "-" if value is None else format_p(value).replace("n/a", "-")
+
+
+def _ci(r: ClaimResult) -> str:
+    if r.ci_low is None and r.ci_high is None:
+        return "-"
+    return f"[{_num(r.ci_low)}, {_num(r.ci_high)}]"
+
+
 def _raw_row(r: ClaimResult) -> tuple[str, ...]:
     """One row of the results table, in the order of ``RAW_HEADER``."""
-    ci = "-" if r.ci_low is None and r.ci_high is None else \
-        f"[{_num(r.ci_low)}, {_num(r.ci_high)}]"
-    return (r.file, r.id, _checkpoint(r), r.verdict, _num(r.effect), ci,
-            _num(r.threshold), _num(r.p_adjusted), _num(r.n))
+    return (r.file, r.id, _checkpoint(r), shown_verdict(r), _num(r.effect), _ci(r),
+            _num(r.threshold), _p(r.p_adjusted), _num(r.n))
+
+
+def _flat_row(r: ClaimResult) -> tuple[str, ...]:
+    """One row of the claims table of a run without checkpoints (``FLAT_HEADER``)."""
+    return (r.file, r.id, _num(r.line), r.kind or "-", r.expected or "-", shown_verdict(r),
+            _num(r.effect), _ci(r), _num(r.threshold), _p(r.p_adjusted), _num(r.n))
 
 
 def _summary(results: Sequence[ClaimResult]) -> str:
     """One sentence: how many results, claims and checkpoints, and each verdict's count."""
-    counts = {v: sum(r.verdict == v for r in results) for v in dict.fromkeys(
-        [*VERDICT_COLOURS, *(r.verdict for r in results)])}
+    shown = [shown_verdict(r) for r in results]
+    counts = {v: shown.count(v) for v in dict.fromkeys([*VERDICT_COLOURS, *shown])}
     parts = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
-    return (f"{len(results)} result(s) of {len(_by_claim(results))} claim(s) over "
-            f"{len(_checkpoints(results))} checkpoint(s)" + (f": {parts}." if parts else "."))
+    if not any(r.checkpoint is not None for r in results):
+        head = f"{len(results)} result(s) of {len(_by_claim(results))} claim(s), without " \
+            "checkpoints"
+    else:
+        head = (f"{len(results)} result(s) of {len(_by_claim(results))} claim(s) over "
+                f"{len(_checkpoints(results))} checkpoint(s)")
+    return head + (f": {parts}." if parts else ".")
 
 
 def _baseline_section(results: Sequence[ClaimResult], baseline: Sequence[ClaimResult],
@@ -263,9 +191,8 @@ def _baseline_section(results: Sequence[ClaimResult], baseline: Sequence[ClaimRe
     """Regressions and drift first, then the other changes from the baseline."""
     from mechcheck.baseline import compare
 
-    order = {"regression": 0, "drift": 1, "missing": 2, "fixed": 3, "new": 4}
     changes = sorted(compare(baseline, results, max_drift=max_drift),
-                     key=lambda c: order.get(c.kind, 5))
+                     key=lambda c: CHANGE_ORDER.get(c.kind, 5))
     bad = sum(c.kind in ("regression", "drift") for c in changes)
     rows = tuple((c.kind, c.file, c.id, c.checkpoint or NO_CHECKPOINT,
                   f"{c.old_verdict or '-'} -> {c.new_verdict or '-'}",
@@ -273,55 +200,110 @@ def _baseline_section(results: Sequence[ClaimResult], baseline: Sequence[ClaimRe
     return _Section(title="Changes from the baseline",
                     text=f"{bad} regression(s) or drift, {len(changes) - bad} other "
                          "change(s).",
-                    header=("change", "file", "id", "checkpoint", "verdict", "effect"),
+                    header=("change", "file", "id", "checkpoint", "verdicts", "effect"),
                     rows=rows)
 
 
+def _messages(results: Sequence[ClaimResult]) -> _Section:
+    """The failure or error text of every claim that did not pass."""
+    blocks = []
+    for r in results:
+        if r.verdict == "pass" and shown_verdict(r) == "pass":
+            continue
+        where = f"{r.file}::{r.id}" + (f" [{r.checkpoint}]" if r.checkpoint else "")
+        text = r.message or "(no message)"
+        if r.xfail:
+            text = f"expected to fail (xfail): {r.xfail}\n\n{text}"
+        blocks.append((f"{where}: {shown_verdict(r)}", text))
+    return _Section(title="Messages", text="" if blocks else "Every claim passed.",
+                    blocks=tuple(blocks))
+
+
+def _claims_section(results: Sequence[ClaimResult]) -> _Section:
+    """One row per claim: where it is and what it expects."""
+    first = [cells[next(iter(cells))] for cells in _by_claim(results).values()]
+    return _Section(title="Claims", text="Each claim and the inequality it expects.",
+                    header=CLAIM_HEADER,
+                    rows=tuple((r.file, r.id, _num(r.line), r.kind or "-",
+                                r.expected or "-", " ".join(r.components) or "-")
+                               for r in first))
+
+
+def _checkpoint_sections(results: Sequence[ClaimResult]) -> list[_Section]:
+    claims = _by_claim(results)
+    return [
+        _Section(title="Verdicts", text="Claims x checkpoints, claims in file order.",
+                 image=("verdicts.png", heatmap(results))),
+        _Section(title="Effects", text="Effect with its interval at each checkpoint; "
+                 "the dashed line is the threshold.",
+                 image=("effects.png", effects_grid(claims, _checkpoints(results)))),
+        _Section(title="Onsets", text="The first checkpoint at which each claim "
+                 "holds, and the first later one at which it fails.",
+                 header=("file", "id", "onset", "lost at"),
+                 rows=tuple((f, i, a or "-", b or "-")
+                            for (f, i), (a, b) in onsets(results).items())),
+        _claims_section(results),
+    ]
+
+
 def _sections(results: Sequence[ClaimResult], baseline: Sequence[ClaimResult] | None,
-              max_drift: float | None) -> list[_Section]:
+              max_drift: float | None, incomplete: str | None) -> list[_Section]:
     """Every part of the report, in order."""
-    sections = [_Section(title="Summary", text=_summary(results))]
-    if results:
+    warning = "" if incomplete is None else (
+        f"Incomplete run ({incomplete}): only the claims measured before it stopped "
+        "are shown.")
+    sections = [_Section(title="Summary", text=_summary(results), warning=warning)]
+    sweep = any(r.checkpoint is not None for r in results)
+    if results and sweep:
+        sections += _checkpoint_sections(results)
+    elif results:
         sections += [
-            _Section(title="Verdicts", text="Claims x checkpoints.",
-                     image=("verdicts.png", _heatmap(results))),
-            _Section(title="Effects", text="Effect with its interval at each checkpoint; "
-                     "the dashed line is the threshold.",
-                     image=("effects.png", _effects(results))),
-            _Section(title="Onsets", text="The first checkpoint at which each claim "
-                     "holds, and the first later one at which it fails.",
-                     header=("file", "id", "onset", "lost at"),
-                     rows=tuple((f, i, a or "-", b or "-")
-                                for (f, i), (a, b) in onsets(results).items())),
+            _Section(title="Claims", text="Each claim, the inequality it expects and "
+                     "its verdict.", header=FLAT_HEADER,
+                     rows=tuple(_flat_row(r) for r in results)),
+            _Section(title="Effects", text="Each claim's effect (dot, coloured by "
+                     "verdict) and interval, on its own scale; dashed: the threshold.",
+                     image=("effects.png", forest(results))),
         ]
     if baseline is not None:
         sections.append(_baseline_section(results, baseline, max_drift))
-    sections.append(_Section(title="Results", header=RAW_HEADER,
-                             rows=tuple(_raw_row(r) for r in results)))
+    if sweep or not results:
+        sections.append(_Section(title="Results", header=RAW_HEADER,
+                                 rows=tuple(_raw_row(r) for r in results)))
+    if results:
+        sections.append(_messages(results))
     return sections
 
 
 # -- output formats ----------------------------------------------------------------
+def _cell_class(column: str, value: str) -> str:
+    if column == "verdict" and value in VERDICT_COLOURS:
+        return f' class="v-{value}"'
+    if column == "change" and value in CHANGE_COLOURS:
+        return f' class="c-{value}"'
+    return ""
+
+
 def _html_table(section: _Section) -> list[str]:
-    """A section's table as HTML lines; verdict cells are coloured by CSS class."""
-    verdict = section.header.index("verdict") if "verdict" in section.header else -1
+    """A section's table as HTML lines; verdicts and changes are coloured by CSS class."""
     lines = ["<table>", "<tr>" + "".join(f"<th>{html.escape(h)}</th>"
                                          for h in section.header) + "</tr>"]
     for row in section.rows:
-        cells = [f'<td class="v-{html.escape(cell)}">' if i == verdict else "<td>"
-                 for i, cell in enumerate(row)]
-        lines.append("<tr>" + "".join(f"{c}{html.escape(v)}</td>"
-                                      for c, v in zip(cells, row, strict=True)) + "</tr>")
+        cells = (f"<td{_cell_class(h, v)}>{html.escape(v)}</td>"
+                 for h, v in zip(section.header, row, strict=True))
+        lines.append("<tr>" + "".join(cells) + "</tr>")
     return lines + ["</table>"]
 
 
 def _to_html(title: str, sections: Sequence[_Section]) -> str:
     """One self-contained HTML page: inline CSS, images as data URIs, no scripts."""
     lines = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
-             f"<title>{html.escape(title)}</title>", f"<style>{CSS}</style>", "</head>",
+             f"<title>{html.escape(title)}</title>", f"<style>{_css()}</style>", "</head>",
              "<body>", f"<h1>{html.escape(title)}</h1>"]
     for section in sections:
         lines.append(f"<h2>{html.escape(section.title)}</h2>")
+        if section.warning:
+            lines.append(f'<p class="warn">{html.escape(section.warning)}</p>')
         if section.text:
             lines.append(f"<p>{html.escape(section.text)}</p>")
         if section.image is not None:
@@ -330,6 +312,9 @@ def _to_html(title: str, sections: Sequence[_Section]) -> str:
                          f'alt="{html.escape(section.title)}">')
         if section.header:
             lines += _html_table(section)
+        for name, text in section.blocks:
+            lines.append(f"<details><summary>{html.escape(name)}</summary>"
+                         f"<pre>{html.escape(text)}</pre></details>")
     return "\n".join(lines + ["</body>", "</html>"]) + "\n"
 
 
@@ -344,6 +329,8 @@ def _to_markdown(title: str, sections: Sequence[_Section], folder: Path,
     lines = [f"# {_md(title)}", ""]
     for section in sections:
         lines += [f"## {_md(section.title)}", ""]
+        if section.warning:
+            lines += [f"> **{_md(section.warning)}**", ""]
         if section.text:
             lines += [_md(section.text), ""]
         if section.image is not None:
@@ -356,12 +343,32 @@ def _to_markdown(title: str, sections: Sequence[_Section], folder: Path,
             lines.append("|" + "---|" * len(section.header))
             lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in section.rows]
             lines.append("")
+        for name, text in section.blocks:
+            fence = "~~~~" if "```" in text else "```"
+            lines += [f"### {_md(name)}", "", f"{fence}text", html.escape(text), fence, ""]
     return "\n".join(lines)
+
+
+def check_output(path: str | os.PathLike[str]) -> Path:
+    """``path`` if it names a format :func:`render` writes, in a folder that can be
+    written (created if missing).
+
+    Raises:
+        MechcheckError: another extension, or a folder that cannot be written.
+    """
+    from mechcheck.report import check_writable
+
+    path = Path(path)
+    if path.suffix.lower() not in (*HTML_SUFFIXES, ".md"):
+        raise MechcheckError(f"unknown report format '{path.suffix}'", key="-o",
+                             hint="name the report *.html or *.md")
+    return check_writable(path, key="-o")
 
 
 def render(results: Sequence[ClaimResult], path: str | os.PathLike[str], *,
            baseline: Sequence[ClaimResult] | None = None,
-           title: str = "mechcheck report", max_drift: float | None = None) -> Path:
+           title: str = "mechcheck report", max_drift: float | None = None,
+           incomplete: str | None = None) -> Path:
     """Write a report of ``results`` as ``.html`` or ``.md``.
 
     Args:
@@ -375,6 +382,8 @@ def render(results: Sequence[ClaimResult], path: str | os.PathLike[str], *,
         title: the page title.
         max_drift: with ``baseline``, also list as drift a claim that passed there and
             whose effect moved by more than this (as ``mechcheck compare --max-drift``).
+        incomplete: why the run stopped early, for a report with ``"complete": false``;
+            the page then says so at the top.
 
     Returns:
         ``path``, as a :class:`~pathlib.Path`.
@@ -382,14 +391,10 @@ def render(results: Sequence[ClaimResult], path: str | os.PathLike[str], *,
     Raises:
         MechcheckError: the extension is neither HTML nor Markdown.
     """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in (*HTML_SUFFIXES, ".md"):
-        raise MechcheckError(f"unknown report format '{path.suffix}'", key="-o",
-                             hint="name the report *.html or *.md")
+    path = check_output(path)
     sections = _sections(list(results), None if baseline is None else list(baseline),
-                         max_drift)
-    if suffix in HTML_SUFFIXES:
+                         max_drift, incomplete)
+    if path.suffix.lower() in HTML_SUFFIXES:
         text = _to_html(title, sections)
     else:
         folder = path.with_name(f"{path.stem}_files")

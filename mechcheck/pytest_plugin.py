@@ -3,13 +3,20 @@
 pytest imports this module on every run, so it imports nothing heavy: torch and
 transformers load only when a claim file is collected or the ``mechcheck`` fixture
 is used.  Plugin state lives on a :class:`MechcheckPlugin` object kept in
-``config.stash``; results travel from xdist workers in ``report.user_properties``.
+``config.stash``; results travel from xdist workers in the call report's
+``user_properties``, and each claim's main numbers are plain named test properties
+(as ``record_property`` makes them), which ``--junitxml`` writes.
+
+Options are checked in ``pytest_configure``, before anything is collected: a mistake is
+one usage error, not one failure per claim.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import os
+from collections.abc import Iterator
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -33,10 +40,17 @@ CHECKPOINTS_OPTION = "--mechcheck-checkpoints"
 BASELINE_OPTION = "--mechcheck-baseline"
 DRIFT_OPTION = "--mechcheck-max-drift"
 REMOTE_CODE_OPTION = "--mechcheck-trust-remote-code"
+TABLE_OPTION = "--mechcheck-table"
+PROMPTS_OPTION = "--mechcheck-report-prompts"
+INCOMPLETE_OPTION = "--mechcheck-allow-incomplete"
 FILES_INI = "mechcheck_files"
 PLUGINS_INI = "mechcheck_plugins"
 RESULT_PROPERTY = "mechcheck_result"
 RANK_PROPERTY = "mechcheck_checkpoint_rank"
+MISSING_PROPERTY = "mechcheck_no_result"
+# The values each claim's testcase gets as JUnit XML properties, in this order.
+JUNIT_FIELDS = ("verdict", "effect", "ci_low", "ci_high", "threshold", "p_value",
+                "p_adjusted", "n")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -63,6 +77,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="allow loading pickle (.bin) checkpoints, which can run code")
     group.addoption(REMOTE_CODE_OPTION, action="store_true",
                     help="pass trust_remote_code=True to transformers")
+    group.addoption(TABLE_OPTION, choices=("all", "failed", "none"), default="all",
+                    help="the mechcheck claims table in the terminal summary: every claim "
+                    "(all, the default), only those that make the run fail, or none")
+    group.addoption(PROMPTS_OPTION, metavar="PATH", default=None,
+                    help="write each claim's per-prompt values to PATH (.csv, or .parquet "
+                    "with pyarrow)")
+    group.addoption(INCOMPLETE_OPTION, action="store_true",
+                    help="accept a --mechcheck-baseline report of a run that stopped early "
+                    '("complete": false)')
     parser.addini(FILES_INI, default="test_*.yaml",
                   help="glob(s) of claim files to collect, space separated (default test_*.yaml)")
     parser.addini(PLUGINS_INI, type="linelist", default=[],
@@ -82,6 +105,10 @@ class MechcheckPlugin:
         self._ranks: dict[tuple[str, str | None], int] = {}
         self._baseline: dict[Any, ClaimResult] | None = None
         self.report_error: str | None = None
+        self.report_note: str | None = None
+        self.finished = 0  # tests whose teardown was reported
+        self.no_result: list[str] = []  # claim items that ended without a result
+        self._wrote_progress = False
 
     @property
     def baseline(self) -> dict[Any, ClaimResult]:
@@ -91,7 +118,9 @@ class MechcheckPlugin:
             from mechcheck.report import read_report
 
             path = self.config.getoption(BASELINE_OPTION)
-            self._baseline = index(read_report(path)) if path else {}
+            allow = bool(self.config.getoption(INCOMPLETE_OPTION))
+            self._baseline = index(read_report(path, allow_incomplete=allow,
+                                               allow_option=INCOMPLETE_OPTION)) if path else {}
         return self._baseline
 
     @property
@@ -108,33 +137,74 @@ class MechcheckPlugin:
                 device=opt(DEVICE_OPTION), dtype=opt(DTYPE_OPTION),
                 batch_size=opt(BATCH_OPTION), n_resamples=opt(RESAMPLES_OPTION),
                 allow_pickle=opt(PICKLE_OPTION), trust_remote_code=opt(REMOTE_CODE_OPTION),
+                progress=self._progress_writer(),
             )
         return self._session
 
+    def _progress_writer(self) -> Any:
+        """Writes the session's progress lines on the terminal (none under ``-q`` and
+        on xdist workers, whose output pytest does not show)."""
+        terminal = self.config.pluginmanager.get_plugin("terminalreporter")
+        if terminal is None or self.config.get_verbosity() < 0 or \
+                hasattr(self.config, "workerinput"):
+            return None
+
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
+
+        def write(line: str) -> None:
+            # the lines come while a test runs: out of capture, as pytest's live logs
+            with capture.global_and_fixture_disabled() if capture else nullcontext():
+                terminal.write_line(f"mechcheck: {line}", cyan=True)
+            self._wrote_progress = True
+
+        return write
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> Iterator[None]:
+        return (yield from self._restoring_prefix(item))
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Iterator[None]:
+        return (yield from self._restoring_prefix(item))
+
+    def _restoring_prefix(self, item: pytest.Item) -> Iterator[None]:
+        """After progress lines, start the file's line of dots again (``-v`` and xdist
+        write a line per test anyway)."""
+        self._wrote_progress = False
+        try:
+            return (yield)
+        finally:
+            terminal = self.config.pluginmanager.get_plugin("terminalreporter")
+            if self._wrote_progress and terminal is not None and \
+                    self.config.get_verbosity() == 0:
+                fspath = self.config.rootpath / item.nodeid.split("::")[0]
+                terminal.ensure_newline()
+                terminal.currentfspath = fspath
+                terminal.write(os.path.relpath(fspath, self.config.invocation_params.dir)
+                               + " ")
+            self._wrote_progress = False
+
     def checkpoints(self, parsed: Any) -> tuple[str | None, ...]:
         """The checkpoints a file runs on: the option's, else the file's, else none."""
-        option = self.config.getoption(CHECKPOINTS_OPTION)
-        if option:
-            return tuple(c.strip() for c in option.split(",") if c.strip())
-        return tuple(parsed.checkpoints) or (None,)
+        from mechcheck.options import parse_checkpoints
+
+        option = parse_checkpoints(self.config.getoption(CHECKPOINTS_OPTION),
+                                   option=CHECKPOINTS_OPTION)
+        return option or tuple(parsed.checkpoints) or (None,)
 
     def result_for(self, item: ClaimItem) -> ClaimResult:
         """The item's result; the first item of a file (and checkpoint) evaluates them all."""
+        from mechcheck.collect import item_names
         from mechcheck.evaluate import evaluate_file
-        from mechcheck.spec.loader import claim_name
 
         key = (str(item.path), item.checkpoint)
         if key not in self._file_results:
             parsed = self.parsed[key[0]]
             results = evaluate_file(parsed, self.session, checkpoint=item.checkpoint)
-            names = ["<file>"] if parsed.error is not None else [
-                claim_name(c, i) for i, c in enumerate(parsed.claims)]
+            names = ["<file>"] if parsed.error is not None else item_names(parsed.claims)
             suffix = "" if item.checkpoint is None else f"[{item.checkpoint}]"
-            table: dict[str, ClaimResult] = {}
-            for name, result in zip(names, results):
-                table.setdefault(name + suffix, result)
-                table.setdefault(f"{name}@line{result.line}{suffix}", result)
-            self._file_results[key] = table
+            self._file_results[key] = {name + suffix: result
+                                       for name, result in zip(names, results)}
         result = self._file_results[key][item.name]
         if self.baseline:
             from mechcheck.baseline import apply_baseline
@@ -150,29 +220,76 @@ class MechcheckPlugin:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         from mechcheck.results import ClaimResult
 
+        if report.when == "teardown":
+            self.finished += 1
+            self.no_result += [str(v) for k, v in report.user_properties
+                               if k == MISSING_PROPERTY]
         if report.when != "call":
             return
         rank = dict(report.user_properties).get(RANK_PROPERTY)
-        for name, value in report.user_properties:
-            if name == RESULT_PROPERTY:
-                result = ClaimResult.from_record(cast(dict[str, Any], value))
-                self.record(result)
-                if rank is not None:
-                    self._ranks[(result.file, result.checkpoint)] = cast(int, rank)
+        results = [ClaimResult.from_record(cast(dict[str, Any], value))
+                   for name, value in report.user_properties if name == RESULT_PROPERTY]
+        for result in results:
+            self.record(result)
+            if rank is not None:
+                self._ranks[(result.file, result.checkpoint)] = cast(int, rank)
 
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if hasattr(self.config, "workerinput") or self.config.option.collectonly:
+            return
         path = self.config.getoption(REPORT_OPTION)
-        if path and not hasattr(self.config, "workerinput"):
-            from mechcheck.errors import MechcheckError
-            from mechcheck.report import write_report
+        prompts = self.config.getoption(PROMPTS_OPTION)
+        if not path and not prompts:
+            return
+        from mechcheck.errors import MechcheckError
 
-            meta = {"regressions": [c.describe() for c in self.changes()
-                                    if c.kind in ("regression", "drift")]}
-            try:
-                write_report(self.ordered(), Path(path), meta=meta if self.baseline else None)
-            except (MechcheckError, OSError) as exc:
-                self.report_error = str(exc)
-                session.exitstatus = pytest.ExitCode.USAGE_ERROR
+        stopped = self.incomplete(session, exitstatus)
+        try:
+            if path:
+                self._write_report(Path(path), stopped)
+            if prompts:
+                from mechcheck.prompt_values import write_prompt_values
+
+                written = write_prompt_values(self.ordered(), prompts, key=PROMPTS_OPTION,
+                                              complete=stopped is None)
+                self.report_note = (self.report_note or "") + \
+                    f"\nper-prompt values written to {written}"
+        except (MechcheckError, OSError) as exc:
+            self.report_error = str(exc)
+            session.exitstatus = pytest.ExitCode.USAGE_ERROR
+
+    def _write_report(self, path: Path, stopped: str | None) -> None:
+        from mechcheck.report import write_report
+
+        if stopped is not None and not self.results and path.exists():
+            self.report_note = (f"report {os.fspath(path)} kept as it was: the run stopped "
+                                f"before any claim was measured ({stopped})")
+            return
+        meta = {"regressions": [c.describe() for c in self.changes()
+                                if c.kind in ("regression", "drift")]}
+        written = write_report(self.ordered(), path, meta=meta if self.baseline else None,
+                               complete=stopped is None, incomplete_reason=stopped)
+        self.report_note = f"report written to {os.fspath(written)}"
+        if stopped is not None:
+            self.report_note += (f" (incomplete: {stopped}; {len(self.results)} result(s)"
+                                 + (', "complete": false)' if written == path else ")"))
+
+    def incomplete(self, session: pytest.Session, exitstatus: int) -> str | None:
+        """Why the run did not measure everything it collected, or None if it did."""
+        reasons = []
+        if exitstatus == pytest.ExitCode.INTERRUPTED:
+            reasons.append("interrupted")
+        stop = session.shouldfail or session.shouldstop
+        if isinstance(stop, str):
+            reasons.append(stop)
+        if self.finished < session.testscollected:
+            reasons.append(f"{session.testscollected - self.finished} of "
+                           f"{session.testscollected} test(s) did not finish")
+        if self.no_result:
+            reasons.append(f"{len(self.no_result)} claim(s) ended without a result: "
+                           + ", ".join(self.no_result[:3])
+                           + (" ..." if len(self.no_result) > 3 else ""))
+        return "; ".join(reasons) or None
 
     def changes(self) -> list[Any]:
         """Differences from the baseline among the claims that ran."""
@@ -183,17 +300,15 @@ class MechcheckPlugin:
         return compare(old, self.ordered(), max_drift=self.config.getoption(DRIFT_OPTION))
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if self.report_error:
-            terminalreporter.write_line(f"mechcheck report NOT written: {self.report_error}",
-                                        red=True)
-        if not self.results:
-            return
         from mechcheck.report import summary_table
 
-        terminalreporter.section("mechcheck claims")
-        for line in summary_table(self.ordered()):
-            terminalreporter.write_line(line)
-        if self.baseline:
+        lines = summary_table(self.ordered(), show=self.config.getoption(TABLE_OPTION),
+                              timing=self.config.get_verbosity() > 0)
+        if lines:
+            terminalreporter.section("mechcheck claims")
+            for line in lines:
+                terminalreporter.write_line(line)
+        if self.results and self.baseline:
             from mechcheck.baseline import format_changes
 
             changes = self.changes()
@@ -203,9 +318,11 @@ class MechcheckPlugin:
                 f"regression(s), {len(changes) - len(bad)} other change(s)")
             for line in format_changes(changes):
                 terminalreporter.write_line(f"  {line}")
-        path = self.config.getoption(REPORT_OPTION)
-        if path and not self.report_error:
-            terminalreporter.write_line(f"report written to {os.fspath(path)}")
+        if self.report_error:
+            terminalreporter.write_line(f"mechcheck report NOT written: {self.report_error}",
+                                        red=True)
+        for line in (self.report_note or "").strip().splitlines():
+            terminalreporter.write_line(line)
 
     def ordered(self) -> list[ClaimResult]:
         """Results in file and line order, then checkpoints in their declared order
@@ -215,18 +332,60 @@ class MechcheckPlugin:
             r.checkpoint or "", r.id))
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    report = config.getoption(REPORT_OPTION)
-    if report:
-        from mechcheck.errors import MechcheckError
-        from mechcheck.report import check_report_path
+def _junit_properties(results: list[ClaimResult]) -> list[tuple[str, object]]:
+    """Each result's main numbers as named test properties, which ``--junitxml``
+    writes as ``<property>`` elements; a test with several claims gets ``claim``
+    before each one's."""
+    properties: list[tuple[str, object]] = []
+    for result in results:
+        if len(results) > 1:
+            properties.append(("claim", result.id))
+        properties += [(name, getattr(result, name)) for name in JUNIT_FIELDS
+                       if getattr(result, name) is not None]
+    return properties
 
+
+def _usage_error(exc: Any) -> pytest.UsageError:
+    return pytest.UsageError(f"{exc.message}; {exc.hint}" if exc.hint else exc.message)
+
+
+def _check_options(config: pytest.Config) -> None:
+    """Every mechcheck option, checked before collection: one usage error each."""
+    from mechcheck import options
+    from mechcheck.errors import MechcheckError
+    from mechcheck.report import check_report_path
+
+    opt = config.getoption
+    options.check_batch_size(opt(BATCH_OPTION), option=BATCH_OPTION)
+    options.check_n_resamples(opt(RESAMPLES_OPTION), option=RESAMPLES_OPTION)
+    options.check_dtype(opt(DTYPE_OPTION), option=DTYPE_OPTION)
+    options.check_device(opt(DEVICE_OPTION), option=DEVICE_OPTION)
+    options.parse_checkpoints(opt(CHECKPOINTS_OPTION), option=CHECKPOINTS_OPTION)
+    options.check_max_drift(opt(DRIFT_OPTION), option=DRIFT_OPTION,
+                            baseline=opt(BASELINE_OPTION), baseline_option=BASELINE_OPTION)
+    report = opt(REPORT_OPTION)
+    if report:
         try:
             check_report_path(report)
         except MechcheckError as exc:
-            raise pytest.UsageError(f"{REPORT_OPTION} {report}: {exc.message}; "
-                                    f"{exc.hint}") from None
+            raise MechcheckError(f"{REPORT_OPTION} {report}: {exc.message}",
+                                 key=REPORT_OPTION, hint=exc.hint) from None
+    if opt(PROMPTS_OPTION):
+        from mechcheck.prompt_values import check_prompts_path
+
+        check_prompts_path(opt(PROMPTS_OPTION), key=PROMPTS_OPTION)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from mechcheck.errors import MechcheckError
+
     plugin = MechcheckPlugin(config)
+    try:
+        _check_options(config)
+        if config.getoption(BASELINE_OPTION):
+            plugin.baseline  # noqa: B018 - read (and check) the baseline now
+    except MechcheckError as exc:
+        raise _usage_error(exc) from None
     config.stash[PLUGIN_KEY] = plugin
     config.pluginmanager.register(plugin, "mechcheck-session")
 
@@ -244,17 +403,33 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     outcome = yield
     report = outcome.get_result()
+    if call.when == "teardown" and isinstance(item, ClaimItem) and item.result is None:
+        report.user_properties.append((MISSING_PROPERTY, item.nodeid))
     if call.when != "call":
         return
-    results = [getattr(item, "result", None)]
+    prompts = bool(item.config.getoption(PROMPTS_OPTION))
+    results = [_with_xfail(item, getattr(item, "result", None))]
     checker = getattr(item, "mechcheck_checker", None)
     results += list(checker.results) if checker is not None else []
-    for result in results:
-        if result is not None:
-            report.user_properties.append((RESULT_PROPERTY, result.record()))
+    measured = [r for r in results if r is not None]
+    for result in measured:
+        # the whole record, for the main process: on this (call) report only
+        report.user_properties.append((RESULT_PROPERTY, result.record(per_prompt=prompts)))
+    # plain values on the item: the teardown report, which --junitxml reads, has them
+    item.user_properties += _junit_properties(measured)
     rank = _checkpoint_rank(item)
     if rank is not None:
         report.user_properties.append((RANK_PROPERTY, rank))
+
+
+def _with_xfail(item: pytest.Item, result: ClaimResult | None) -> ClaimResult | None:
+    """The result with the reason of the item's xfail mark (``xfail_before`` too)."""
+    marker = item.get_closest_marker("xfail")
+    if result is None or result.xfail or marker is None or not isinstance(item, ClaimItem):
+        return result
+    from dataclasses import replace
+
+    return replace(result, xfail=str(marker.kwargs.get("reason") or "xfail"))
 
 
 def _checkpoint_rank(item: pytest.Item) -> int | None:

@@ -11,13 +11,17 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["REPORT_FIELDS", "ClaimResult", "format_failure"]
+__all__ = ["CSV_FIELDS", "REPORT_FIELDS", "ClaimResult", "format_failure", "format_p"]
 
 REPORT_FIELDS = (
     "file", "id", "model", "checkpoint", "kind", "components", "intervention", "metric",
     "n", "effect", "ci_low", "ci_high", "threshold", "p_value", "p_adjusted", "verdict",
     "message", "seed", "duration_s",
 )
+# The CSV report's columns: REPORT_FIELDS, then columns appended later (never reordered).
+CSV_FIELDS = (*REPORT_FIELDS, "reason", "xfail", "line")
+# Smallest positive double is ~5e-324: a p-value of exactly 0.0 from a rule underflowed.
+P_FLOOR_TEXT = "< 1e-300"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -29,6 +33,15 @@ class ClaimResult:
     says why a claim failed (``not supported`` or ``refuted``) and is empty otherwise.
     ``ci_low``/``ci_high`` are one-sided (1 - alpha) bounds, together a (1 - 2 alpha)
     interval.
+
+    ``per_prompt`` holds the values behind the decision, one list per column, all of
+    the same length (one entry per prompt, in data order); it is None when they were
+    not kept.  Columns: ``row`` (the 0-based row of the data file or task), then the
+    kind's values (the metric on the runs computed: ``clean``, ``corrupt``,
+    ``patched``; ``difference``, patched minus the run patched into; ``score`` for
+    ``attends``), then the data's extra columns (``template`` ...).
+    It is left out of :meth:`record` (the JSON and CSV reports) unless asked for, and
+    written by ``--mechcheck-report-prompts``.
     """
 
     file: str
@@ -63,11 +76,19 @@ class ClaimResult:
     versions: dict[str, str] = field(default_factory=dict)
     baseline_verdict: str | None = None
     baseline_effect: float | None = None
+    per_prompt: dict[str, list[Any]] | None = None
 
-    def record(self) -> dict[str, Any]:
-        """A JSON-ready dict: report fields first, NaN/inf as None."""
+    def record(self, *, per_prompt: bool = False) -> dict[str, Any]:
+        """A JSON-ready dict: report fields first, NaN/inf as None.
+
+        Args:
+            per_prompt: also include ``per_prompt`` (left out by default: it has one
+                entry per prompt and claim).
+        """
         raw = asdict(self)
         raw["components"] = list(self.components)
+        if not per_prompt:
+            raw.pop("per_prompt")
         ordered = {k: raw.pop(k) for k in REPORT_FIELDS}
         ordered.update(raw)
         return {k: _plain(v) for k, v in ordered.items()}
@@ -83,7 +104,20 @@ class ClaimResult:
 def _plain(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
     return value
+
+
+def format_p(value: float | None, spec: str = ".4g") -> str:
+    """A p-value for people: ``n/a`` when missing, ``< 1e-300`` when it underflowed to 0."""
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    if value == 0.0:
+        return P_FLOOR_TEXT
+    return format(value, spec)
 
 
 def _num(value: float | None) -> str:
@@ -102,8 +136,8 @@ def format_failure(result: ClaimResult) -> str:
         f"  expected      {result.expected}",
         f"  observed      {_num(result.effect)}  ({level} CI {_num(result.ci_low)} to "
         f"{_num(result.ci_high)}, n={result.n}, {result.method}, seed {result.seed})",
-        f"  p             {_num(result.p_value)} (adjusted, {result.correction}: "
-        f"{_num(result.p_adjusted)}; alpha {result.alpha})",
+        f"  p             {format_p(result.p_value)} (adjusted, {result.correction}: "
+        f"{format_p(result.p_adjusted)}; alpha {result.alpha})",
         f"  fix           {_advice(result)}",
     ]
     return "\n".join(lines)
@@ -112,7 +146,7 @@ def format_failure(result: ClaimResult) -> str:
 def _advice(result: ClaimResult) -> str:
     alpha, raw, adjusted = result.alpha, result.p_value, result.p_adjusted
     if alpha is not None and raw is not None and adjusted is not None and raw <= alpha < adjusted:
-        return (f"significant alone (p={_num(raw)}) but not after the {result.correction} "
+        return (f"significant alone (p={format_p(raw)}) but not after the {result.correction} "
                 "correction across the claims of this file: more prompts (a larger n), or "
                 "fewer claims in the file")
     if result.reason == "refuted":

@@ -110,7 +110,8 @@ def test_results_without_checkpoints_and_empty_runs(tmp_path: Path) -> None:
                         ci_low=0.5, ci_high=1.5, threshold=0.2),
             ClaimResult(file="f.yaml", id="y", model="m", verdict="error")]
     text = render(bare, tmp_path / "bare.html").read_text()
-    assert '<td>x</td><td>-</td><td class="v-pass">pass</td>' in text
+    assert '<td>x</td><td>-</td><td>-</td><td>-</td><td class="v-pass">pass</td>' in text
+    assert "checkpoint" not in text.replace("without checkpoints", "")  # no heatmap, no column
     text = render([], tmp_path / "empty.md", baseline=[]).read_text()
     assert "0 result(s)" in text and not (tmp_path / "empty_files").exists()
     with pytest.raises(MechcheckError, match="unknown report format"):
@@ -127,3 +128,62 @@ def test_cli_writes_the_report(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main(["report", str(tmp_path / "new.json"), "-o", str(tmp_path / "r.md")]) == 0
     assert (tmp_path / "r_files" / "effects.png").exists()
     assert main(["report", str(tmp_path / "new.json"), "-o", str(tmp_path / "r.txt")]) == 2
+
+
+def test_changes_are_coloured_by_their_kind(tmp_path: Path) -> None:
+    old = _run("lost", "pppp") + _run("emerges", "ffff") + _run("steady", "pppp")
+    now = (_run("lost", "ppfp") + _run("emerges", "ffpp")
+           + [replace(r, effect=(r.effect or 0) + 1.0) for r in _run("steady", "pppp")])
+    text = render(now, tmp_path / "r.html", baseline=old, max_drift=0.5).read_text()
+    assert '<td class="c-regression">regression</td><td>claims/test_a.yaml</td><td>lost</td>' \
+        in text
+    assert '<td class="c-fixed">fixed</td>' in text and '<td class="c-drift">drift</td>' in text
+    css = text.split("<style>")[1].split("</style>")[0]
+    assert ".c-regression { background: #f8d0cc; border-left: 4px solid #d73027; }" in css
+    assert ".c-fixed { background: #d9f0d3; border-left: 4px solid #1a9850; }" in css
+    assert "pass -&gt; fail" in text and 'class="v-pass -&gt;' not in text
+
+
+def test_a_run_without_checkpoints_lists_claims_and_plots_effects(tmp_path: Path) -> None:
+    flat = [
+        ClaimResult(file="c/test_a.yaml", id="drop", model="m", kind="necessary", line=4,
+                    verdict="pass", effect=1.2, ci_low=0.9, ci_high=float("inf"),
+                    threshold=0.5, p_adjusted=0.0, n=30, expected="logprob drop > 0.5"),
+        ClaimResult(file="c/test_a.yaml", id="known_gap", model="m", kind="negligible",
+                    line=12, verdict="fail", reason="refuted", effect=0.8, ci_low=0.6,
+                    ci_high=1.0, threshold=0.3, n=30, expected="|logprob change| < 0.3",
+                    xfail="the MLP carries it too", message="c/test_a.yaml:12 claim "
+                    "'known_gap' failed: refuted\n  observed  0.8"),
+        ClaimResult(file="c/test_a.yaml", id="lucky", model="m", kind="attends", line=20,
+                    verdict="pass", effect=0.7, ci_low=0.6, ci_high=0.8, threshold=0.5,
+                    n=30, expected="first_token score > 0.5", xfail="thought it fails"),
+        ClaimResult(file="c/test_a.yaml", id="broken", model="m", line=25,
+                    verdict="error", message="c/test_a.yaml:25: claim 'broken', key "
+                    "'data': no data given"),
+    ]
+    text = render(flat, tmp_path / "flat.html").read_text()
+    assert text.count('<img src="data:image/png;base64,') == 1  # the effect plot only
+    assert "<h2>Verdicts</h2>" not in text and "<h2>Onsets</h2>" not in text
+    assert ("<td>c/test_a.yaml</td><td>drop</td><td>4</td><td>necessary</td>"
+            "<td>logprob drop &gt; 0.5</td><td class=\"v-pass\">pass</td>") in text
+    assert '<td>|logprob change| &lt; 0.3</td><td class="v-xfail">xfail</td>' in text
+    assert '<td class="v-xpass">xpass</td>' in text
+    assert "<td>&lt; 1e-300</td>" in text  # an underflowed p is not 0
+    assert "<summary>c/test_a.yaml::known_gap: xfail</summary>" in text
+    assert "expected to fail (xfail): the MLP carries it too" in text
+    assert "key &#x27;data&#x27;: no data given" in text
+    assert "1 pass, 1 error, 1 xfail, 1 xpass." in text
+    md = render(flat, tmp_path / "flat.md").read_text()
+    assert "### c/test_a.yaml::broken: error" in md and "![Effects](flat_files/effects.png)" in md
+
+
+def test_sweeps_show_xfail_cells_and_every_claims_expectation(tmp_path: Path) -> None:
+    runs = [replace(r, xfail="before step20" if r.checkpoint in ("step5", "step10") else None,
+                    expected="logprob drop > 0.5") for r in _run("emerges", "ffpp")]
+    text = render(runs + _run("other", "pppp", file="claims/test_b.yaml"),
+                  tmp_path / "s.html", incomplete="interrupted").read_text()
+    assert text.count('<img src="data:image/png;base64,') == 2
+    assert '<td>step5</td><td class="v-xfail">xfail</td>' in text
+    assert "<h2>Claims</h2>" in text and "<td>logprob drop &gt; 0.5</td>" in text
+    assert '<p class="warn">Incomplete run (interrupted): only the claims measured' in text
+    assert "<td>emerges</td><td>step20</td><td>-</td>" in text  # onset from real verdicts

@@ -80,8 +80,11 @@ def test_report_json_and_csv_have_the_public_fields(project: pytest.Pytester) ->
     import pandas as pd
 
     frame = pd.read_csv(project.path / "out.csv")
-    assert list(frame.columns) == fields
+    assert list(frame.columns) == [*fields, "reason", "xfail", "line"]
     assert frame["verdict"].tolist() == ["pass", "fail", "pass"]
+    assert frame["reason"].fillna("").tolist() == ["", "refuted", ""]
+    assert frame["line"].tolist() == [5, 10, 15]
+    assert frame["xfail"].isna().all()
 
 
 def test_report_path_mistakes_are_usage_errors(project: pytest.Pytester) -> None:

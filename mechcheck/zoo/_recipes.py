@@ -2,7 +2,8 @@
 
 A recipe module supplies its model, data and training loop; :func:`run_build` clears
 the output folder, trains with the recipe's thread count, and writes ``recipe.json``
-(the recipe, the loss history, the time taken and the torch version).
+(the recipe, the loss history, the time taken and the torch version).  Inside
+:func:`reporting`, a build reports each training step to a progress callback.
 """
 
 from __future__ import annotations
@@ -11,14 +12,52 @@ import json
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["checkpoint_steps", "gpt2_model", "run_build", "save_checkpoint"]
+__all__ = ["checkpoint_steps", "gpt2_model", "reporting", "run_build", "save_checkpoint"]
+
+Progress = Callable[[int, int], None]
+_PROGRESS: ContextVar[Progress | None] = ContextVar("mechcheck_zoo_progress", default=None)
+
+
+@contextmanager
+def reporting(progress: Progress) -> Iterator[None]:
+    """Within this block, builds call ``progress(step, total)`` after each training step.
+
+    Example::
+
+        with reporting(lambda step, total: print(f"{step}/{total}")):
+            zoo.build("induction-2l", "out")
+    """
+    token = _PROGRESS.set(progress)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
+def _step_counter(total: int) -> Any:
+    """A handle on an optimizer hook that reports each step to the current progress
+    callback; None outside :func:`reporting`."""
+    progress = _PROGRESS.get()
+    if progress is None:
+        return None
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    done = [0]
+
+    def count(optimizer: Any, args: Any, kwargs: Any) -> None:
+        done[0] += 1
+        progress(done[0], total)
+
+    return register_optimizer_step_post_hook(count)
 
 
 def gpt2_model(recipe: Any, tokenizer: Any, *, tie_embeddings: bool = True) -> Any:
@@ -76,10 +115,13 @@ def run_build(out_dir: str | Path, recipe: Any, train: Callable[[Any, Path], lis
     threads = torch.get_num_threads()
     torch.set_num_threads(recipe.threads)
     start = time.perf_counter()
+    counter = _step_counter(recipe.steps)
     try:
         history = train(recipe, out)
     finally:
         torch.set_num_threads(threads)
+        if counter is not None:
+            counter.remove()
     body = {**record, "recipe": asdict(recipe),
             "checkpoints": [f"step{s}" for s in checkpoint_steps(recipe.steps,
                                                                   recipe.checkpoints)],

@@ -1,0 +1,227 @@
+"""The figures of the HTML and Markdown reports, as PNG bytes.
+
+Drawn on matplotlib's Agg canvas directly (no pyplot, no display), without metadata
+that could vary between runs, so the same results give the same bytes.  Colours come
+from the verdict as the report shows it (``xfail`` and ``xpass`` included).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Collection, Sequence
+from pathlib import Path
+from typing import Any
+
+from mechcheck.results import ClaimResult
+
+__all__ = ["CHANGE_COLOURS", "VERDICT_COLOURS", "effects_grid", "forest", "heatmap",
+           "shown_verdict"]
+
+# The verdict as the report shows it: an expected failure is `xfail`; a claim expected
+# to fail that passed is `xpass` (strict: it fails the run).
+VERDICT_COLOURS: dict[str, str] = {
+    "pass": "#1a9850", "fail": "#d73027", "error": "#7b3294", "skip": "#bdbdbd",
+    "xfail": "#92c5de", "xpass": "#e66101",
+}
+# A change from the baseline, by kind: bad red/amber, good green, neutral grey/blue.
+CHANGE_COLOURS: dict[str, str] = {
+    "regression": "#d73027", "drift": "#f1a340", "fixed": "#1a9850", "missing": "#969696",
+    "new": "#4393c3",
+}
+MISSING_COLOUR = "#ffffff"
+NO_CHECKPOINT = "-"
+DPI = 100
+
+ClaimKey = tuple[str, str]
+
+
+def shown_verdict(result: ClaimResult) -> str:
+    """``xfail`` for a claim that failed as expected, ``xpass`` for one expected to fail
+    that passed, else the verdict."""
+    if result.xfail and result.verdict == "fail":
+        return "xfail"
+    if result.xfail and result.verdict == "pass":
+        return "xpass"
+    return result.verdict
+
+
+def _checkpoint(result: ClaimResult) -> str:
+    return NO_CHECKPOINT if result.checkpoint is None else result.checkpoint
+
+
+def _figure(width: float, height: float) -> Any:
+    """A matplotlib figure on the Agg canvas (no pyplot, no display)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _png(figure: Any) -> bytes:
+    """The figure as PNG bytes, without metadata that could vary between runs."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight",
+                   metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def plain_text(text: str) -> str:
+    """Text that matplotlib draws as written, never as mathtext."""
+    return text.replace("$", r"\$")
+
+
+def label(key: ClaimKey) -> str:
+    """A claim's name for a figure, with ``$`` kept from starting mathtext."""
+    return plain_text(f"{Path(key[0]).name}::{key[1]}")
+
+
+def _sparse_ticks(axis: Any, labels: Sequence[str], *, vertical: bool = False) -> None:
+    """Tick labels (already :func:`plain_text`) on an axis, thinned to about 40."""
+    step = max(1, math.ceil(len(labels) / 40))
+    positions = list(range(0, len(labels), step))
+    shown = [labels[i] for i in positions]
+    if vertical:
+        axis.set_yticks(positions, shown)
+    else:
+        axis.set_xticks(positions, shown, rotation=60, ha="right")
+
+
+def _legend(axes: Any, used: Collection[str]) -> None:
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=c, label=v) for v, c in VERDICT_COLOURS.items() if v in used]
+    axes.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                frameon=False)
+
+
+def heatmap(results: Sequence[ClaimResult]) -> bytes:
+    """Claims (rows, in claim order) x checkpoints, one coloured cell per verdict."""
+    from dataclasses import replace
+
+    from matplotlib.colors import ListedColormap
+
+    from mechcheck.report import matrix
+
+    table = matrix([replace(r, verdict=shown_verdict(r)) for r in results])
+    names = list(VERDICT_COLOURS)
+    codes = [[names.index(v) if v in names else len(names) for v in row]
+             for row in table.itertuples(index=False)]
+    cell = max(0.1, min(0.5, 16 / max(table.shape)))
+    figure = _figure(1 + cell * table.shape[1], 0.8 + cell * table.shape[0])
+    axes = figure.add_subplot()
+    colours = ListedColormap([*VERDICT_COLOURS.values(), MISSING_COLOUR])
+    axes.imshow(codes, cmap=colours, vmin=-0.5, vmax=len(names) + 0.5, aspect="auto")
+    _sparse_ticks(axes, [plain_text(str(c)) for c in table.columns])
+    _sparse_ticks(axes, [label(k) for k in table.index], vertical=True)
+    axes.set_xlabel("checkpoint")
+    _legend(axes, {shown_verdict(r) for r in results})
+    return _png(figure)
+
+
+def _error_bars(cells: Sequence[ClaimResult]) -> tuple[list[float], list[float]]:
+    """Distances from each effect down to ci_low and up to ci_high (0 when unbounded)."""
+    def gap(low: float | None, high: float | None) -> float:
+        if low is None or high is None or not math.isfinite(high - low):
+            return 0.0
+        return max(0.0, high - low)
+
+    below = [gap(r.ci_low, r.effect) for r in cells]
+    above = [gap(r.effect, r.ci_high) for r in cells]
+    return below, above
+
+
+def _thresholds(result: ClaimResult) -> list[float]:
+    """Where the claim's threshold lines go: ``±margin`` for negligible claims."""
+    t = result.threshold
+    if t is None or not math.isfinite(t):
+        return []
+    return [-t, t] if result.kind == "negligible" else [t]
+
+
+def _effect_panel(axes: Any, key: ClaimKey, cells: dict[str, ClaimResult],
+                  checkpoints: Sequence[str]) -> None:
+    """One claim's effect with its interval at each checkpoint, and its threshold."""
+    ordered = [cells[c] for c in checkpoints if c in cells]
+    measured = [r for r in ordered if r.effect is not None and math.isfinite(r.effect)]
+    xs = [checkpoints.index(_checkpoint(r)) for r in measured]
+    below, above = _error_bars(measured)
+    axes.errorbar(xs, [r.effect for r in measured], yerr=[below, above], fmt="none",
+                  ecolor="#555555", capsize=3, zorder=1)
+    axes.scatter(xs, [r.effect for r in measured], zorder=2, s=18,
+                 c=[VERDICT_COLOURS.get(shown_verdict(r), "#000000") for r in measured])
+    for line in _thresholds(ordered[0]) if ordered else []:
+        axes.axhline(line, color="#555555", linestyle="--", linewidth=1)
+    if not measured:
+        axes.text(0.5, 0.5, "no effect measured", ha="center", va="center",
+                  transform=axes.transAxes, color="#777777")
+    axes.set_title(plain_text(f"{key[1]}\n{Path(key[0]).name}"), fontsize=8)
+    axes.set_xlim(-0.5, len(checkpoints) - 0.5)
+    _sparse_ticks(axes, [plain_text(c) for c in checkpoints])
+    axes.tick_params(labelsize=7)
+
+
+def effects_grid(claims: dict[ClaimKey, dict[str, ClaimResult]],
+                 checkpoints: Sequence[str]) -> bytes:
+    """A grid of small plots, one per claim, of the effect over checkpoints."""
+    columns = min(3, len(claims))
+    rows = math.ceil(len(claims) / columns)
+    width = max(3.2, min(8.0, 0.25 * len(checkpoints)))
+    figure = _figure(width * columns, 2.6 * rows)
+    for i, (key, cells) in enumerate(claims.items()):
+        _effect_panel(figure.add_subplot(rows, columns, i + 1), key, cells, checkpoints)
+    figure.tight_layout()
+    return _png(figure)
+
+
+def _limits(result: ClaimResult) -> tuple[float, float]:
+    """An x range holding the effect, its finite bounds and the threshold lines."""
+    points = [v for v in (result.effect, result.ci_low, result.ci_high)
+              if v is not None and math.isfinite(v)] + _thresholds(result)
+    low, high = (min(points), max(points)) if points else (0.0, 1.0)
+    pad = 0.15 * (high - low) or 0.5 * abs(high) or 0.5
+    return low - pad, high + pad
+
+
+def _forest_row(axes: Any, result: ClaimResult) -> None:
+    """One claim: its interval (an arrow where a bound is infinite), its effect coloured
+    by the verdict, and its threshold as dashed lines, on the claim's own scale."""
+    low, high = _limits(result)
+    axes.set_xlim(low, high)
+    axes.set_ylim(-1, 1)
+    for line in _thresholds(result):
+        axes.axvline(line, color="#555555", linestyle="--", linewidth=1)
+    effect = result.effect
+    colour = VERDICT_COLOURS.get(shown_verdict(result), "#000000")
+    if effect is None or not math.isfinite(effect):
+        axes.text(0.5, 0, f"no effect measured ({shown_verdict(result)})", ha="center",
+                  va="center", transform=axes.get_yaxis_transform(), color="#777777",
+                  fontsize=8)
+    else:
+        left = result.ci_low if result.ci_low is not None and math.isfinite(result.ci_low) \
+            else low
+        right = result.ci_high if result.ci_high is not None and \
+            math.isfinite(result.ci_high) else high
+        axes.plot([left, right], [0, 0], color="#555555", linewidth=1.5, zorder=1)
+        for bound, end, marker in ((result.ci_low, low, "<"), (result.ci_high, high, ">")):
+            if bound is not None and not math.isfinite(bound):
+                axes.plot([end], [0], marker=marker, color="#555555", markersize=5)
+        axes.scatter([effect], [0], s=40, color=colour, zorder=2)
+    axes.set_yticks([0], [label((result.file, result.id))])
+    axes.tick_params(axis="y", length=0, labelsize=8)
+    axes.tick_params(axis="x", labelsize=7)
+    for side in ("top", "right", "left"):
+        axes.spines[side].set_visible(False)
+
+
+def forest(results: Sequence[ClaimResult]) -> bytes:
+    """One row per claim, each on its own scale: effect, interval and threshold."""
+    figure = _figure(7.0, 0.25 + 0.6 * len(results))
+    rows = figure.subplots(len(results), 1, squeeze=False)[:, 0]
+    for axes, result in zip(rows, results):
+        _forest_row(axes, result)
+    _legend(rows[0], {shown_verdict(r) for r in results})
+    figure.subplots_adjust(hspace=1.2)
+    return _png(figure)
