@@ -42,17 +42,15 @@ class ClaimFileNode(pytest.File):
     """A YAML claim file."""
 
     def collect(self) -> Iterator[ClaimItem]:
-        from mechcheck.spec.loader import claim_name, load_claim_file, parse_claim_text
+        from mechcheck.spec.loader import claim_name, load_claim_file
 
         plugin = self.config.stash[PLUGIN_KEY]
         kinds = plugin.session.registry.kind_keys()
         try:
             shown = str(self.path.relative_to(self.config.rootpath))
-            text = self.path.read_text(encoding="utf-8")
-        except (ValueError, OSError, UnicodeDecodeError):
-            parsed = load_claim_file(self.path, kinds)
-        else:
-            parsed = parse_claim_text(text, shown, kinds, base_dir=str(self.path.parent))
+        except ValueError:
+            shown = str(self.path)
+        parsed = load_claim_file(self.path, kinds, shown=shown)
         plugin.parsed[str(self.path)] = parsed
         if parsed.error is not None:
             yield ClaimItem.from_parent(self, name="<file>", line=parsed.error.line)

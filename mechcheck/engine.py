@@ -330,7 +330,7 @@ class Runner:
                     raise RunError(f"{what} ran out of memory on {self.loaded.device} even "
                                    f"with one prompt at a time ({type(exc).__name__})",
                                    key="--mechcheck-batch-size", hint=_OOM_HINT) from exc
-                self._max_rows = max(1, size // 2)
+                self._max_rows = -(-size // 2)  # 3 -> 2 -> 1
                 self._say(f"out of memory with {size} prompts in one pass on "
                           f"{self.loaded.device}: retrying with {self._max_rows}")
                 continue
@@ -432,10 +432,10 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 
 
 def _free_memory(device: str) -> None:
-    import gc
-
-    gc.collect()
     if device.startswith("cuda") and torch.cuda.is_available():
+        import gc
+
+        gc.collect()
         torch.cuda.empty_cache()
 
 

@@ -18,6 +18,7 @@ from mechcheck.spec.schema import (
     as_choice,
     as_components,
     as_number,
+    as_number_or_percent,
     as_positions,
     as_str,
 )
@@ -55,16 +56,7 @@ class ClaimKind(Protocol):
 
 
 def _as_min_drop(value: Any) -> float | str:
-    if isinstance(value, str):
-        text = value.strip()
-        if text.endswith("%"):
-            try:
-                float(text[:-1])
-            except ValueError:
-                raise ValueError(f"got {value!r}") from None
-            return text
-        raise ValueError(f"got {value!r}")
-    return as_number(value)
+    return as_number_or_percent(value)
 
 
 def _as_score(value: Any) -> float:
@@ -145,13 +137,16 @@ class Negligible:
     def measure(self, claim: ClaimSpec, ctx: Context) -> Measurement:
         from mechcheck.stats import test_inside
 
-        ctx.require_test(claim, "t", "negligible claims use two one-sided t-tests (TOST)")
+        ctx.require_test(claim, ("robust", "t"), "negligible claims take test: robust (the "
+                         "default: two one-sided tests, each by the t-test and its bootstrap "
+                         "twin) or test: t (two one-sided t-tests, TOST)")
         clean, ablated, label = ctx.metric_pair(claim, claim.params["ablation"], base="clean")
         metric = ctx.metric(claim)
         sign = 1.0 if metric.higher_is_better else -1.0
         margin = claim.params["margin"]
         decision = test_inside(sign * (clean - ablated), margin, alpha=claim.alpha,
-                               seed=claim.seed)
+                               seed=claim.seed, test="t" if claim.test == "t" else "robust",
+                               n_resamples=ctx.n_resamples)
         return Measurement(decision=decision, intervention=label, metric=metric.name,
                            components=ctx.component_names(claim),
                            expected=f"|{metric.name} change| < {margin:.4g}")
@@ -175,13 +170,14 @@ class Sufficient:
     def measure(self, claim: ClaimSpec, ctx: Context) -> Measurement:
         from mechcheck.stats import test_ratio
 
-        ctx.require_test(claim, ("t", "bootstrap"), "sufficient claims take test: t (the "
-                         "default: Fieller's t-test of the recovery ratio) or test: bootstrap "
-                         "(a paired bootstrap of it)")
+        ctx.require_test(claim, ("robust", "t", "bootstrap"), "sufficient claims take test: "
+                         "robust (the default: Fieller's t-test of the recovery ratio and its "
+                         "bootstrap twin), test: t (Fieller's t-test alone) or test: bootstrap "
+                         "(a paired bootstrap of the ratio)")
         corrupt, patched, label = ctx.metric_pair(claim, claim.params["patch"], base="corrupt")
         clean = ctx.metric_values(claim, "clean")
         threshold = claim.params["min_recovery"]
-        method = "bootstrap" if claim.test == "bootstrap" else "fieller"
+        method = {"robust": "robust", "t": "fieller", "bootstrap": "bootstrap"}[claim.test]
         decision = ctx.stats_call(claim, "min_recovery", test_ratio, patched - corrupt,
                                   clean - corrupt, threshold, alpha=claim.alpha,
                                   seed=claim.seed, n_resamples=ctx.n_resamples, method=method)

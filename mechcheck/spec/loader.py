@@ -68,29 +68,40 @@ _SPEC_FIELDS = ("model", "data", "task", "alpha", "seed", "n", "test", "xfail", 
 # Public API
 
 
-def load_claim_file(path: str | os.PathLike[str], kinds: Kinds) -> ClaimFile:
+def load_claim_file(path: str | os.PathLike[str], kinds: Kinds, *,
+                    shown: str | None = None) -> ClaimFile:
     """Read and check the claim file at ``path``.
 
     Args:
         path: the YAML claim file.
         kinds: each registered claim kind mapped to the keys it accepts beyond
             :data:`~mechcheck.spec.schema.COMMON_KEYS`.
+        shown: the name messages and results give the file (default: ``path``).
 
     Returns:
         The parsed file. It never raises for a bad or missing file: ``ClaimFile.error``
         (whole-file problem) or the errors among ``ClaimFile.claims`` say what is wrong.
     """
     name = os.fsdecode(path)
+    label = shown if shown is not None else name
     try:
-        text = Path(name).read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        data = Path(name).read_bytes()
+        text = data.decode("utf-8-sig")
+    except OSError as exc:
+        error = ClaimSpecError(f"cannot read the claim file: {exc.strerror or exc}",
+                               path=label,
+                               hint="check that the path exists and is a UTF-8 text file")
+        return ClaimFile(path=label, error=error)
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
         error = ClaimSpecError(
-            f"cannot read the claim file: {reason}",
-            path=name,
-            hint="check that the path exists and is a UTF-8 text file",
-        )
-        return ClaimFile(path=name, error=error)
+            f"the claim file is not UTF-8 text: byte {data[exc.start]:#04x} at line {line} "
+            f"({exc.reason})", path=label, line=line,
+            hint=f"save the file as UTF-8 (the byte near line {line} is likely an accented "
+            "letter in another encoding such as Latin-1)")
+        return ClaimFile(path=label, error=error)
+    if shown is not None:
+        return parse_claim_text(text, shown, kinds, base_dir=str(Path(name).parent))
     return parse_claim_text(text, name, kinds)
 
 

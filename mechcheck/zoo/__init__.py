@@ -74,7 +74,10 @@ def resolve(spec: str) -> Path:
             hint = f"did you mean {near[0]}? " if near else ""
             raise ModelLoadError(f"zoo model '{name}' has no checkpoint '{checkpoint}'",
                                  key="model",
-                                 hint=f"{hint}checkpoints: {', '.join(saved) or 'none'}")
+                                 hint=f"{hint}its checkpoints: "
+                                 f"{', '.join(saved) or 'none (it has only final weights)'}; "
+                                 "a claim's checkpoint comes from @<checkpoint>, the file's "
+                                 "checkpoints: or --mechcheck-checkpoints")
         return folder / checkpoint
     return folder if (folder / "config.json").is_file() else folder / saved[-1]
 
