@@ -2,10 +2,17 @@
 
 Each rule takes per-prompt values (1-D floats) and returns a :class:`Decision` whose
 ``ci_low`` / ``ci_high`` are the one-sided ``1 - alpha`` bounds of the effect (together
-a ``1 - 2 * alpha`` interval). For the t, TOST, bootstrap and ratio rules
+a ``1 - 2 * alpha`` interval). For the robust, t, TOST, bootstrap and ratio rules
 ``p <= alpha`` is the same event as "the bound lies past the threshold". Resampling
 draws only from ``np.random.default_rng(seed)``, so results are bit-reproducible. The
 ``test_*`` functions carry ``__test__ = False`` so that pytest never collects them.
+
+The default rule of each function is ``"robust"``: the classical t-based rule (t-test,
+TOST, Fieller) and its studentised-bootstrap twin computed from resamples of only
+``m = max(3, 3n // 10)`` prompts must both pass. The small resamples exaggerate the
+skewness and tails that the sample shows, which keeps the rule at its level for skewed
+and heavy-tailed per-prompt values where the t-test and the ordinary bootstrap-t pass
+too often (benchmarks/null_pass_rates.py, docs/decision-rules.md).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from typing import Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+from scipy import special as _special
 from scipy import stats as _st
 
 __all__ = [
@@ -24,6 +32,7 @@ __all__ = [
     "Correction",
     "Decision",
     "GreaterTest",
+    "InsideTest",
     "Outcome",
     "RatioMethod",
     "adjust",
@@ -35,14 +44,16 @@ __all__ = [
 
 Alternative = Literal["greater", "inside"]
 Outcome = Literal["pass", "not supported", "refuted"]
-GreaterTest = Literal["t", "wilcoxon", "permutation", "bootstrap"]
+GreaterTest = Literal["robust", "t", "wilcoxon", "permutation", "bootstrap"]
+InsideTest = Literal["robust", "t"]
 Correction = Literal["holm", "bh", "none"]
-RatioMethod = Literal["fieller", "bootstrap"]
+RatioMethod = Literal["robust", "fieller", "bootstrap"]
 
 _Floats = NDArray[np.float64]
 _Gen = np.random.Generator
 _Rule = tuple[float, float, float]  # (p_value, ci_low, ci_high)
 _BLOCK_ELEMENTS = 1 << 20  # resampled values held in memory at once
+_MIN_RESAMPLE_SD = 0.05  # robust rules leave out resamples with less sd, relative to the sample's
 _EPS = float(np.finfo(np.float64).eps)
 
 
@@ -59,7 +70,8 @@ class Decision:
         p_value: raw (unadjusted) p-value of the rule.
         threshold: X (greater), the margin m (inside) or R (ratio).
         alternative: ``"greater"`` (effect > threshold) or ``"inside"`` (|effect| < m).
-        method: t, wilcoxon, permutation, bootstrap, tost or bootstrap-ratio.
+        method: robust, t, wilcoxon, permutation, bootstrap (test_greater); robust-tost,
+            tost (test_inside); robust-fieller, fieller, bootstrap-ratio (test_ratio).
         seed: seed of the random generator used for resampling.
         alpha: significance level of the rule.
     """
@@ -105,12 +117,18 @@ def test_greater(
     threshold: float,
     *,
     alpha: float = 0.05,
-    test: GreaterTest = "t",
+    test: GreaterTest = "robust",
     seed: int = 0,
     n_resamples: int = 9999,
 ) -> Decision:
     """Test H0: E[d] <= threshold against H1: E[d] > threshold.
 
+    * ``"robust"`` (default): passes only if both the t-test and a bootstrap-t from
+      resamples of ``m = max(3, 3n // 10)`` prompts (at most n) pass: p is the larger
+      of their p-values, ``ci_low`` the lower and ``ci_high`` the higher of their
+      bounds, so ``p <= alpha`` iff ``ci_low > threshold``. The bootstrap-t part is as
+      ``"bootstrap"`` below with ``t* = (mean*_m - mean) / (sd*_m / sqrt(m))``; the
+      small resamples make it cautious when the values are skewed or heavy-tailed.
     * ``"t"``: one-sample t-test of ``values - threshold``; bounds mean -/+ t * se.
     * ``"wilcoxon"``: signed-rank test of ``values - threshold`` (zeros dropped; tests
       the mean only for symmetric data); bounds: percentile bootstrap of the mean.
@@ -120,7 +138,8 @@ def test_greater(
       p = (1 + #{t* >= t_obs}) / (B + 1) with ``t* = (mean* - mean) / se*`` and
       ``t_obs = (mean - threshold) / se``; the bounds are ``mean - t* se`` at the order
       statistics of ``t*`` where that p crosses alpha, so ``p <= alpha`` iff
-      ``ci_low > threshold``. (Percentile and BCa reject a true null too often.)
+      ``ci_low > threshold``. (Percentile and BCa reject a true null too often; so does
+      this rule with strongly skewed values, see ``"robust"``.)
 
     Values without spread (equal up to rounding) give p = 0 if the value exceeds the
     threshold else 1, and ``ci_low = ci_high = effect``.
@@ -153,37 +172,58 @@ def test_greater(
 
 
 def test_inside(
-    values: ArrayLike, margin: float, *, alpha: float = 0.05, seed: int = 0
+    values: ArrayLike,
+    margin: float,
+    *,
+    alpha: float = 0.05,
+    seed: int = 0,
+    test: InsideTest = "robust",
+    n_resamples: int = 9999,
 ) -> Decision:
-    """Two one-sided t-tests (TOST) of H0: |E[d]| >= m against H1: -m < E[d] < m.
+    """Two one-sided tests (TOST) of H0: |E[d]| >= m against H1: -m < E[d] < m.
 
-    p is the larger p-value of the t-tests of H0: E[d] <= -m and H0: E[d] >= m; the
-    bounds are the ``1 - 2 * alpha`` t interval, so the rule passes iff
-    ``-m < ci_low`` and ``ci_high < m``. Values without spread give p = 0 if
-    ``|value| < m`` else 1.
+    * ``"t"`` (method ``tost``): p is the larger p-value of the t-tests of
+      H0: E[d] <= -m and H0: E[d] >= m; the bounds are the ``1 - 2 * alpha`` t interval.
+    * ``"robust"`` (default, method ``robust-tost``): the same two t-tests and the same
+      two one-sided tests by the small-resample bootstrap-t of :func:`test_greater`'s
+      ``"robust"`` rule (one set of resamples); p is the largest of the four p-values,
+      ``ci_low`` the lower and ``ci_high`` the higher of the two rules' bounds.
+
+    Either way the rule passes iff ``-m < ci_low`` and ``ci_high < m``. Values without
+    spread give p = 0 if ``|value| < m`` else 1.
 
     Args:
         values: per-prompt effects, 1-D, finite, at least 2.
         margin: the equivalence margin m, > 0.
         alpha: significance level, in (0, 0.5).
-        seed: recorded in the decision (the rule draws no random numbers).
+        seed: seed of ``np.random.default_rng`` for the robust rule (recorded for both).
+        test: ``"robust"`` or ``"t"``.
+        n_resamples: resamples B of the robust rule; needs ``(B + 1) * alpha >= 1``.
 
     Raises:
-        ValueError: on invalid values or arguments, or ``margin <= 0``.
+        ValueError: on invalid values or arguments, ``margin <= 0`` or an unknown test.
     """
     x = _as_values(values)
     margin = _as_finite(margin, "margin")
     if margin <= 0:
         raise ValueError(f"margin must be > 0, got {margin}")
     _check_alpha(alpha)
+    if test not in ("robust", "t"):
+        raise ValueError(f"unknown test {test!r} for an equivalence test; use robust or t")
+    if test == "robust":
+        _max_exceedances(alpha, n_resamples)
     effect = _mean(x)
     if _is_constant(x):
         rule = _constant_rule(effect, abs(effect) < margin)
+    elif test == "robust":
+        rng = np.random.default_rng(seed)
+        rule = _robust_inside(x, margin, alpha, rng, n_resamples)
     else:
         above = _st.ttest_1samp(x, -margin, alternative="greater").pvalue
         below = _st.ttest_1samp(x, margin, alternative="less").pvalue
         rule = (float(max(above, below)), *_t_bounds(x, alpha))
-    return _decision(rule, effect, x.size, margin, "inside", "tost", seed, alpha)
+    method = "robust-tost" if test == "robust" else "tost"
+    return _decision(rule, effect, x.size, margin, "inside", method, seed, alpha)
 
 
 def test_ratio(
@@ -194,18 +234,26 @@ def test_ratio(
     alpha: float = 0.05,
     seed: int = 0,
     n_resamples: int = 9999,
-    method: RatioMethod = "fieller",
+    method: RatioMethod = "robust",
 ) -> Decision:
     """Test H0: E[num] / E[den] <= R against H1: E[num] / E[den] > R.
 
     For recovery, ``num_i = patched_i - corrupt_i`` and ``den_i = clean_i - corrupt_i``;
-    the effect is ``ratio = mean(num) / mean(den)``. Two rules:
+    the effect is ``ratio = mean(num) / mean(den)``. Three rules:
 
-    * ``fieller`` (default): the ratio exceeds R exactly when ``num - R * den`` has a mean
+    * ``fieller``: the ratio exceeds R exactly when ``num - R * den`` has a mean
       of the sign of ``mean(den)``, so p is the one-sided paired t-test of
       ``d_i = num_i - R * den_i``; the bounds are Fieller's: the R at which that test sits
       at ``alpha``, the roots of a quadratic. Exact for normal per-prompt values, and
       ``p <= alpha`` iff ``ci_low > R``. Needs no resampling (``seed`` is only recorded).
+    * ``robust`` (default, method ``robust-fieller``): Fieller's rule and its bootstrap
+      twin must both pass. The twin replaces the t quantiles by the order statistics of
+      bootstrap-t pivots of the mean of ``num - ratio * den`` (sign of ``mean(den)``)
+      from resamples of ``m = max(3, 3n // 10)`` prompts, as the robust rule of
+      :func:`test_greater`: p = (1 + #{t* >= t(R)}) / (B + 1) with ``t(R)`` the paired
+      t statistic of ``num - R * den``, and its bounds solve ``t(r) = t*`` (Fieller's
+      quadratic). Where the denominator is too noisy for that quantile to bound the
+      ratio, the twin's p is 1 and its bound infinite.
     * ``bootstrap``: a paired (prompts resampled jointly) studentised bootstrap with the
       delta-method error ``se = sd(num - ratio * den) / (sqrt(n) |mean(den)|)``,
       recomputed per resample: p = (1 + #{t* >= (ratio - R) / se}) / (B + 1) with
@@ -238,8 +286,9 @@ def test_ratio(
         )
     threshold = _as_finite(threshold, "threshold")
     _check_alpha(alpha)
-    if method not in ("fieller", "bootstrap"):
-        raise ValueError(f"unknown ratio method {method!r}; use 'fieller' or 'bootstrap'")
+    if method not in ("robust", "fieller", "bootstrap"):
+        raise ValueError(
+            f"unknown ratio method {method!r}; use 'robust', 'fieller' or 'bootstrap'")
     _max_exceedances(alpha, n_resamples)
     _check_denominator(den, alpha)
     ratio = float(np.mean(num) / np.mean(den))
@@ -248,14 +297,18 @@ def test_ratio(
     tolerance = 64 * _EPS * (np.abs(num) + np.abs(ratio * den))
     if se == 0 or np.all(np.abs(residual) <= tolerance):  # num proportional to den
         rule = _constant_rule(ratio, ratio > threshold)
-    elif method == "fieller":
-        rule = _fieller(num, den, threshold, alpha)
-    else:
+    elif method == "bootstrap":
         rng = np.random.default_rng(seed)
         pivots = _ratio_pivots(num, den, ratio, rng, n_resamples)
         rule = _studentized(ratio, se, pivots, threshold, alpha)
-    name = "fieller" if method == "fieller" else "bootstrap-ratio"
-    return _decision(rule, ratio, num.size, threshold, "greater", name, seed, alpha)
+    else:
+        rule = _fieller(num, den, threshold, alpha)
+        if method == "robust":
+            rng = np.random.default_rng(seed)
+            rule = _both(rule, _robust_fieller(num, den, ratio, threshold, alpha, rng,
+                                               n_resamples))
+    return _decision(rule, ratio, num.size, threshold, "greater", _RATIO_NAMES[method], seed,
+                     alpha)
 
 
 def adjust(p_values: ArrayLike, method: Correction) -> list[float]:
@@ -333,13 +386,66 @@ def _bootstrap_rule(x: _Floats, threshold: float, alpha: float, rng: _Gen, b: in
     return _studentized(mean, se, pivots, threshold, alpha)
 
 
+def _robust_rule(x: _Floats, threshold: float, alpha: float, rng: _Gen, b: int) -> _Rule:
+    mean, se = _mean_se(x)
+    twin = _twin(mean, se, _subsample_pivots(x, rng, b), threshold, alpha)
+    return _both(_t_greater(mean, se, x.size, threshold, alpha), twin)
+
+
+def _robust_inside(x: _Floats, margin: float, alpha: float, rng: _Gen, b: int) -> _Rule:
+    """TOST by the t-tests and by their small-resample bootstrap-t twins (one set of
+    resamples): the largest of the four p-values and the wider bounds."""
+    mean, se = _mean_se(x)
+    pivots = _subsample_pivots(x, rng, b)
+    above = _both(_t_greater(mean, se, x.size, -margin, alpha),
+                  _twin(mean, se, pivots, -margin, alpha))
+    # E[d] < m is E[-d] > -m: the mirrored rules, whose bounds mirror those above
+    below = _both(_t_greater(-mean, se, x.size, -margin, alpha),
+                  _twin(-mean, se, -pivots, -margin, alpha))
+    return (max(above[0], below[0]), above[1], above[2])
+
+
+def _mean_se(x: _Floats) -> tuple[float, float]:
+    return float(np.mean(x)), float(np.std(x, ddof=1)) / math.sqrt(x.size)
+
+
+def _t_greater(mean: float, se: float, n: int, threshold: float, alpha: float) -> _Rule:
+    """The one-sided t-test and t bounds from the mean and its standard error (> 0)."""
+    p = float(_special.stdtr(n - 1, -(mean - threshold) / se))  # P(T >= t)
+    half = float(_special.stdtrit(n - 1, 1 - alpha)) * se
+    return p, mean - half, mean + half
+
+
+def _robust_fieller(
+    num: _Floats, den: _Floats, ratio: float, threshold: float, alpha: float, rng: _Gen, b: int
+) -> _Rule:
+    """Fieller's rule with the t quantiles replaced by small-resample bootstrap-t pivots."""
+    sign = 1.0 if float(np.mean(den)) > 0 else -1.0
+    pivots = sign * _subsample_pivots(num - ratio * den, rng, b)
+    kept = pivots.size
+    if (kept + 1) * alpha < 1:  # almost every resample tied
+        return 1.0, -math.inf, math.inf
+    k = _max_exceedances(alpha, kept)
+    ordered = np.sort(pivots)
+    low = _fieller_bound(num, den, float(ordered[kept - 1 - k]), -math.inf)
+    high = _fieller_bound(num, den, float(ordered[k]), math.inf)
+    if low == -math.inf:  # the quantile cannot bound the ratio from below
+        return 1.0, low, high
+    d = num - threshold * den
+    observed = _pivots(np.array([sign * np.mean(d)]),
+                       np.array([np.std(d, ddof=1) / math.sqrt(num.size)]))[0]
+    return (1 + int(np.count_nonzero(pivots >= observed))) / (kept + 1), low, high
+
+
 _GreaterRule = Callable[[_Floats, float, float, _Gen, int], _Rule]
 _GREATER_RULES: dict[str, _GreaterRule] = {
+    "robust": _robust_rule,
     "t": _t_rule,
     "wilcoxon": _wilcoxon_rule,
     "permutation": _permutation_rule,
     "bootstrap": _bootstrap_rule,
 }
+_RATIO_NAMES = {"robust": "robust-fieller", "fieller": "fieller", "bootstrap": "bootstrap-ratio"}
 
 
 def _as_values(values: ArrayLike, name: str = "values") -> _Floats:
@@ -424,11 +530,53 @@ def _t_bounds(x: _Floats, alpha: float) -> tuple[float, float]:
     return mean - half, mean + half
 
 
-def _index_blocks(rng: _Gen, n: int, n_resamples: int) -> Iterator[NDArray[np.int64]]:
-    """Bootstrap index matrices: ``(rows, n)`` blocks holding B resamples in all."""
-    rows = max(1, _BLOCK_ELEMENTS // n)
+def _index_blocks(
+    rng: _Gen, n: int, n_resamples: int, size: int | None = None
+) -> Iterator[NDArray[np.int64]]:
+    """Bootstrap index matrices: ``(rows, size)`` blocks (size n by default) of indices
+    into n values, holding B resamples in all."""
+    width = n if size is None else size
+    rows = max(1, _BLOCK_ELEMENTS // width)
     for start in range(0, n_resamples, rows):
-        yield rng.integers(0, n, size=(min(rows, n_resamples - start), n))
+        yield rng.integers(0, n, size=(min(rows, n_resamples - start), width))
+
+
+def _subsample_size(n: int) -> int:
+    """Prompts per resample of the robust rules: ``3n // 10``, at least 3, at most n."""
+    return min(n, max(3, 3 * n // 10))
+
+
+def _subsample_pivots(x: _Floats, rng: _Gen, n_resamples: int) -> _Floats:
+    """Bootstrap-t pivots ``(mean*_m - mean) / (sd*_m / sqrt(m))`` of B resamples of
+    ``m = _subsample_size(n)`` values drawn with replacement, leaving out the resamples
+    whose ``sd*_m`` is at most a twentieth of the sample's: those drew (almost) only tied
+    or clustered values, and their pivot, unbounded as the spread vanishes, says nothing
+    about the mean. Continuous values give hardly any of them."""
+    m = _subsample_size(x.size)
+    centred = x - np.mean(x)
+    floor = _MIN_RESAMPLE_SD * float(np.std(x, ddof=1))
+    blocks = []
+    for idx in _index_blocks(rng, x.size, n_resamples, size=m):
+        sample = centred[idx]
+        mean = sample.mean(axis=1)
+        deviation = sample - mean[:, None]
+        sd = np.sqrt(np.einsum("ij,ij->i", deviation, deviation) / (m - 1))
+        kept = sd > floor
+        blocks.append(mean[kept] / (sd[kept] / math.sqrt(m)))
+    return np.concatenate(blocks)
+
+
+def _twin(estimate: float, se: float, pivots: _Floats, null: float, alpha: float) -> _Rule:
+    """:func:`_studentized` on the kept pivots; p = 1 and unbounded when too few are left
+    for a p-value of ``alpha`` (almost every resample tied)."""
+    if (pivots.size + 1) * alpha < 1:
+        return 1.0, -math.inf, math.inf
+    return _studentized(estimate, se, pivots, null, alpha)
+
+
+def _both(first: _Rule, second: _Rule) -> _Rule:
+    """The rule that passes only when both pass: the larger p, the wider bounds."""
+    return (max(first[0], second[0]), min(first[1], second[1]), max(first[2], second[2]))
 
 
 def _percentile_bounds(
@@ -480,15 +628,33 @@ def _fieller(num: _Floats, den: _Floats, threshold: float, alpha: float) -> _Rul
         p = 0.0 if sign * float(np.mean(d)) > 0 else 1.0
     else:
         p = float(_st.t.sf(sign * float(np.mean(d)) / (sd / math.sqrt(n)), n - 1))
-    q = float(_st.t.ppf(1 - alpha, n - 1)) ** 2 / n
+    a, b, root = _fieller_quadratic(num, den, float(_st.t.ppf(1 - alpha, n - 1)) ** 2 / n)
+    return p, (b - root) / a, (b + root) / a
+
+
+def _fieller_quadratic(num: _Floats, den: _Floats, q: float) -> tuple[float, float, float]:
+    """``a``, ``b`` and ``sqrt(b^2 - a c)`` of ``a r^2 - 2 b r + c = 0``, the ratios r at
+    which the paired t statistic of ``num - r * den`` equals ``+-sqrt(q n)``."""
     mx, my = float(np.mean(num)), float(np.mean(den))
     cov = np.cov(num, den, ddof=1)
     sxx, sxy, syy = float(cov[0, 0]), float(cov[0, 1]), float(cov[1, 1])
     a = my * my - q * syy
     b = mx * my - q * sxy
     c = mx * mx - q * sxx
-    root = math.sqrt(max(b * b - a * c, 0.0))
-    return p, (b - root) / a, (b + root) / a
+    return a, b, math.sqrt(max(b * b - a * c, 0.0))
+
+
+def _fieller_bound(num: _Floats, den: _Floats, pivot: float, unbounded: float) -> float:
+    """The ratio r at which ``sign(mean(den)) * t(num - r * den)`` equals ``pivot``. That
+    statistic goes from ``+A`` (r -> -inf) to ``-A`` (r -> +inf), ``A = sqrt(n)
+    |mean(den)| / sd(den)``, with at most one turning point, so it crosses a level
+    inside (-A, A) exactly once; ``unbounded`` for any other level."""
+    if not math.isfinite(pivot):
+        return unbounded
+    a, b, root = _fieller_quadratic(num, den, pivot * pivot / num.size)
+    if a <= 0:
+        return unbounded
+    return (b - math.copysign(root, pivot)) / a
 
 
 def _studentized(estimate: float, se: float, pivots: _Floats, null: float, alpha: float) -> _Rule:

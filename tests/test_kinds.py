@@ -24,6 +24,11 @@ claims:
     components: ["blocks.1.resid_post"]
     min_recovery: 0.9
     test: bootstrap
+  - id: residual_fieller
+    kind: sufficient
+    components: ["blocks.1.resid_post"]
+    min_recovery: 0.9
+    test: t
   - id: embeddings_only
     kind: sufficient
     components: ["embed"]
@@ -39,15 +44,74 @@ claims:
 
 def test_sufficient_rules_and_tests(tmp_path: Path) -> None:
     """On the zoo's induction model, denoising the whole last residual stream recovers the
-    whole gap (effect 1) under either rule; the last token's embedding, which the clean
+    whole gap (effect 1) under each rule; the last token's embedding, which the clean
     and corrupt prompts share, recovers nothing."""
     path = tmp_path / "test_sufficient.yaml"
     path.write_text(SUFFICIENT)
-    default, bootstrap, embed, wrong = evaluate_path(path, Session(device="cpu"))
-    assert (default.verdict, default.method) == ("pass", "fieller")
+    default, bootstrap, fieller, embed, wrong = evaluate_path(path, Session(device="cpu"))
+    assert (default.verdict, default.method) == ("pass", "robust-fieller")
     assert (bootstrap.verdict, bootstrap.method) == ("pass", "bootstrap-ratio")
+    assert (fieller.verdict, fieller.method) == ("pass", "fieller")
     assert abs(default.effect - 1.0) < 1e-4 and default.effect == bootstrap.effect
+    # the robust rule passes only where Fieller's does, with the wider interval
+    assert default.ci_low <= fieller.ci_low and default.ci_high >= fieller.ci_high
+    assert default.p_value >= fieller.p_value
     assert embed.verdict == "fail" and embed.effect < 0.9
     assert wrong.verdict == "error"
     assert "test: wilcoxon does not apply here" in wrong.message
-    assert "test: t" in wrong.message and "test: bootstrap" in wrong.message
+    for name in ("test: robust", "test: t", "test: bootstrap"):
+        assert name in wrong.message
+
+
+NEGLIGIBLE_AND_NECESSARY = f"""\
+model: zoo:induction-2l
+data: {ROWS}
+n: 40
+metric: logprob
+claims:
+  - id: layer_0_negligible
+    kind: negligible
+    components: ["head 0.0", "head 0.1"]
+    ablation: mean
+    margin: 0.1
+  - id: layer_0_negligible_tost
+    kind: negligible
+    components: ["head 0.0", "head 0.1"]
+    ablation: mean
+    margin: 0.1
+    test: t
+  - id: negligible_wrong_test
+    kind: negligible
+    components: ["head 0.0", "head 0.1"]
+    ablation: mean
+    margin: 0.1
+    test: bootstrap
+  - id: head_1_1_necessary
+    kind: necessary
+    components: ["head 1.1"]
+    ablation: mean
+    min_drop: 0.2
+  - id: head_1_1_necessary_t
+    kind: necessary
+    components: ["head 1.1"]
+    ablation: mean
+    min_drop: 0.2
+    test: t
+"""
+
+
+def test_negligible_and_necessary_rules_and_tests(tmp_path: Path) -> None:
+    """The default rule of both kinds is the robust one; test: t is the classical rule
+    (TOST, the t-test) on the same per-prompt values; negligible takes no other test."""
+    path = tmp_path / "test_rules.yaml"
+    path.write_text(NEGLIGIBLE_AND_NECESSARY)
+    robust, tost, wrong, necessary, t = evaluate_path(path, Session(device="cpu"))
+    assert (robust.method, tost.method) == ("robust-tost", "tost")
+    assert (necessary.method, t.method) == ("robust", "t")
+    for default, classical in ((robust, tost), (necessary, t)):
+        assert default.verdict == classical.verdict == "pass"
+        assert default.effect == classical.effect and default.n == classical.n == 40
+        assert default.ci_low <= classical.ci_low and default.ci_high >= classical.ci_high
+    assert wrong.verdict == "error"
+    assert "test: bootstrap does not apply here" in wrong.message
+    assert "test: robust" in wrong.message and "test: t" in wrong.message

@@ -54,7 +54,7 @@ def test_claims_pass_and_fail_with_actionable_text(project: pytest.Pytester) -> 
         "*intervention  zero-ablate blocks.1.attn.head.0, *blocks.1.attn.head.3",
         "*metric        logit_diff",
         "*expected      logit_diff drop > 100",
-        "*observed      * (90% CI * to *, n=24, t, seed 0)",
+        "*observed      * (90% CI * to *, n=24, robust, seed 0)",
         "*fix           the interval lies wholly on the wrong side*",
         "*mechcheck claims*",
         "*test_claims.yaml::attends_first*pass*",
