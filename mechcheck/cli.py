@@ -131,6 +131,9 @@ def _zoo(args: argparse.Namespace) -> int:
 
     if args.zoo_command == "list":
         for name in zoo.names():
+            if name in zoo.PACKAGED:
+                print(f"zoo:{name}  pretrained, from {zoo.PACKAGED[name]}")
+                continue
             print(f"zoo:{name}  checkpoints: {' '.join(zoo.checkpoints(name)) or '-'}")
         return 0
     from mechcheck.progress import ProgressBar

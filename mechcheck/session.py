@@ -81,7 +81,8 @@ class Session:
             self._model = load_model(spec, base_dir=base_dir, archs=self.registry.archs,
                                      device=self.device, dtype=self.dtype,
                                      allow_pickle=self.allow_pickle,
-                                     trust_remote_code=self.trust_remote_code)
+                                     trust_remote_code=self.trust_remote_code,
+                                     progress=self.progress)
         except MechcheckError as exc:
             self._model_errors[key] = copy.copy(exc.located(key="model"))
             raise

@@ -1,11 +1,14 @@
 """Load a model and its tokenizer from a claim file's ``model:`` value.
 
-Three sources share one entry point, :func:`load_model`:
+Four sources share one entry point, :func:`load_model`:
 
 - a local folder written by ``save_pretrained`` (relative paths resolve against the
   claim file's folder);
 - ``hf:<repo id>[@<revision>]``: the hub or the local HF cache;
-- ``zoo:<name>[@<checkpoint>]``: the tiny models that ship with mechcheck.
+- ``zoo:<name>[@<checkpoint>]``: the tiny models that ship with mechcheck, and names
+  for real models that come in a Python package (``zoo:smollm2-135m``);
+- ``gguf:<file>`` or ``gguf:<python-package>/<file>``: a GGUF file, converted once to
+  float32 and cached (:mod:`mechcheck.models.gguf`).
 
 Weights load from safetensors; a pickle checkpoint only with ``allow_pickle=True``.
 ``trust_remote_code`` stays off unless asked for.
@@ -29,7 +32,7 @@ __all__ = ["LoadedModel", "ModelSource", "eager_attention", "load_model", "parse
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModelSource:
-    """Where a model comes from: ``kind`` is ``folder``, ``hf`` or ``zoo``."""
+    """Where a model comes from: ``kind`` is ``folder``, ``hf``, ``zoo`` or ``gguf``."""
 
     kind: str
     name: str
@@ -71,6 +74,17 @@ class LoadedModel:
 
 def parse_source(spec: str, *, base_dir: str | os.PathLike = ".") -> ModelSource:
     """Read a ``model:`` value into a :class:`ModelSource` (no loading)."""
+    if spec.startswith("gguf:"):
+        where, _, revision = spec[len("gguf:"):].partition("@")
+        if not where:
+            raise ModelLoadError(
+                f"'{spec}' names no file", key="model",
+                hint="write gguf:<path to a .gguf file> or gguf:<python-package>/<file>")
+        path = Path(where).expanduser()
+        if not path.is_absolute():
+            path = Path(base_dir) / path
+        name = str(path.resolve()) if path.is_file() else where
+        return ModelSource(kind="gguf", name=name, revision=revision or None)
     for kind in ("hf", "zoo"):
         if spec.startswith(f"{kind}:"):
             name, _, revision = spec[len(kind) + 1 :].partition("@")
@@ -94,7 +108,7 @@ def with_checkpoint(spec: str, checkpoint: str | None) -> str:
     """
     if checkpoint is None:
         return spec
-    for kind in ("hf:", "zoo:"):
+    for kind in ("hf:", "zoo:", "gguf:"):
         if spec.startswith(kind):
             return f"{spec.partition('@')[0]}@{checkpoint}"
     return str(Path(spec) / checkpoint)
@@ -108,21 +122,32 @@ def _pick_device(device: str | None) -> str:
     return device
 
 
-def _folder_for(source: ModelSource) -> tuple[str, dict[str, Any]]:
+def _folder_for(source: ModelSource, progress: Any = None) -> tuple[str, dict[str, Any]]:
     """The ``from_pretrained`` path and keyword arguments for a source."""
     if source.kind == "zoo":
         from mechcheck import zoo
 
         spec = source.name + (f"@{source.revision}" if source.revision else "")
-        return str(zoo.resolve(spec)), {}
+        return str(zoo.resolve(spec, progress=progress)), {}
+    if source.kind == "gguf":
+        from mechcheck.models import gguf
+
+        if source.revision:
+            raise ModelLoadError(
+                f"{source} asks for checkpoint '{source.revision}', but a GGUF file has none",
+                key="model", hint="drop @<checkpoint> (and checkpoints:) for gguf: models")
+        return str(gguf.cached_folder(gguf.locate(source.name), progress=progress)), {}
     if source.kind == "hf":
         return source.name, {"revision": source.revision} if source.revision else {}
     path = Path(source.name)
+    if path.is_file() and path.suffix == ".gguf":
+        raise ModelLoadError(f"{path} is a GGUF file, not a model folder", key="model",
+                             hint=f"write model: gguf:{path}")
     if not path.is_dir():
         raise ModelLoadError(
             f"no model folder at {path}", key="model",
             hint="model: takes a folder written by save_pretrained (relative to the claim "
-            "file's folder), hf:<repo id>[@<revision>] or zoo:<name>",
+            "file's folder), hf:<repo id>[@<revision>], zoo:<name> or gguf:<file>",
         )
     return str(path), {}
 
@@ -205,12 +230,12 @@ def _probe_hub(source: ModelSource) -> Exception | None:
 
 
 def _from_pretrained(source: ModelSource, *, allow_pickle: bool, trust_remote_code: bool,
-                     dtype: Any) -> tuple[Any, Any]:
+                     dtype: Any, progress: Any = None) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    path, kwargs = _folder_for(source)
+    path, kwargs = _folder_for(source, progress)
     use_safetensors = _check_weights(path, source, allow_pickle)
     if source.kind != "hf":
         _check_tokenizer_files(path)
@@ -359,8 +384,11 @@ def load_model(
     dtype: str = "float32",
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
+    progress: Any = None,
 ) -> LoadedModel:
-    """Load ``spec`` (folder, ``hf:`` or ``zoo:``) for evaluation.
+    """Load ``spec`` (folder, ``hf:``, ``zoo:`` or ``gguf:``) for evaluation.
+
+    ``progress``, a callable taking one line, hears about slow steps (a GGUF conversion).
 
     Raises:
         ModelLoadError: the model cannot be found or has no adapter; the message says
@@ -374,7 +402,8 @@ def load_model(
         raise ModelLoadError(f"unknown dtype '{dtype}'", key="dtype",
                              hint="use float32, bfloat16 or float16")
     model, tokenizer = _from_pretrained(source, allow_pickle=allow_pickle,
-                                        trust_remote_code=trust_remote_code, dtype=torch_dtype)
+                                        trust_remote_code=trust_remote_code, dtype=torch_dtype,
+                                        progress=progress)
     device = _pick_device(device)
     model.to(device)
     model.eval()

