@@ -102,5 +102,6 @@ BUILTIN_METRICS = (
            description="KL divergence from the clean next-token distribution"),
     Metric(name="greater_than_pd", fn=_greater_than_pd,
            description="greater-than probability difference: p(ending > YY) - "
-           "p(ending <= YY) over the 100 two-digit tokens (needs a yy column)"),
+           "p(ending <= YY) over the 100 two-digit tokens, or over the tens digits for "
+           "tokenizers that split numbers into digits (needs a yy column)"),
 )
