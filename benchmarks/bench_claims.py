@@ -8,6 +8,11 @@ pass over the same prompts, all measured in the same run::
 
     python benchmarks/bench_claims.py            # defaults: about 1-2 minutes on 2 cores
     python benchmarks/bench_claims.py --n 64 --repeats 5 --threads 4
+    python benchmarks/bench_claims.py --model zoo:smollm2-135m   # any model: source
+
+With ``--model SOURCE`` (any ``model:`` value: a folder, ``hf:``, ``zoo:``, ``gguf:``)
+the same claims run on that model instead, with their layers and heads scaled to its
+depth and width, on prompts of words that are one token each under its tokenizer.
 
 What is timed:
 
@@ -68,53 +73,65 @@ BOS = "<bos>"
 
 # Claims of every built-in kind and intervention.  The model is random, so verdicts
 # mean nothing; thresholds are chosen only so that every claim measures without error.
+# Layer numbers are GPT-2 small's (12 layers); ``claims_yaml`` scales them to the model.
 CLAIMS_YAML = """\
 model: {model}
 data: {data}
 correction: holm
 claims:
-  - id: heads_9_zero_necessary
+  - id: heads_{L9}_zero_necessary
     kind: necessary
-    components: ["head 9.*"]
+    components: ["head {L9}.*"]
     ablation: zero
     metric: logit_diff
     min_drop: 0.01
-  - id: mlp_3_mean_necessary
+  - id: mlp_{L3}_mean_necessary
     kind: necessary
-    components: ["mlp 3"]
+    components: ["mlp {L3}"]
     ablation: mean
     metric: logprob
     min_drop: 0.01
-  - id: heads_5_resample_necessary
+  - id: heads_{L5}_resample_necessary
     kind: necessary
-    components: ["head 5.1", "head 5.7"]
+    components: ["head {L5}.{H1}", "head {L5}.{H7}"]
     ablation: resample
     metric: kl
     min_drop: 0.0001
-  - id: mlp_7_mean_last_necessary
+  - id: mlp_{L7}_mean_last_necessary
     kind: necessary
-    components: ["mlp 7"]
+    components: ["mlp {L7}"]
     ablation: mean
     at: last
     metric: logit_diff
     min_drop: 0.01
-  - id: head_2_3_zero_negligible
+  - id: head_{L2}_{H3}_zero_negligible
     kind: negligible
-    components: ["head 2.3"]
+    components: ["head {L2}.{H3}"]
     ablation: zero
     metric: logprob
     margin: 0.5
   - id: late_denoise_sufficient
     kind: sufficient
-    components: ["mlp 10", "head 11.*"]
+    components: ["mlp {L10}", "head {L11}.*"]
     metric: logit_diff
     min_recovery: 0.5
-  - id: head_1_4_previous_token_attends
+  - id: head_{L1}_{H4}_previous_token_attends
     kind: attends
-    components: ["head 1.4"]
+    components: ["head {L1}.{H4}"]
     pattern: previous_token
     min_score: 0.05
 """
+
+
+def claims_yaml(model: str, data: str, *, n_layers: int = N_LAYER,
+                n_heads: int = N_HEAD) -> str:
+    """The claim file, its layer ``l`` of GPT-2 small's 12 mapped to ``n_layers``."""
+    def layer(i: int) -> int:
+        return min(n_layers - 1, round(i * (n_layers - 1) / (N_LAYER - 1)))
+
+    return CLAIMS_YAML.format(model=model, data=data,
+                              **{f"L{i}": layer(i) for i in range(N_LAYER)},
+                              **{f"H{h}": h % n_heads for h in range(N_HEAD)})
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -132,6 +149,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seeds the weights and the prompts")
     p.add_argument("--profile", action="store_true",
                    help="profile the slowest claim even when the target is met")
+    p.add_argument("--model", default=None, metavar="SOURCE",
+                   help="run the claims on this model (a model: value such as "
+                   "zoo:smollm2-135m) instead of a random GPT-2-small-sized one")
     p.add_argument("--workdir", type=Path, default=None,
                    help="write the model, data and claim files here and keep them "
                    "(default: a temporary folder, deleted afterwards)")
@@ -162,12 +182,18 @@ def build_model(folder: Path, *, seed: int, max_words: int) -> tuple[int, int]:
     return sum(p.numel() for p in model.parameters()), len(tokenizer)
 
 
-def write_rows(path: Path, *, n: int, min_words: int, max_words: int, seed: int) -> None:
-    """JSONL rows: prompt, answer, wrong, and a corrupt prompt with as many tokens."""
+def write_rows(path: Path, *, n: int, min_words: int, max_words: int, seed: int,
+               words: list[str] | None = None, spaced: bool = False) -> None:
+    """JSONL rows: prompt, answer, wrong, and a corrupt prompt with as many tokens.
+
+    ``words`` are one token each (default: the word-level tokenizer's); ``spaced``
+    writes answers with a leading space, as BPE tokenizers mark a word start.
+    """
     from mechcheck.models.tiny import DEFAULT_WORDS
 
     rng = random.Random(seed)
-    words = list(DEFAULT_WORDS)
+    words = list(words or DEFAULT_WORDS)
+    space = " " if spaced else ""
     with path.open("w", encoding="utf-8") as f:
         for _ in range(n):
             answer, wrong = rng.sample(words, 2)
@@ -179,14 +205,28 @@ def write_rows(path: Path, *, n: int, min_words: int, max_words: int, seed: int)
             corrupt = list(prompt)
             for i in {len(prompt) - 1, *rng.sample(range(len(prompt)), k=len(prompt) // 4)}:
                 corrupt[i] = rng.choice([w for w in words if w not in (prompt[i], answer)])
-            f.write(json.dumps({"prompt": " ".join(prompt), "answer": answer, "wrong": wrong,
-                                "corrupt": " ".join(corrupt)}) + "\n")
+            f.write(json.dumps({"prompt": space + " ".join(prompt), "answer": space + answer,
+                                "wrong": space + wrong,
+                                "corrupt": space + " ".join(corrupt)}) + "\n")
 
 
-def write_claims(folder: Path, name: str, data: Path) -> Path:
+def write_claims(folder: Path, name: str, data: Path, *, model: str = "model",
+                 n_layers: int = N_LAYER, n_heads: int = N_HEAD) -> Path:
     path = folder / f"{name}.yaml"
-    path.write_text(CLAIMS_YAML.format(model="model", data=data.name), encoding="utf-8")
+    path.write_text(claims_yaml(model, data.name, n_layers=n_layers, n_heads=n_heads),
+                    encoding="utf-8")
     return path
+
+
+def model_value(spec: str) -> str:
+    """``spec`` with a relative folder or file made absolute (claim files live elsewhere)."""
+    for kind in ("hf:", "zoo:"):
+        if spec.startswith(kind):
+            return spec
+    if spec.startswith("gguf:"):
+        where = spec[len("gguf:"):]
+        return f"gguf:{Path(where).resolve()}" if Path(where).exists() else spec
+    return str(Path(spec).resolve())
 
 
 # -- timing ------------------------------------------------------------------------------
@@ -294,17 +334,44 @@ def _run(args: argparse.Namespace, folder: Path, threads: int, started: float,
     from mechcheck.spec.loader import load_claim_file
     from mechcheck.spec.schema import ClaimSpec
 
-    n_params, vocab = build_model(folder / "model", seed=args.seed, max_words=args.max_words)
+    session = Session(device="cpu")
+    words: list[str] | None = None
+    if args.model is None:
+        n_params, vocab = build_model(folder / "model", seed=args.seed,
+                                      max_words=args.max_words)
+        model_spec, dims, spaced = "model", (N_LAYER, N_HEAD), False
+        described = (f"GPT2LMHeadModel from GPT2Config: {N_LAYER} layers, {N_HEAD} heads, "
+                     f"d_model {N_EMBD}, d_mlp {4 * N_EMBD}, vocab {vocab} words -> "
+                     f"{n_params / 1e6:.1f}M parameters (random init, seed {args.seed})")
+    else:
+        from mechcheck.errors import MechcheckError
+        from mechcheck.tasks.vocab import word_pool
+
+        model_spec = model_value(args.model)
+        try:
+            loaded = session.model(model_spec, str(folder))
+        except MechcheckError as exc:
+            return _fail(f"--model {args.model}: {exc}")
+        words, spaced = word_pool(loaded.tokenizer, limit=200), True
+        if len(words) < 10:
+            return _fail(f"--model {args.model}: its tokenizer has fewer than 10 "
+                         "lowercase words of one token")
+        adapter, config = loaded.adapter, loaded.model.config
+        dims = (adapter.dims.n_layers, adapter.dims.n_heads)
+        n_params = sum(p.numel() for p in loaded.model.parameters())
+        described = (f"{args.model}: {type(loaded.model).__name__}, {dims[0]} layers, "
+                     f"{dims[1]} heads, d_model {adapter.dims.d_model}, vocab "
+                     f"{config.vocab_size} -> {n_params / 1e6:.1f}M parameters (pretrained)")
     # identical prompt files, one per evaluation, so that each gets a fresh runner
     names = ["warmup", *(f"repeat{r}" for r in range(args.repeats))]
     files = {}
     for name in names:
         data = folder / f"data_{name}.jsonl"
         write_rows(data, n=args.n, min_words=args.min_words, max_words=args.max_words,
-                   seed=args.seed)
-        files[name] = write_claims(folder, f"claims_{name}", data)
+                   seed=args.seed, words=words, spaced=spaced)
+        files[name] = write_claims(folder, f"claims_{name}", data, model=model_spec,
+                                   n_layers=dims[0], n_heads=dims[1])
 
-    session = Session(device="cpu")
     kinds = session.registry.kind_keys()
     parsed = {name: load_claim_file(path, kinds) for name, path in files.items()}
     bad = [c for f in parsed.values() for c in (f.error, *f.claims)
@@ -371,13 +438,12 @@ def _run(args: argparse.Namespace, folder: Path, threads: int, started: float,
     print(f"  torch {torch.__version__}, transformers {transformers.__version__}, cpu, "
           f"float32, torch.set_num_threads({threads}) -> {torch.get_num_threads()} "
           f"threads ({os.cpu_count()} CPUs)")
-    print(f"  model: GPT2LMHeadModel from GPT2Config: {N_LAYER} layers, {N_HEAD} heads, "
-          f"d_model {N_EMBD}, d_mlp {4 * N_EMBD}, vocab {vocab} words -> "
-          f"{n_params / 1e6:.1f}M parameters (random init, seed {args.seed})")
+    print(f"  model: {described}")
     span = f"{lengths[0]}" if len(lengths) == 1 else f"{lengths[0]}-{lengths[-1]}"
-    words = (f"{args.min_words}" if args.min_words == args.max_words
+    word_span = (f"{args.min_words}" if args.min_words == args.max_words
              else f"{args.min_words}-{args.max_words}")
-    print(f"  prompts: {len(prompts)} of {span} tokens (<bos> + {words} words) in "
+    bos = "" if args.model else "<bos> + "
+    print(f"  prompts: {len(prompts)} of {span} tokens ({bos}{word_span} words) in "
           f"{len(batches)} equal-length group(s), one batch each: sizes "
           f"{[len(b) for b in batches]}")
     print(f"  claims: {len(ids)}; timed evaluations: {args.repeats} after 1 warm-up "
