@@ -1,4 +1,4 @@
-"""The built-in claim kinds: necessary, sufficient, negligible and attends.
+"""The built-in claim kinds: necessary, sufficient, negligible, attends and performs.
 
 A claim kind declares the keys it accepts (for the loader) and turns one validated
 claim into a :class:`Measurement`: per-prompt values reduced by its decision rule to a
@@ -218,4 +218,42 @@ class Attends:
                            expected=f"{label} > {threshold:.4g}")
 
 
-BUILTIN_KINDS = (Necessary(), Sufficient(), Negligible(), Attends())
+class Performs:
+    """The model does the task: its metric on the clean prompts exceeds ``min_value``.
+
+    No intervention: the claim that the behaviour is there at all, which every claim
+    about how the model does it presupposes (the clean logit difference of IOI, the
+    probability difference of greater-than).
+    """
+
+    name = "performs"
+    description = "the metric on the clean prompts exceeds min_value (the model does the task)"
+    keys = _keys(METRIC, KeySpec(name="min_value", required=True, parse=as_number,
+                                 expected="a number, e.g. 2.0 for a logit difference"))
+
+    def needs(self, claim: ClaimSpec, ctx: Context) -> Needs:
+        from mechcheck.engine import Needs
+
+        ctx.runner(claim)  # the model and data must load for the clean run
+        return Needs(runs={"clean"})
+
+    def measure(self, claim: ClaimSpec, ctx: Context) -> Measurement:
+        from mechcheck.errors import ClaimSpecError
+        from mechcheck.stats import test_greater
+
+        metric = ctx.metric(claim)
+        if not metric.higher_is_better:
+            raise ClaimSpecError(
+                f"performs needs a metric where higher is better; {metric.name} is lower "
+                "when the model does better", key="metric",
+                hint="use logit_diff, logprob, prob, accuracy or greater_than_pd")
+        values = ctx.metric_values(claim, "clean")
+        threshold = claim.params["min_value"]
+        decision = test_greater(values, threshold, alpha=claim.alpha, test=claim.test,
+                                seed=claim.seed, n_resamples=ctx.n_resamples)
+        return Measurement(decision=decision, intervention="none (clean run)",
+                           metric=metric.name, components=(),
+                           expected=f"clean {metric.name} > {threshold:.4g}")
+
+
+BUILTIN_KINDS = (Necessary(), Sufficient(), Negligible(), Attends(), Performs())

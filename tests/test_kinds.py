@@ -115,3 +115,65 @@ def test_negligible_and_necessary_rules_and_tests(tmp_path: Path) -> None:
     assert wrong.verdict == "error"
     assert "test: bootstrap does not apply here" in wrong.message
     assert "test: robust" in wrong.message and "test: t" in wrong.message
+
+
+PERFORMS = f"""\
+model: zoo:induction-2l
+data: {ROWS}
+n: 30
+claims:
+  - id: does_the_task
+    kind: performs
+    metric: logit_diff
+    min_value: 1.0
+  - id: not_that_well
+    kind: performs
+    metric: logit_diff
+    min_value: 1000
+  - id: with_t
+    kind: performs
+    metric: logprob
+    min_value: -50
+    test: t
+  - id: lower_is_better
+    kind: performs
+    metric: kl
+    min_value: 0
+  - id: with_components
+    kind: performs
+    metric: logit_diff
+    components: ["head 1.0"]
+    min_value: 0
+"""
+
+
+def test_performs_is_the_clean_metric_against_min_value(tmp_path: Path) -> None:
+    """``performs`` tests the clean metric itself: its effect equals the mean logit
+    difference computed here with a plain forward pass, row by row."""
+    import json
+
+    import torch
+
+    path = tmp_path / "test_performs.yaml"
+    path.write_text(PERFORMS)
+    session = Session(device="cpu")
+    task, too_high, with_t, kl, components = evaluate_path(path, session)
+    loaded = session.model("zoo:induction-2l", str(tmp_path))
+    tok, model = loaded.tokenizer, loaded.model
+    diffs = []
+    for line in ROWS.read_text().splitlines()[:30]:
+        row = json.loads(line)
+        ids = tok(row["prompt"], return_tensors="pt").input_ids
+        with torch.no_grad():
+            logits = model(ids).logits[0, -1]
+        answer, wrong = (tok(row[k], add_special_tokens=False).input_ids[0]
+                         for k in ("answer", "wrong"))
+        diffs.append(float(logits[answer] - logits[wrong]))
+    assert task.verdict == "pass" and task.n == 30
+    assert abs(task.effect - sum(diffs) / len(diffs)) < 1e-4
+    assert task.ci_low < task.effect < task.ci_high and task.method == "robust"
+    assert task.intervention == "none (clean run)" and task.components == ()
+    assert too_high.verdict == "fail" and too_high.effect == task.effect
+    assert with_t.verdict == "pass" and with_t.method == "t"
+    assert kl.verdict == "error" and "higher is better" in kl.message
+    assert components.verdict == "error" and "unknown key 'components'" in components.message
