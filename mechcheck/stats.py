@@ -248,7 +248,7 @@ def test_ratio(
       ``p <= alpha`` iff ``ci_low > R``. Needs no resampling (``seed`` is only recorded).
     * ``robust`` (default, method ``robust-fieller``): Fieller's rule and its bootstrap
       twin must both pass. The twin replaces the t quantiles by the order statistics of
-      bootstrap-t pivots of the mean of ``num - ratio * den`` (sign of ``mean(den)``)
+      bootstrap-t pivots of the mean of ``d = num - R * den`` (sign of ``mean(den)``)
       from resamples of ``m = max(3, 3n // 10)`` prompts, as the robust rule of
       :func:`test_greater`: p = (1 + #{t* >= t(R)}) / (B + 1) with ``t(R)`` the paired
       t statistic of ``num - R * den``, and its bounds solve ``t(r) = t*`` (Fieller's
@@ -419,22 +419,126 @@ def _t_greater(mean: float, se: float, n: int, threshold: float, alpha: float) -
 def _robust_fieller(
     num: _Floats, den: _Floats, ratio: float, threshold: float, alpha: float, rng: _Gen, b: int
 ) -> _Rule:
-    """Fieller's rule with the t quantiles replaced by small-resample bootstrap-t pivots."""
+    """Fieller's rule with the t quantiles replaced by small-resample bootstrap-t pivots
+    of ``d(r) = num - r * den``, the values whose mean a ratio ``r`` is about.
+
+    The p-value takes the pivots at the claim's R. Each bound is the r at which the
+    statistic ``t(r)`` equals the quantile of the pivots *at that r* (the same resampled
+    prompts for every r), found by root-finding: the interval is the set of ratios around
+    the estimate that the twin's test does not reject. (Pivots of
+    ``num - ratio * den`` at the estimate alone mix the denominator's noise into them,
+    which hides the skew of ``d``; that version passed too many ratios at R with
+    left-skewed values.)"""
     sign = 1.0 if float(np.mean(den)) > 0 else -1.0
-    pivots = sign * _subsample_pivots(num - ratio * den, rng, b)
+    moments = _paired_moments(num, den, rng, b)
+
+    def pivots_at(r: float) -> _Floats:
+        return sign * moments.pivots(r)
+
+    def excess(r: float, upper: bool) -> float:
+        """``t(r)`` minus the twin's critical pivot at r (its (k+1)-th largest, or
+        smallest); positive where the twin's test rejects the ratio r (from above, or
+        from below); nan when too few pivots are left."""
+        pivots = pivots_at(r)
+        kept = pivots.size
+        if (kept + 1) * alpha < 1:
+            return math.nan
+        k = _max_exceedances(alpha, kept)
+        at = kept - 1 - k if upper else k
+        critical = float(np.partition(pivots, at)[at])
+        d = num - r * den
+        t = float(_pivots(np.array([sign * np.mean(d)]),
+                          np.array([np.std(d, ddof=1) / math.sqrt(num.size)]))[0])
+        return t - critical if upper else critical - t
+
+    def bound(upper: bool, unbounded: float) -> float:
+        """The ratio nearest the estimate at which the twin's test starts rejecting:
+        bracketed by doubling steps away from the estimate (from one delta-method
+        standard error), then found by Brent's method."""
+        from scipy.optimize import brentq
+
+        direction = -1.0 if upper else 1.0
+        residual = num - ratio * den
+        se = float(np.std(residual, ddof=1) / (math.sqrt(num.size) * abs(np.mean(den))))
+        inside, width = ratio, max(se, 1e-9 * max(1.0, abs(ratio)))
+        for _ in range(_BOUND_STEPS):
+            outside = ratio + direction * width
+            value = excess(outside, upper)
+            if math.isnan(value):
+                return unbounded
+            if value > 0:
+                break
+            inside, width = outside, 2 * width
+        else:
+            return unbounded
+        def signed(r: float) -> float:  # not rejected (excess <= 0) counts as negative
+            value = excess(r, upper)
+            return value if value > 0 else min(value, -1e-300)
+
+        # negative at inside, positive at outside: the root is where the twin's p
+        # crosses alpha
+        root = brentq(signed, inside, outside, xtol=1e-13 * max(1.0, abs(inside)),
+                      maxiter=200)
+        # the last ratio the twin does not reject, on the estimate's side of the root
+        return float(root) if excess(float(root), upper) <= 0 else \
+            float(np.nextafter(root, ratio))
+
+    pivots = pivots_at(threshold)
     kept = pivots.size
     if (kept + 1) * alpha < 1:  # almost every resample tied
         return 1.0, -math.inf, math.inf
-    k = _max_exceedances(alpha, kept)
-    ordered = np.sort(pivots)
-    low = _fieller_bound(num, den, float(ordered[kept - 1 - k]), -math.inf)
-    high = _fieller_bound(num, den, float(ordered[k]), math.inf)
+    low, high = bound(True, -math.inf), bound(False, math.inf)
     if low == -math.inf:  # the quantile cannot bound the ratio from below
         return 1.0, low, high
     d = num - threshold * den
     observed = _pivots(np.array([sign * np.mean(d)]),
                        np.array([np.std(d, ddof=1) / math.sqrt(num.size)]))[0]
     return (1 + int(np.count_nonzero(pivots >= observed))) / (kept + 1), low, high
+
+
+@dataclass(frozen=True, slots=True)
+class _PairedMoments:
+    """Per resample of ``m`` prompts (drawn once): the centred means of ``num`` and
+    ``den`` and their (co)variances, so that the pivot of ``d(r) = num - r * den`` in
+    every resample is a formula in r (``d`` is linear in r) rather than a new pass."""
+
+    num: _Floats
+    den: _Floats
+    mean_num: _Floats
+    mean_den: _Floats
+    var_num: _Floats
+    cov: _Floats
+    var_den: _Floats
+    m: int
+
+    def pivots(self, r: float) -> _Floats:
+        """:func:`_subsample_pivots` of ``num - r * den`` over the same resamples."""
+        variance = np.maximum(self.var_num - 2 * r * self.cov + r * r * self.var_den, 0.0)
+        sd = np.sqrt(variance)
+        floor = _MIN_RESAMPLE_SD * float(np.std(self.num - r * self.den, ddof=1))
+        kept = sd > floor
+        return (self.mean_num[kept] - r * self.mean_den[kept]) / (sd[kept] / math.sqrt(self.m))
+
+
+def _paired_moments(num: _Floats, den: _Floats, rng: _Gen, n_resamples: int) -> _PairedMoments:
+    m = _subsample_size(num.size)
+    parts: dict[str, list[_Floats]] = {k: [] for k in ("mn", "md", "vn", "c", "vd")}
+    centred_num, centred_den = num - np.mean(num), den - np.mean(den)
+    for idx in _index_blocks(rng, num.size, n_resamples, size=m):
+        a, c = centred_num[idx], centred_den[idx]
+        mean_a, mean_c = a.mean(axis=1), c.mean(axis=1)
+        da, dc = a - mean_a[:, None], c - mean_c[:, None]
+        parts["mn"].append(mean_a)
+        parts["md"].append(mean_c)
+        parts["vn"].append(np.einsum("ij,ij->i", da, da) / (m - 1))
+        parts["c"].append(np.einsum("ij,ij->i", da, dc) / (m - 1))
+        parts["vd"].append(np.einsum("ij,ij->i", dc, dc) / (m - 1))
+    joined = {k: np.concatenate(v) for k, v in parts.items()}
+    return _PairedMoments(num=num, den=den, mean_num=joined["mn"], mean_den=joined["md"],
+                          var_num=joined["vn"], cov=joined["c"], var_den=joined["vd"], m=m)
+
+
+_BOUND_STEPS = 64  # doublings of the bracket from one standard error: beyond, unbounded
 
 
 _GreaterRule = Callable[[_Floats, float, float, _Gen, int], _Rule]
