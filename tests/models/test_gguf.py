@@ -276,7 +276,8 @@ def test_claim_files_run_on_gguf_and_skip_a_missing_package(
         "    ablation: zero\n"
         "    min_drop: 0.0\n")
     results = {r.id: r for r in evaluate_path(tmp_path / "test_gguf.yaml")}
-    assert results["head_matters"].verdict == "fail", results["head_matters"].message  # measured on the model, not an error
+    # measured on the model (and refuted), not an error
+    assert results["head_matters"].verdict == "fail", results["head_matters"].message
     assert results["head_matters"].n == 4
     assert results["missing_package"].verdict == "skip"
     assert "pip install no-such-weights-pkg" in (results["missing_package"].message or "")
