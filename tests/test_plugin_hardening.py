@@ -290,6 +290,12 @@ def mechcheck_claim_kinds():
 '''
 
 
+def default_sigint() -> None:
+    """SIGINT back to its default in the child: a shell starts background jobs with
+    SIGINT ignored, and Python then raises no KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt(project: pytest.Pytester, *args: str) -> tuple[int, str]:
     """Run pytest in a subprocess, send SIGINT once the slow claim runs."""
     mark = project.path / "slow-started"
@@ -297,7 +303,7 @@ def _interrupt(project: pytest.Pytester, *args: str) -> tuple[int, str]:
            "PYTHONPATH": os.pathsep.join([str(project.path), *sys.path])}
     proc = subprocess.Popen([sys.executable, "-m", "pytest", *NO_CACHE, *args],
                             cwd=project.path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, preexec_fn=default_sigint)
     try:
         deadline = time.monotonic() + 240
         while not mark.exists():

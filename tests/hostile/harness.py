@@ -277,6 +277,13 @@ def run_inprocess(case: Case, pytester: pytest.Pytester) -> Outcome:
     return Outcome(status=int(result.ret), output=output, seconds=seconds, hung=hung)
 
 
+def default_sigint() -> None:
+    """In the child, before exec: SIGINT back to its default. A shell starts background
+    jobs with SIGINT ignored, and Python leaves an inherited SIG_IGN alone (no
+    KeyboardInterrupt), so a suite run in the background would otherwise hang here."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_interrupted(case: Case, root: Path) -> Outcome:
     """Start pytest as a subprocess, wait for ``wait_for``, send SIGINT, collect."""
     assert case.wait_for, "mode: sigint needs wait_for"
@@ -286,7 +293,8 @@ def run_interrupted(case: Case, root: Path) -> Outcome:
     start = time.perf_counter()
     with log.open("w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "pytest", *BASE_ARGS, *case.args],
-                                cwd=root, stdout=out, stderr=subprocess.STDOUT, env=env)
+                                cwd=root, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                preexec_fn=default_sigint)
         try:
             deadline = time.monotonic() + case.timeout
             while not (root / case.wait_for).exists():
