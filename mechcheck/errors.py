@@ -26,6 +26,7 @@ __all__ = [
 
 
 _E = TypeVar("_E", bound="MechcheckError")
+_LOCATION = ("path", "line", "claim_id", "key", "hint")
 
 class MechcheckError(Exception):
     """Base class of all errors that mechcheck reports to the user.
@@ -58,11 +59,20 @@ class MechcheckError(Exception):
         self.hint = hint
 
     def located(self: _E, **fields: Any) -> _E:
-        """Return this error with the location fields that are still unset filled in."""
+        """A copy of this error with the location fields that are still unset filled in.
+
+        The error itself is never changed, so one error kept (a model that failed to
+        load, say) can be located anew for each claim that meets it.
+        """
+        import copy
+
+        located = copy.copy(self)
         for name, value in fields.items():
-            if getattr(self, name, None) is None and value is not None:
-                setattr(self, name, value)
-        return self
+            if name not in _LOCATION:
+                raise TypeError(f"located() takes {', '.join(_LOCATION)}, not {name!r}")
+            if getattr(located, name, None) is None and value is not None:
+                setattr(located, name, value)
+        return located
 
     @property
     def location(self) -> str:

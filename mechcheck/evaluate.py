@@ -196,7 +196,7 @@ def _error_result(path: str, claim_id: str, exc: MechcheckError,
                   spec: ClaimSpec | None) -> ClaimResult:
     verdict = "error"
     if spec is not None:
-        exc.located(path=spec.path, claim_id=spec.id, line=spec.line_of(exc.key))
+        exc = exc.located(path=spec.path, claim_id=spec.id, line=spec.line_of(exc.key))
         if spec.skip_if_unavailable and isinstance(exc, ModelUnavailableError):
             verdict = "skip"
     return ClaimResult(

@@ -84,8 +84,9 @@ class Session:
                                      trust_remote_code=self.trust_remote_code,
                                      progress=self.progress)
         except MechcheckError as exc:
-            self._model_errors[key] = copy.copy(exc.located(key="model"))
-            raise
+            located = exc.located(key="model")
+            self._model_errors[key] = located
+            raise copy.copy(located) from None
         self.say(f"model {key} loaded on {self._model.device} ({self.dtype}) in "
                  f"{time.perf_counter() - start:.2f} s")
         return self._model
