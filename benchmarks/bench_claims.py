@@ -220,13 +220,9 @@ def write_claims(folder: Path, name: str, data: Path, *, model: str = "model",
 
 def model_value(spec: str) -> str:
     """``spec`` with a relative folder or file made absolute (claim files live elsewhere)."""
-    for kind in ("hf:", "zoo:"):
-        if spec.startswith(kind):
-            return spec
-    if spec.startswith("gguf:"):
-        where = spec[len("gguf:"):]
-        return f"gguf:{Path(where).resolve()}" if Path(where).exists() else spec
-    return str(Path(spec).resolve())
+    from mechcheck.models.loading import parse_source
+
+    return str(parse_source(spec))
 
 
 # -- timing ------------------------------------------------------------------------------

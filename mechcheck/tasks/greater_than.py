@@ -103,6 +103,12 @@ def _is_token(tokenizer: Any, text: str) -> bool:
     return len(ids) == 1 and ids[0] != getattr(tokenizer, "unk_token_id", None)
 
 
+def _own_tokens(tokenizer: Any, texts: Sequence[str]) -> tuple[list[str], list[int]]:
+    """The texts that are not one token each, and (when there are none) every text's id."""
+    missing = [t for t in texts if not _is_token(tokenizer, t)]
+    return missing, [] if missing else [_encode(tokenizer, t)[0] for t in texts]
+
+
 def year_token_ids(tokenizer: Any) -> torch.Tensor:
     """The token ids of "00".."99" (index ``y`` holds the id of ``y``), cached per tokenizer.
 
@@ -112,8 +118,7 @@ def year_token_ids(tokenizer: Any) -> torch.Tensor:
     cached = _IDS.get(tokenizer)
     if cached is not None:
         return cached
-    missing = [y for y in _YEARS if not _is_token(tokenizer, y)]
-    ids = [_encode(tokenizer, y)[0] for y in _YEARS] if not missing else []
+    missing, ids = _own_tokens(tokenizer, _YEARS)
     if missing or len(set(ids)) != len(_YEARS):
         shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
         raise ValueError(
@@ -135,8 +140,7 @@ def digit_token_ids(tokenizer: Any) -> torch.Tensor:
     cached = _DIGIT_IDS.get(tokenizer)
     if cached is not None:
         return cached
-    missing = [d for d in _DIGITS if not _is_token(tokenizer, d)]
-    ids = [_encode(tokenizer, d)[0] for d in _DIGITS] if not missing else []
+    missing, ids = _own_tokens(tokenizer, _DIGITS)
     if missing or len(set(ids)) != len(_DIGITS):
         raise ValueError("greater_than on digit tokens needs each digit 0..9 to be one token "
                          "of its own; " + (f"not under this tokenizer: {', '.join(missing)}"

@@ -77,8 +77,6 @@ def _packaged(name: str, checkpoint: str, progress: Any) -> Path:
     except ModelUnavailableError as exc:
         package = where.partition("/")[0]
         raise ModelUnavailableError(
-            f"zoo:{name} is SmolLM2's GGUF file from the Python package '{package}', "
-            "which is not installed" if name.startswith("smollm2") else
             f"zoo:{name} comes from the Python package '{package}', which is not installed",
             key="model", hint=gguf.install_hint(package)) from exc
     return gguf.cached_folder(file, progress=progress)
