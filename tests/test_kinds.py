@@ -177,3 +177,34 @@ def test_performs_is_the_clean_metric_against_min_value(tmp_path: Path) -> None:
     assert with_t.verdict == "pass" and with_t.method == "t"
     assert kl.verdict == "error" and "higher is better" in kl.message
     assert components.verdict == "error" and "unknown key 'components'" in components.message
+
+
+def test_performs_on_the_planted_model_equals_its_known_logit_difference(
+        tmp_path: Path) -> None:
+    """On zoo:planted-prevtoken, ablating head 0.0 leaves every logit equal (the logit
+    difference exactly 0, by construction), so the clean logit difference that
+    ``performs`` tests is exactly the drop that ``necessary`` measures for head 0.0."""
+    rows = ROWS.parent / "planted.jsonl"
+    path = tmp_path / "test_planted_performs.yaml"
+    path.write_text(f"""\
+model: zoo:planted-prevtoken
+data: {rows}
+metric: logit_diff
+claims:
+  - id: copies_two_back
+    kind: performs
+    min_value: 9.8
+  - id: head_0_0_drop
+    kind: necessary
+    components: ["head 0.0"]
+    ablation: zero
+    min_drop: 9.8
+  - id: not_that_much
+    kind: performs
+    min_value: 10.0
+""")
+    performs, necessary, too_high = evaluate_path(path, Session(device="cpu"))
+    assert performs.verdict == necessary.verdict == "pass"
+    assert abs(performs.effect - necessary.effect) < 1e-5
+    assert 9.8 < performs.effect < 10.0  # "about 9.9" (mechcheck/zoo/planted.py)
+    assert too_high.verdict == "fail"
