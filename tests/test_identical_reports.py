@@ -103,7 +103,7 @@ def test_claim_suites_give_the_recorded_reports(tmp_path: Path) -> None:
 def test_the_comparison_sees_a_changed_number_verdict_or_message() -> None:
     base = {"effect": 1.25, "verdict": "pass", "message": "drop 1.234 > 1.0", "ci": [1, 2]}
     assert _close(base, dict(base), "r") == []
-    assert _close(base, {**base, "effect": 1.2500001}, "r")
+    assert _close(base, {**base, "effect": 1.25001}, "r")
     assert _close(base, {**base, "verdict": "fail"}, "r")
     assert _close(base, {**base, "message": "drop 1.301 > 1.0"}, "r")
     assert _close(base, {**base, "message": "rise 1.234 > 1.0"}, "r")
