@@ -23,7 +23,7 @@ __all__ = [
 
 _LAZY = {
     "Address": "mechcheck.addresses",
-    "ClaimResult": "mechcheck.results",
+    "ClaimResult": "mechcheck.report.results",
     "MechcheckError": "mechcheck.errors",
     "Session": "mechcheck.session",
     "evaluate_path": "mechcheck.api",
@@ -36,8 +36,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from mechcheck.api import evaluate_path
     from mechcheck.errors import MechcheckError
     from mechcheck.hookspecs import hookimpl
-    from mechcheck.report import results_frame
-    from mechcheck.results import ClaimResult
+    from mechcheck.report.io import results_frame
+    from mechcheck.report.results import ClaimResult
     from mechcheck.session import Session
 
 

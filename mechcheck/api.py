@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from mechcheck.results import ClaimResult
+from mechcheck.report.results import ClaimResult
 from mechcheck.session import Session
 
 __all__ = ["Planned", "claim_files", "evaluate_path", "evaluate_planned", "plan_path"]

@@ -17,7 +17,7 @@ __all__ = [
 
 @hookimpl(trylast=True)
 def mechcheck_interventions() -> list[Any]:
-    from mechcheck.interventions import BUILTIN_INTERVENTIONS
+    from mechcheck.engine.interventions import BUILTIN_INTERVENTIONS
 
     return list(BUILTIN_INTERVENTIONS)
 

@@ -92,9 +92,9 @@ def _check_parser(check: argparse.ArgumentParser) -> None:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from mechcheck.baseline import compare, format_changes
     from mechcheck.options import check_max_drift
-    from mechcheck.report import read_report
+    from mechcheck.report.baseline import compare, format_changes
+    from mechcheck.report.io import read_report
 
     check_max_drift(args.max_drift, option="--max-drift", baseline=args.old,
                     baseline_option="OLD")
@@ -109,9 +109,9 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from mechcheck.html_report import check_output, render
     from mechcheck.options import check_max_drift
-    from mechcheck.report import load_report, read_report, require_complete
+    from mechcheck.report.html import check_output, render
+    from mechcheck.report.io import load_report, read_report, require_complete
 
     check_max_drift(args.max_drift, option="--max-drift", baseline=args.baseline,
                     baseline_option="--baseline")
@@ -202,13 +202,13 @@ def _check(args: argparse.Namespace) -> int:
 
 def _check_outputs(args: argparse.Namespace) -> None:
     """The report paths, checked before any claim runs."""
-    from mechcheck.report import check_report_path, check_writable
+    from mechcheck.report.io import check_report_path, check_writable
 
     if args.report:
         check_report_path(args.report)
         check_writable(args.report, key="--report")
     if args.report_prompts:
-        from mechcheck.prompt_values import check_prompts_path
+        from mechcheck.report.prompt_values import check_prompts_path
 
         check_prompts_path(args.report_prompts, key="--report-prompts")
         check_writable(args.report_prompts, key="--report-prompts")
@@ -221,7 +221,7 @@ def _finish(args: argparse.Namespace, results: list[Any], seconds: float, *,
     from collections import Counter
 
     from mechcheck.outcomes import FAILING, outcome
-    from mechcheck.report import summary_table, write_report
+    from mechcheck.report.io import summary_table, write_report
 
     for line in summary_table(results, show=args.table):
         print(line)
@@ -245,7 +245,7 @@ def _finish(args: argparse.Namespace, results: list[Any], seconds: float, *,
                                incomplete_reason=stopped)
         print(f"report written to {written}" + (" (incomplete)" if stopped else ""))
     if args.report_prompts:
-        from mechcheck.prompt_values import write_prompt_values
+        from mechcheck.report.prompt_values import write_prompt_values
 
         written = write_prompt_values(results, args.report_prompts, key="--report-prompts",
                                       complete=stopped is None)

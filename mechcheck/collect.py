@@ -17,7 +17,7 @@ from mechcheck.errors import MechcheckError
 from mechcheck.outcomes import xfail_before
 
 if TYPE_CHECKING:
-    from mechcheck.results import ClaimResult
+    from mechcheck.report.results import ClaimResult
 
 __all__ = ["ClaimFailed", "ClaimFileNode", "ClaimItem", "item_names"]
 

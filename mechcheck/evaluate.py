@@ -1,4 +1,4 @@
-"""Evaluate the claims of one file into :class:`~mechcheck.results.ClaimResult` records.
+"""Evaluate the claims of one file into :class:`~mechcheck.report.results.ClaimResult` records.
 
 The claims of a file form one family: their p-values are corrected together (Holm by
 default, the file's ``correction:`` otherwise), so every claim of the file is measured
@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from mechcheck.context import Context
-from mechcheck.engine import Needs
+from mechcheck.engine.context import Context
+from mechcheck.engine.runner import Needs
 from mechcheck.errors import (
     MechcheckError,
     ModelUnavailableError,
@@ -26,7 +26,7 @@ from mechcheck.errors import (
     raised_in_mechcheck,
 )
 from mechcheck.kinds import Measurement
-from mechcheck.results import ClaimResult, format_failure
+from mechcheck.report.results import ClaimResult, format_failure
 from mechcheck.session import Session
 from mechcheck.spec.schema import ClaimFile, ClaimSpec
 

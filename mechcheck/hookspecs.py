@@ -19,7 +19,7 @@ hookimpl = pluggy.HookimplMarker("mechcheck")
 
 @hookspec
 def mechcheck_interventions() -> list[Any]:
-    """Return the :class:`~mechcheck.interventions.Intervention` objects this plugin adds.
+    """Return the :class:`~mechcheck.engine.interventions.Intervention` objects this plugin adds.
 
     Called once when the registry is built; all results are collected (not
     firstresult).  Names must be unique across plugins.

@@ -25,7 +25,7 @@ import pytest
 from mechcheck.collect import PLUGIN_KEY, ClaimFileNode, ClaimItem
 
 if TYPE_CHECKING:
-    from mechcheck.results import ClaimResult
+    from mechcheck.report.results import ClaimResult
     from mechcheck.session import Session
 
 __all__ = ["MechcheckPlugin"]
@@ -114,8 +114,8 @@ class MechcheckPlugin:
     def baseline(self) -> dict[Any, ClaimResult]:
         """The baseline's results by (file, id, checkpoint); empty without one."""
         if self._baseline is None:
-            from mechcheck.baseline import index
-            from mechcheck.report import read_report
+            from mechcheck.report.baseline import index
+            from mechcheck.report.io import read_report
 
             path = self.config.getoption(BASELINE_OPTION)
             allow = bool(self.config.getoption(INCOMPLETE_OPTION))
@@ -207,7 +207,7 @@ class MechcheckPlugin:
                                        for name, result in zip(names, results)}
         result = self._file_results[key][item.name]
         if self.baseline:
-            from mechcheck.baseline import apply_baseline
+            from mechcheck.report.baseline import apply_baseline
 
             result = apply_baseline(result, self.baseline,
                                     self.config.getoption(DRIFT_OPTION))
@@ -218,7 +218,7 @@ class MechcheckPlugin:
 
     # -- hooks, registered with this object in pytest_configure --------------------
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        from mechcheck.results import ClaimResult
+        from mechcheck.report.results import ClaimResult
 
         if report.when == "teardown":
             self.finished += 1
@@ -248,7 +248,7 @@ class MechcheckPlugin:
             if path:
                 self._write_report(Path(path), stopped)
             if prompts:
-                from mechcheck.prompt_values import write_prompt_values
+                from mechcheck.report.prompt_values import write_prompt_values
 
                 written = write_prompt_values(self.ordered(), prompts, key=PROMPTS_OPTION,
                                               complete=stopped is None)
@@ -259,7 +259,7 @@ class MechcheckPlugin:
             session.exitstatus = pytest.ExitCode.USAGE_ERROR
 
     def _write_report(self, path: Path, stopped: str | None) -> None:
-        from mechcheck.report import write_report
+        from mechcheck.report.io import write_report
 
         if stopped is not None and not self.results and path.exists():
             self.report_note = (f"report {os.fspath(path)} kept as it was: the run stopped "
@@ -293,14 +293,14 @@ class MechcheckPlugin:
 
     def changes(self) -> list[Any]:
         """Differences from the baseline among the claims that ran."""
-        from mechcheck.baseline import compare
+        from mechcheck.report.baseline import compare
 
         ran = {(r.file, r.id, r.checkpoint) for r in self.results}
         old = [r for k, r in self.baseline.items() if k in ran]
         return compare(old, self.ordered(), max_drift=self.config.getoption(DRIFT_OPTION))
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        from mechcheck.report import summary_table
+        from mechcheck.report.io import summary_table
 
         lines = summary_table(self.ordered(), show=self.config.getoption(TABLE_OPTION),
                               timing=self.config.get_verbosity() > 0)
@@ -309,7 +309,7 @@ class MechcheckPlugin:
             for line in lines:
                 terminalreporter.write_line(line)
         if self.results and self.baseline:
-            from mechcheck.baseline import format_changes
+            from mechcheck.report.baseline import format_changes
 
             changes = self.changes()
             bad = [c for c in changes if c.kind in ("regression", "drift")]
@@ -353,7 +353,7 @@ def _check_options(config: pytest.Config) -> None:
     """Every mechcheck option, checked before collection: one usage error each."""
     from mechcheck import options
     from mechcheck.errors import MechcheckError
-    from mechcheck.report import check_report_path
+    from mechcheck.report.io import check_report_path
 
     opt = config.getoption
     options.check_batch_size(opt(BATCH_OPTION), option=BATCH_OPTION)
@@ -371,7 +371,7 @@ def _check_options(config: pytest.Config) -> None:
             raise MechcheckError(f"{REPORT_OPTION} {report}: {exc.message}",
                                  key=REPORT_OPTION, hint=exc.hint) from None
     if opt(PROMPTS_OPTION):
-        from mechcheck.prompt_values import check_prompts_path
+        from mechcheck.report.prompt_values import check_prompts_path
 
         check_prompts_path(opt(PROMPTS_OPTION), key=PROMPTS_OPTION)
 

@@ -17,7 +17,7 @@ from typing import Any, cast
 import yaml
 
 from mechcheck.errors import ClaimSpecError
-from mechcheck.results import ClaimResult, format_failure
+from mechcheck.report.results import ClaimResult, format_failure
 from mechcheck.session import Session
 
 __all__ = ["Checker", "plain_claim", "plain_key", "plain_value"]

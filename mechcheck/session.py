@@ -19,7 +19,7 @@ from mechcheck.errors import DataError, MechcheckError
 
 if TYPE_CHECKING:
     from mechcheck.data import Dataset
-    from mechcheck.engine import Runner
+    from mechcheck.engine.runner import Runner
     from mechcheck.models.loading import LoadedModel
     from mechcheck.plugins import Registry
     from mechcheck.spec.schema import ClaimSpec
@@ -104,7 +104,7 @@ class Session:
 
     def runner(self, claim: ClaimSpec) -> Runner:
         """The runner for the claim's model and data (built on first use)."""
-        from mechcheck.engine import Runner
+        from mechcheck.engine.runner import Runner
 
         if claim.model is None:
             raise MechcheckError("no model given", key="model",

@@ -88,9 +88,9 @@ def _import_everything_once(tiny_loaded: Callable[..., Any]) -> None:
 
     from mechcheck.addresses import Address
     from mechcheck.data import load_rows, tokenize_rows
-    from mechcheck.engine import Runner
-    from mechcheck.interventions import BUILTIN_INTERVENTIONS
-    from mechcheck.report import results_frame
+    from mechcheck.engine.interventions import BUILTIN_INTERVENTIONS
+    from mechcheck.engine.runner import Runner
+    from mechcheck.report.io import results_frame
     from mechcheck.session import Session
 
     with tempfile.TemporaryDirectory() as folder:
@@ -136,7 +136,7 @@ claims:
 @pytest.fixture(autouse=True)
 def _no_hook_left_behind() -> Any:
     """Every test must leave the shared models without the hooks it installed."""
-    from mechcheck._torch_hooks import hook_count
+    from mechcheck.engine.hooks import hook_count
 
     before = [hook_count(m) for m in _WATCHED]
     yield

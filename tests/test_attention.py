@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from mechcheck.attention import duplicate_token, first_token, induction, previous_token
+from mechcheck.engine.attention import duplicate_token, first_token, induction, previous_token
 
 
 def _uniform(length: int) -> torch.Tensor:

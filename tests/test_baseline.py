@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from mechcheck.baseline import apply_baseline, compare, index
 from mechcheck.cli import main
-from mechcheck.report import write_report
-from mechcheck.results import ClaimResult
+from mechcheck.report.baseline import apply_baseline, compare, index
+from mechcheck.report.io import write_report
+from mechcheck.report.results import ClaimResult
 from tests.conftest import word_rows
 
 

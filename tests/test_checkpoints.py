@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from mechcheck.models.loading import with_checkpoint
-from mechcheck.report import matrix, read_report
+from mechcheck.report.io import matrix, read_report
 from tests.conftest import checkpointed_project
 
 
@@ -71,8 +71,8 @@ def test_each_checkpoint_is_loaded_once(checkpointed: pytest.Pytester,
 
 
 def test_matrix_accepts_a_frame(tmp_path: Path) -> None:
-    from mechcheck.report import results_frame
-    from mechcheck.results import ClaimResult
+    from mechcheck.report.io import results_frame
+    from mechcheck.report.results import ClaimResult
 
     results = [ClaimResult(file="f", id=i, model="m", checkpoint=c, verdict=v)
                for i, c, v in [("a", "s1", "fail"), ("a", "s2", "pass"), ("b", "s1", "pass")]]

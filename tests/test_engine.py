@@ -11,9 +11,9 @@ import torch
 
 from mechcheck.addresses import Address
 from mechcheck.data import tokenize_rows
-from mechcheck.engine import Runner, position_mask
+from mechcheck.engine.interventions import BUILTIN_INTERVENTIONS, Intervention
+from mechcheck.engine.runner import Runner, position_mask
 from mechcheck.errors import DataError
-from mechcheck.interventions import BUILTIN_INTERVENTIONS, Intervention
 from tests.conftest import word_rows
 
 ARCHS = ("gpt2", "neox", "llama", "qwen2", "mistral")
@@ -310,7 +310,7 @@ def test_a_failing_forward_is_a_run_error_naming_the_cause_and_is_not_retried(
 
 
 def test_an_intervention_that_raises_names_itself_and_leaves_no_hook(tiny_loaded: Any) -> None:
-    from mechcheck._torch_hooks import hook_count
+    from mechcheck.engine.hooks import hook_count
     from mechcheck.errors import RunError
 
     def explode(current: torch.Tensor, source: torch.Tensor | None) -> torch.Tensor:

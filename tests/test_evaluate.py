@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from mechcheck.api import evaluate_path
-from mechcheck.report import results_frame
+from mechcheck.report.io import results_frame
 from mechcheck.session import Session
 from mechcheck.stats import adjust
 from tests.conftest import word_rows

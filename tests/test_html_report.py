@@ -11,9 +11,9 @@ import pytest
 
 from mechcheck.cli import main
 from mechcheck.errors import MechcheckError
-from mechcheck.html_report import onsets, render
-from mechcheck.report import write_report
-from mechcheck.results import ClaimResult
+from mechcheck.report.html import onsets, render
+from mechcheck.report.io import write_report
+from mechcheck.report.results import ClaimResult
 
 STEPS = ("step5", "step10", "step20", "step40")
 EVIL = "<script>alert('x')</script>&$"

@@ -267,7 +267,7 @@ import os
 import time
 
 import mechcheck
-from mechcheck.engine import Needs
+from mechcheck.engine.runner import Needs
 
 
 class Slow:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from mechcheck.errors import MechcheckError
-from mechcheck.prompt_values import check_prompts_path, prompt_frame, write_prompt_values
-from mechcheck.results import ClaimResult
+from mechcheck.report.prompt_values import check_prompts_path, prompt_frame, write_prompt_values
+from mechcheck.report.results import ClaimResult
 
 
 def _results() -> list[ClaimResult]:
@@ -48,7 +48,7 @@ def test_csv_written_and_read_back(tmp_path: Path) -> None:
 
 
 def test_parquet_needs_pyarrow(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mechcheck import prompt_values
+    from mechcheck.report import prompt_values
 
     real = importlib.util.find_spec
     monkeypatch.setattr(prompt_values.importlib.util, "find_spec",

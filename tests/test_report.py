@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from mechcheck.errors import MechcheckError
-from mechcheck.report import read_report, results_frame, summary_table, write_report
-from mechcheck.results import REPORT_FIELDS, ClaimResult, format_failure
+from mechcheck.report.io import read_report, results_frame, summary_table, write_report
+from mechcheck.report.results import REPORT_FIELDS, ClaimResult, format_failure
 
 
 def _results() -> list[ClaimResult]:
@@ -70,7 +70,7 @@ def test_summary_table_and_failure_text() -> None:
 
 def test_reports_are_replaced_atomically_and_keep_the_old_file_on_failure(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mechcheck import report
+    from mechcheck.report import io as report
 
     path = write_report(_results(), tmp_path / "r.json")
     before = path.read_text()
@@ -104,7 +104,7 @@ def _umask() -> int:
 
 
 def test_complete_flag_and_partial_csv(tmp_path: Path) -> None:
-    from mechcheck.report import load_report
+    from mechcheck.report.io import load_report
 
     done = write_report(_results(), tmp_path / "r.json")
     assert list(json.loads(done.read_text()))[:2] == ["mechcheck_report", "complete"]
@@ -166,8 +166,8 @@ def test_csv_reports_cannot_be_read_back(tmp_path: Path) -> None:
 
 
 def test_writable_paths_are_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mechcheck import report
-    from mechcheck.report import check_writable
+    from mechcheck.report import io as report
+    from mechcheck.report.io import check_writable
 
     assert check_writable(tmp_path / "new" / "r.json") == tmp_path / "new" / "r.json"
     assert (tmp_path / "new").is_dir()
@@ -199,7 +199,7 @@ def test_table_choices_and_underflowed_p_values() -> None:
 
 
 def test_matrix_keeps_claim_order_when_ids_repeat_across_files() -> None:
-    from mechcheck.report import matrix
+    from mechcheck.report.io import matrix
 
     results = [ClaimResult(file=f, id=i, model="m", checkpoint=c, verdict="pass")
                for f, ids in (("a.yaml", ["z", "m"]), ("b.yaml", ["m", "a", "y"]))

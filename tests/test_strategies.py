@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from mechcheck.addresses import Address, ModelDims
 from mechcheck.data import tokenize_rows
-from mechcheck.engine import position_mask
+from mechcheck.engine.runner import position_mask
 from mechcheck.models.tiny import word_tokenizer
 from mechcheck.plugins import Registry
 from mechcheck.strategies import addresses, positions, prompts

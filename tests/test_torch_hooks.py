@@ -10,12 +10,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mechcheck._torch_hooks import hook_count, hooked
 from mechcheck.addresses import Address
 from mechcheck.data import tokenize_rows
-from mechcheck.engine import Runner
+from mechcheck.engine.hooks import hook_count, hooked
+from mechcheck.engine.interventions import BUILTIN_INTERVENTIONS, Intervention
+from mechcheck.engine.runner import Runner
 from mechcheck.errors import RunError
-from mechcheck.interventions import BUILTIN_INTERVENTIONS, Intervention
 from tests.conftest import word_rows
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from mechcheck.report import matrix, read_report
+from mechcheck.report.io import matrix, read_report
 from tests.conftest import checkpointed_project
 
 pytest.importorskip("xdist")

@@ -50,6 +50,16 @@ class ArchMap:
     d_model: str
     d_mlp: str
     resid_mid_unless: str | None = None  # a config flag that removes resid_mid
+    # The inputs of the heads (block-relative modules whose *outputs* hold them):
+    # separate projections ``q``/``k``/``v``, or one fused ``qkv`` projection whose
+    # output is laid out as ``qkv_layout``: "qkv" = [all q | all k | all v] (GPT-2's
+    # c_attn), "per_head" = per head [q_h | k_h | v_h] (GPT-NeoX's query_key_value).
+    q: str | None = None
+    k: str | None = None
+    v: str | None = None
+    qkv: str | None = None
+    qkv_layout: str = "qkv"
+    n_kv_heads: str | None = None  # config attribute: key/value heads (grouped-query)
 
 
 @dataclass(frozen=True, slots=True)

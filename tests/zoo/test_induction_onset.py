@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from mechcheck.api import evaluate_path
-from mechcheck.html_report import onsets
-from mechcheck.report import matrix
+from mechcheck.report.html import onsets
+from mechcheck.report.io import matrix
 from mechcheck.session import Session
 from mechcheck.spec.loader import load_claim_file
 

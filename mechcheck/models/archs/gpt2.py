@@ -21,4 +21,6 @@ GPT2 = ArchMap(
     n_heads="n_head",
     d_model="n_embd",
     d_mlp="n_inner",
+    qkv="attn.c_attn",
+    qkv_layout="qkv",
 )

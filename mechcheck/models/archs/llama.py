@@ -25,4 +25,8 @@ LLAMA = ArchMap(
     n_heads="num_attention_heads",
     d_model="hidden_size",
     d_mlp="intermediate_size",
+    q="self_attn.q_proj",
+    k="self_attn.k_proj",
+    v="self_attn.v_proj",
+    n_kv_heads="num_key_value_heads",
 )

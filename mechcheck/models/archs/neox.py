@@ -26,4 +26,6 @@ NEOX = ArchMap(
     n_heads="num_attention_heads",
     d_model="hidden_size",
     d_mlp="intermediate_size",
+    qkv="attention.query_key_value",
+    qkv_layout="per_head",
 )

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from mechcheck.attention import SCORES
-from mechcheck.engine import Needs, Runner, unknown_position
+from mechcheck.engine.attention import SCORES
+from mechcheck.engine.runner import Needs, Runner, unknown_position
 from mechcheck.errors import ClaimSpecError, DataError, MechcheckError, describe_exception
 
 if TYPE_CHECKING:
     from mechcheck.addresses import Address
-    from mechcheck.interventions import Intervention
+    from mechcheck.engine.interventions import Intervention
     from mechcheck.metrics import Metric
     from mechcheck.session import Session
     from mechcheck.spec.schema import ClaimSpec

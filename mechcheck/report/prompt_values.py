@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mechcheck.errors import MechcheckError
-from mechcheck.results import ClaimResult
+from mechcheck.report.results import ClaimResult
 
 __all__ = ["PROMPT_KEYS", "check_prompts_path", "prompt_frame", "write_prompt_values"]
 
@@ -75,7 +75,7 @@ def write_prompt_values(results: Sequence[ClaimResult], path: str | os.PathLike,
     Returns:
         The path written.
     """
-    from mechcheck.report import partial_path, write_atomic
+    from mechcheck.report.io import partial_path, write_atomic
 
     path = check_prompts_path(path, key=key)
     if not complete:

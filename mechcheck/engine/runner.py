@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from mechcheck._torch_hooks import Patch, hooked
 from mechcheck.addresses import Address
 from mechcheck.data import Dataset
+from mechcheck.engine.hooks import Patch, hooked
+from mechcheck.engine.interventions import Intervention
 from mechcheck.errors import (
     DataError,
     MechcheckError,
@@ -27,7 +28,6 @@ from mechcheck.errors import (
     closest,
     describe_exception,
 )
-from mechcheck.interventions import Intervention
 from mechcheck.models.adapter import Site
 from mechcheck.models.loading import LoadedModel, eager_attention
 

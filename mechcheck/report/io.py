@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from mechcheck.errors import MechcheckError
-from mechcheck.results import CSV_FIELDS, REPORT_FIELDS, ClaimResult, format_p
+from mechcheck.report.results import CSV_FIELDS, REPORT_FIELDS, ClaimResult, format_p
 
 __all__ = ["TABLE_CHOICES", "ReportFile", "check_report_path", "check_writable",
            "load_report", "matrix", "partial_path", "read_report", "require_complete",

@@ -13,7 +13,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
-from mechcheck.results import ClaimResult
+from mechcheck.report.results import ClaimResult
 
 __all__ = ["CHANGE_COLOURS", "VERDICT_COLOURS", "effects_grid", "forest", "heatmap",
            "shown_verdict"]
@@ -103,7 +103,7 @@ def heatmap(results: Sequence[ClaimResult]) -> bytes:
 
     from matplotlib.colors import ListedColormap
 
-    from mechcheck.report import matrix
+    from mechcheck.report.io import matrix
 
     table = matrix([replace(r, verdict=shown_verdict(r)) for r in results])
     names = list(VERDICT_COLOURS)

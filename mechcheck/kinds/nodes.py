@@ -3,7 +3,7 @@
 A claim kind declares the keys it accepts (for the loader) and turns one validated
 claim into a :class:`Measurement`: per-prompt values reduced by its decision rule to a
 :class:`~mechcheck.stats.Decision`.  Kinds reach models, data and the registries only
-through the :class:`~mechcheck.context.Context` they are given, so a plugin kind is
+through the :class:`~mechcheck.engine.context.Context` they are given, so a plugin kind is
 written the same way.
 """
 
@@ -24,8 +24,8 @@ from mechcheck.spec.schema import (
 )
 
 if TYPE_CHECKING:
-    from mechcheck.context import Context
-    from mechcheck.engine import Needs
+    from mechcheck.engine.context import Context
+    from mechcheck.engine.runner import Needs
     from mechcheck.spec.schema import ClaimSpec
     from mechcheck.stats import Decision
 
@@ -232,7 +232,7 @@ class Performs:
                                  expected="a number, e.g. 2.0 for a logit difference"))
 
     def needs(self, claim: ClaimSpec, ctx: Context) -> Needs:
-        from mechcheck.engine import Needs
+        from mechcheck.engine.runner import Needs
 
         ctx.runner(claim)  # the model and data must load for the clean run
         return Needs(runs={"clean"})
