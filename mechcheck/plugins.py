@@ -8,6 +8,7 @@ name-keyed tables, rejecting duplicate names.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,15 +18,21 @@ import pluggy
 from mechcheck import builtin, hookspecs
 from mechcheck.errors import ClaimSpecError, MechcheckError, closest
 
-__all__ = ["Registry", "get_plugin_manager"]
+__all__ = ["AUTOLOAD_OFF", "Registry", "get_plugin_manager"]
+
+AUTOLOAD_OFF = "MECHCHECK_DISABLE_PLUGIN_AUTOLOAD"
+"""Set this environment variable (to anything non-empty) to load no ``mechcheck``
+entry-point plugins, only the built-ins and the plugins passed explicitly."""
 
 
 def get_plugin_manager(extra: Iterable[object] = ()) -> pluggy.PluginManager:
-    """A plugin manager with the built-ins, entry-point plugins and ``extra``."""
+    """A plugin manager with the built-ins, entry-point plugins (unless the environment
+    variable ``MECHCHECK_DISABLE_PLUGIN_AUTOLOAD`` is set) and ``extra``."""
     pm = pluggy.PluginManager("mechcheck")
     pm.add_hookspecs(hookspecs)
     pm.register(builtin, name="mechcheck.builtin")
-    pm.load_setuptools_entrypoints("mechcheck")
+    if not os.environ.get(AUTOLOAD_OFF):
+        pm.load_setuptools_entrypoints("mechcheck")
     for plugin in extra:
         if not pm.is_registered(plugin):
             pm.register(plugin)

@@ -14,6 +14,9 @@ import pytest
 
 # No test may reach the network: hub lookups fail at once instead of timing out.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The suite checks mechcheck's own output: plugins installed in the environment (CI
+# installs plugins/*) would add their kinds and metrics to messages that list them.
+os.environ.setdefault("MECHCHECK_DISABLE_PLUGIN_AUTOLOAD", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 _WATCHED: list[Any] = []

@@ -17,6 +17,8 @@ import io
 import os
 import subprocess
 import sys
+
+os.environ.setdefault("MECHCHECK_DISABLE_PLUGIN_AUTOLOAD", "1")  # as tests/conftest.py
 import tempfile
 from pathlib import Path
 

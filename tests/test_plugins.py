@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -93,3 +94,26 @@ claims:
 def test_plugin_namespace_objects_are_accepted() -> None:
     plugin = SimpleNamespace(mechcheck_metrics=TopTwoMetric().mechcheck_metrics)
     assert "top2" in Registry.from_plugins(get_plugin_manager([plugin])).metrics
+
+
+def test_entry_point_plugins_load_unless_autoload_is_off(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    from mechcheck.plugins import AUTOLOAD_OFF, Registry, get_plugin_manager
+
+    (tmp_path / "mc_fake_plugin.py").write_text(
+        "import mechcheck\nfrom mechcheck.metrics import Metric\n\n"
+        "@mechcheck.hookimpl\ndef mechcheck_metrics():\n"
+        "    return [Metric(name='fake_metric', fn=lambda logits, inputs: logits[:, 0])]\n")
+    info = tmp_path / "mc_fake_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mc-fake-plugin\n"
+                                   "Version: 0.1\n")
+    (info / "entry_points.txt").write_text("[mechcheck]\nfake = mc_fake_plugin\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    monkeypatch.setenv(AUTOLOAD_OFF, "1")
+    assert "fake_metric" not in Registry.from_plugins(get_plugin_manager()).metrics
+    monkeypatch.delenv(AUTOLOAD_OFF)
+    assert "fake_metric" in Registry.from_plugins(get_plugin_manager()).metrics

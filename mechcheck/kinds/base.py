@@ -52,9 +52,14 @@ class ClaimKind(Protocol):
     claim and a :class:`~mechcheck.engine.context.ClaimContext` bound to it.
     """
 
-    name: str
-    keys: Mapping[str, KeySpec]
-    description: str
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def keys(self) -> Mapping[str, KeySpec]: ...
+
+    @property
+    def description(self) -> str: ...
 
     def needs(self, claim: ClaimSpec, ctx: ClaimContext) -> Needs: ...
 
