@@ -113,7 +113,7 @@ def _prepare(specs: Sequence[ClaimSpec],
     for spec in specs:
         try:
             ctx = contexts[id(spec)]
-            runner = ctx.runner()
+            runner = ctx.session.runner(spec)
             needs = ctx.session.registry.lookup("kinds", spec.kind, key="kind").needs(spec, ctx)
         except MechcheckError as exc:
             failed[id(spec)] = _error_result(spec.path, spec.id, exc, spec)

@@ -58,20 +58,20 @@ class ClaimContext:
         return self.claim.params
 
     # -- lookups ---------------------------------------------------------------
-    def runner(self) -> Runner:
-        """The private runner of the claim's model and data (mechcheck's own kinds do
-        not call it; prefer the methods below)."""
+    def _runner(self) -> Runner:
+        """The runner of the claim's model and data (private: kinds use the methods
+        below)."""
         return self.session.runner(self.claim)
 
     @property
     def dataset(self) -> Dataset:
         """The claim's tokenized prompts."""
-        return self.runner().dataset
+        return self._runner().dataset
 
     @property
     def model(self) -> LoadedModel:
         """The claim's loaded model, its tokenizer and adapter."""
-        return self.runner().loaded
+        return self._runner().loaded
 
     def components(self, key: str = "components") -> tuple[Address, ...]:
         """The addresses of the claim key ``key``, expanded and checked."""
@@ -114,7 +114,7 @@ class ClaimContext:
     # -- needs (what the shared runs record before any claim is measured) --------
     def ablation_needs(self, name: str, *, base: str) -> Needs:
         """What patching the claim's components with intervention ``name`` reads."""
-        needs = self.runner().needs_for(self._targets(name, base))
+        needs = self._runner().needs_for(self._targets(name, base))
         needs.runs.add("clean")
         return needs
 
@@ -158,13 +158,13 @@ class ClaimContext:
                 specs.append((concrete, spec))
         wanted = [c for a in record for c in self._expand(a)]
         try:
-            return self.runner().run(base, specs, record=wanted, at=at, positions=positions)
+            return self._runner().run(base, specs, record=wanted, at=at, positions=positions)
         except DataError as exc:
             raise exc.located(key=exc.key or "data") from None
 
     def shared(self, run: str = "clean") -> RunResult:
         """The shared ``clean`` or ``corrupt`` run (computed once per model and data)."""
-        return self.runner().shared(run)
+        return self._runner().shared(run)
 
     def activations(self, run: str | RunResult, address: Address | str) -> list[torch.Tensor]:
         """Per row, ``address``'s activation ``[pos, width]`` in ``run`` (a shared run's
@@ -172,7 +172,7 @@ class ClaimContext:
         if isinstance(run, RunResult):
             return run.activations(address)
         (concrete,) = self._expand(address)
-        self.runner().prepare(self.record_needs(run, [concrete]))
+        self._runner().prepare(self.record_needs(run, [concrete]))
         return self.shared(run).activations(concrete)
 
     def pattern(self, layer: int, head: int) -> list[torch.Tensor]:
@@ -185,7 +185,7 @@ class ClaimContext:
         the mean over all rows, else one per value of the data column ``by``."""
         (concrete,) = self._expand(address)
         try:
-            return self.runner().means(concrete, run, by)
+            return self._runner().means(concrete, run, by)
         except DataError as exc:
             raise exc.located(key=exc.key or "data") from None
 
@@ -195,7 +195,7 @@ class ClaimContext:
         activation in the ``base`` run, ``[pos, width]`` (for attribution patching:
         the first-order change of the metric is ``(a' - a) . grad``)."""
         metric = self.metric()
-        runner = self.runner()
+        runner = self._runner()
         inputs = self._inputs()
 
         def objective(logits: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
@@ -208,7 +208,7 @@ class ClaimContext:
     def metric_values(self, run: str | RunResult, *, keep: str | None = None) -> np.ndarray:
         """The claim's metric per prompt for a shared run (by name: its values are
         kept as that report column) or a :class:`RunResult` (kept as ``keep``)."""
-        logits = self.runner().logits(run) if isinstance(run, str) else run.logits
+        logits = self._runner().logits(run) if isinstance(run, str) else run.logits
         values = self._apply_metric(logits)
         name = run if isinstance(run, str) else keep
         return self.keep(name, values) if name else values
@@ -253,7 +253,7 @@ class ClaimContext:
         mean_by = self.params.get("mean_by")
         at = self.params.get("at")
         try:
-            patched = self.runner().patched_logits(targets, at, mean_by=mean_by)
+            patched = self._runner().patched_logits(targets, at, mean_by=mean_by)
         except DataError as exc:
             raise exc.located(key=exc.key or "data") from None
         iv = targets[0][1]
@@ -284,7 +284,7 @@ class ClaimContext:
         return _checked_values(values, metric.name, len(self.dataset))
 
     def _inputs(self) -> MetricInputs:
-        runner = self.runner()
+        runner = self._runner()
         return _metric_inputs(runner.dataset, runner.logits("clean"), runner.loaded.tokenizer)
 
     def percent_of_clean(self, key: str, value: float | str, clean: np.ndarray) -> float:
@@ -336,7 +336,7 @@ class ClaimContext:
         source, target = self.params.get("from"), self.params.get("to")
         pattern_name = self.params.get("pattern")
         label = self._pattern_label(pattern_name, source, target)
-        for rows in self.runner().batches:
+        for rows in self._runner().batches:
             pattern = torch.stack([patterns[int(r)] for r in rows])
             if pattern_name:
                 tokens = torch.tensor([dataset.prompts[int(r)] for r in rows],
