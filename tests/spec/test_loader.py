@@ -929,3 +929,46 @@ def test_a_huge_claim_file_is_refused_before_it_is_read() -> None:
     assert error.message == (f"the claim file is {len(text):,} characters long, more than "
                              "the limit of 1,000,000")
     assert "split it into several claim files" in (error.hint or "")
+
+
+# ---------------------------------------------------------------------------
+# The model's identity, parsed once into spec.source
+
+
+def test_each_claim_carries_its_parsed_model_source() -> None:
+    from mechcheck.models.source import ModelSource
+
+    result = parse_claim_text(VALID.replace("../models/induction-2l", "hf:gpt2@main")
+                              .replace("    min_score: 0.7",
+                                       "    min_score: 0.7\n    model: /abs/folder"),
+                              PATH, KINDS, base_dir="/base")
+    first, second = result.claims
+    assert first.model == "hf:gpt2@main"  # as written, for reports
+    assert first.source == ModelSource(kind="hf", name="gpt2", revision="main")
+    assert second.source == ModelSource(kind="folder", name=str(Path("/abs/folder").resolve()))
+    on_step = first.at_checkpoint("step9")
+    assert (on_step.model, on_step.checkpoint, on_step.source) == (
+        "hf:gpt2@step9", "step9", ModelSource(kind="hf", name="gpt2", revision="step9"))
+    assert first.at_checkpoint(None) is first
+
+
+@pytest.mark.parametrize("model, message", [("hf:", "'hf:' names no model"),
+                                            ("gguf:@x", "'gguf:@x' names no file")])
+def test_a_model_value_that_does_not_parse_is_an_error_of_its_claim_at_model(
+        tmp_path: Path, model: str, message: str) -> None:
+    from mechcheck.errors import ModelLoadError
+    from mechcheck.evaluate import evaluate_file
+    from mechcheck.session import Session
+
+    result = parse(VALID.replace("../models/induction-2l", f"'{model}'"))
+    spec = result.claims[0]
+    assert spec.source is None and isinstance(spec.source_error, ModelLoadError)
+    assert spec.at_checkpoint("s1").source_error.message.startswith(
+        f"'{model.partition('@')[0]}@s1'")
+    session = Session(device="cpu")
+    records = evaluate_file(result, session)
+    assert [r.verdict for r in records] == ["error", "error"]
+    # located at the model: key (line 1, a file-level default), with the same message
+    assert records[0].message.startswith(
+        f"{PATH}:1: claim 'layer1_heads_necessary', key 'model': {message}")
+    assert records[0].model == model and records[0].kind == "necessary"
