@@ -6,6 +6,7 @@ import os
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -972,3 +973,74 @@ def test_a_model_value_that_does_not_parse_is_an_error_of_its_claim_at_model(
     assert records[0].message.startswith(
         f"{PATH}:1: claim 'layer1_heads_necessary', key 'model': {message}")
     assert records[0].model == model and records[0].kind == "necessary"
+
+
+# ---------------------------------------------------------------------------
+# The loader takes a mapping: parse_claim_mapping
+
+
+def _same_but_lines(spec: ClaimSpec, other: ClaimSpec) -> bool:
+    from dataclasses import fields
+
+    skip = {"line", "key_lines"}
+    return all(getattr(spec, f.name) == getattr(other, f.name)
+               for f in fields(ClaimSpec) if f.name not in skip)
+
+
+def test_a_mapping_parses_as_the_same_file_would_with_every_key_at_one_line() -> None:
+    import yaml
+
+    from mechcheck.spec import parse_claim_mapping
+
+    from_text = parse_claim_text(VALID, PATH, KINDS, base_dir="/here")
+    mapping = yaml.safe_load(VALID)
+    from_mapping = parse_claim_mapping(mapping, PATH, 41, kinds=KINDS, base_dir="/here")
+    assert from_mapping.error is None and len(from_mapping.claims) == 2
+    assert from_mapping.correction == from_text.correction
+    for spec, other in zip(from_mapping.claims, from_text.claims):
+        assert _same_but_lines(spec, other)
+        assert spec.line == 41 and set(spec.key_lines.values()) == {41}
+        assert spec.key_lines.keys() == other.key_lines.keys()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m["claims"][0].update(ablation="half"),
+     "claims/induction.yaml:41: claim 'layer1_heads_necessary', key 'ablation': "
+     "ablation: got 'half'"),
+    (lambda m: m["claims"][1].update(min_scor=0.7),
+     "claims/induction.yaml:41: claim 'head_1_0_induction', key 'min_scor': "
+     "unknown key 'min_scor'"),
+    (lambda m: m["claims"][0].update(components={"head 0.0"}),
+     "claims/induction.yaml:41: claim 'layer1_heads_necessary', key 'components': "
+     "cannot read {'head 0.0'} in a claim: a builtins.set is not a plain value"),
+    (lambda m: m["claims"].__setitem__(1, "oops"),
+     "claims/induction.yaml:41: claim 'claim[1]': each entry of claims: must be a mapping"),
+])
+def test_a_bad_claim_in_a_mapping_is_its_own_error_at_the_line(change: Any,
+                                                                message: str) -> None:
+    import yaml
+
+    from mechcheck.spec import parse_claim_mapping
+
+    mapping = yaml.safe_load(VALID)
+    change(mapping)
+    result = parse_claim_mapping(mapping, PATH, 41, kinds=KINDS)
+    errors = [c for c in result.claims if isinstance(c, ClaimSpecError)]
+    assert len(errors) == 1 and len(result.claims) == 2
+    assert str(errors[0]).startswith(message), str(errors[0])
+
+
+@pytest.mark.parametrize("mapping, message", [
+    ({"model": "m"}, "x.py:3: key 'claims': the file has no `claims:` list"),
+    ({"claims": []}, "x.py:3: key 'claims': claims: the list is empty"),
+    ({"claims": {"id": "a"}}, "x.py:3: key 'claims': claims: must be a list of claims"),
+    ({"claims": [{}], "corection": "bh"}, "x.py:3: key 'corection': unknown key 'corection'"),
+    ({"claims": [{}], "correction": "most"}, "x.py:3: key 'correction': correction: got "
+     "'most'"),
+    (["not", "a", "mapping"], "x.py:3: the top level of a claim file must be a mapping"),
+])
+def test_a_bad_mapping_is_a_whole_file_error_at_the_line(mapping: Any, message: str) -> None:
+    from mechcheck.spec import parse_claim_mapping
+
+    result = parse_claim_mapping(mapping, "x.py", 3, kinds=KINDS)
+    assert result.claims == () and str(result.error).startswith(message), str(result.error)
