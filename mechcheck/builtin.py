@@ -25,8 +25,9 @@ def mechcheck_interventions() -> list[Any]:
 @hookimpl(trylast=True)
 def mechcheck_metrics() -> list[Any]:
     from mechcheck.metrics import BUILTIN_METRICS
+    from mechcheck.tasks.builtin import BUILTIN_TASK_METRICS
 
-    return list(BUILTIN_METRICS)
+    return [*BUILTIN_METRICS, *BUILTIN_TASK_METRICS]
 
 
 @hookimpl(trylast=True)

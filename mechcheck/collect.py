@@ -1,5 +1,11 @@
 """pytest nodes for claim files: one :class:`ClaimFileNode` per file, one
-:class:`ClaimItem` per claim.
+:class:`ClaimItem` per claim (and checkpoint).
+
+The file node owns its results: its :meth:`~ClaimFileNode.setup` measures every claim
+of the file as one family (so ``-k`` never changes a verdict), and each item reads its
+own result from its parent by position.  pytest runs a collector's setup inside the
+setup phase of its first item, so ``--durations`` shows the file's shared work as that
+item's setup and each claim's own check as its call.
 
 A file that cannot be read as a claim file still collects, as a single item that
 fails with the error: a broken file never interrupts the session.  A bad claim in a
@@ -17,9 +23,18 @@ from mechcheck.errors import MechcheckError
 from mechcheck.outcomes import xfail_before
 
 if TYPE_CHECKING:
+    from mechcheck.pytest_plugin import MechcheckPlugin
+    from mechcheck.python_form import Checker
     from mechcheck.report.results import ClaimResult
+    from mechcheck.spec.schema import ClaimFile
 
-__all__ = ["ClaimFailed", "ClaimFileNode", "ClaimItem", "item_names"]
+__all__ = ["CHECKER_KEY", "PLUGIN_KEY", "ClaimFailed", "ClaimFileNode", "ClaimItem",
+           "item_names"]
+
+PLUGIN_KEY: pytest.StashKey[MechcheckPlugin] = pytest.StashKey()
+"""``config.stash``: the session's :class:`~mechcheck.pytest_plugin.MechcheckPlugin`."""
+CHECKER_KEY: pytest.StashKey[Checker] = pytest.StashKey()
+"""``item.stash``: the ``mechcheck`` fixture's checker of a Python test, if it used one."""
 
 
 class ClaimFailed(Exception):
@@ -39,10 +54,17 @@ class ClaimErrored(Exception):
 
 
 class ClaimFileNode(pytest.File):
-    """A YAML claim file."""
+    """A YAML claim file: collects its items, and measures them in :meth:`setup`."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.parsed: ClaimFile | None = None
+        self.checkpoints: tuple[str | None, ...] = (None,)
+        # checkpoint -> the results of every entry of the file, or what stopped them
+        self._results: dict[str | None, list[ClaimResult] | Exception] = {}
 
     def collect(self) -> Iterator[ClaimItem]:
-        from mechcheck.spec.loader import claim_name, load_claim_file
+        from mechcheck.spec.loader import load_claim_file
 
         plugin = self.config.stash[PLUGIN_KEY]
         kinds = plugin.session.registry.kind_keys()
@@ -50,28 +72,51 @@ class ClaimFileNode(pytest.File):
             shown = str(self.path.relative_to(self.config.rootpath))
         except ValueError:
             shown = str(self.path)
-        parsed = load_claim_file(self.path, kinds, shown=shown)
-        plugin.parsed[str(self.path)] = parsed
+        parsed = self.parsed = load_claim_file(self.path, kinds, shown=shown)
         if parsed.error is not None:
             yield ClaimItem.from_parent(self, name="<file>", line=parsed.error.line)
             return
         # checkpoint-major, so that each checkpoint's model is loaded once
-        order = plugin.checkpoints(parsed)
+        self.checkpoints = order = plugin.checkpoints(parsed)
         for checkpoint in order:
-            yield from self._claim_items(parsed, checkpoint, claim_name, order)
+            yield from self._claim_items(parsed, checkpoint, order)
 
-    def _claim_items(self, parsed: Any, checkpoint: str | None, claim_name: Any,
+    def _claim_items(self, parsed: ClaimFile, checkpoint: str | None,
                      order: tuple[str | None, ...]) -> Iterator[ClaimItem]:
-        for name, claim in zip(item_names(parsed.claims), parsed.claims):
+        for index, (name, claim) in enumerate(zip(item_names(parsed.claims), parsed.claims)):
             if checkpoint is not None:
                 name = f"{name}[{checkpoint}]"
             item = ClaimItem.from_parent(self, name=name, line=claim.line, entry=claim,
-                                         checkpoint=checkpoint)
+                                         checkpoint=checkpoint, index=index)
             reason = getattr(claim, "xfail", None) or xfail_before(claim, checkpoint, order)
             if reason:
                 item.add_marker(pytest.mark.xfail(reason=reason, strict=True,
                                                   raises=ClaimFailed))
             yield item
+
+    def setup(self) -> None:
+        """Measure the file: every claim, as one family, on the checkpoint of the first
+        of its items that runs (a file with ``checkpoints:`` measures each further
+        checkpoint in the setup of its first item, checkpoint-major, one model at a
+        time).  It never raises for a claim: what stops the measurement is kept, and
+        each item meets it when it runs."""
+        first = next((item for item in self.session.items if item.parent is self), None)
+        self.results(first.checkpoint if isinstance(first, ClaimItem) else self.checkpoints[0])
+
+    def results(self, checkpoint: str | None) -> list[ClaimResult] | Exception:
+        """The results of the file's entries in file order on ``checkpoint`` (measured
+        on first use), or the exception that stopped measuring them."""
+        if checkpoint not in self._results:
+            from mechcheck.evaluate import evaluate_file
+
+            assert self.parsed is not None, "results() before collect()"
+            session = self.config.stash[PLUGIN_KEY].session
+            try:
+                self._results[checkpoint] = evaluate_file(self.parsed, session,
+                                                          checkpoint=checkpoint)
+            except Exception as exc:  # noqa: BLE001 - each item of the file reports it
+                self._results[checkpoint] = exc
+        return self._results[checkpoint]
 
 
 def item_names(claims: Sequence[Any]) -> list[str]:
@@ -99,29 +144,31 @@ def item_names(claims: Sequence[Any]) -> list[str]:
 
 
 class ClaimItem(pytest.Item):
-    """One claim of a claim file."""
+    """One claim of a claim file (on one checkpoint); its result is its parent's
+    ``index``-th."""
+
+    parent: ClaimFileNode
 
     def __init__(self, *, line: int | None = None, entry: Any = None,
-                 checkpoint: str | None = None,
+                 checkpoint: str | None = None, index: int = 0,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.line = line
         self.entry = entry
         self.checkpoint = checkpoint
+        self.index = index
         self.result: ClaimResult | None = None
 
     def setup(self) -> None:
-        """Evaluate the claim's file (the shared runs and every claim of it) here, on
-        its first claim, so that ``--durations`` shows that work as setup and each
-        claim's call as its own."""
-        try:
-            self.config.stash[PLUGIN_KEY].result_for(self)
-        except Exception:  # noqa: BLE001, S110 - runtest meets it again and reports it
-            pass
+        """Measure the file on this item's checkpoint if that is not done yet (the file's
+        setup measured the first checkpoint that runs)."""
+        self.parent.results(self.checkpoint)
 
     def runtest(self) -> None:
-        plugin = self.config.stash[PLUGIN_KEY]
-        self.result = plugin.result_for(self)
+        results = self.parent.results(self.checkpoint)
+        if isinstance(results, Exception):
+            raise results
+        self.result = self.config.stash[PLUGIN_KEY].with_baseline(results[self.index])
         if self.result.verdict == "fail":
             raise ClaimFailed(self.result)
         if self.result.verdict == "error":
@@ -141,6 +188,3 @@ class ClaimItem(pytest.Item):
         line = None if self.line is None else self.line - 1
         return self.path, line, f"claim: {self.name}"
 
-
-# Set by mechcheck.pytest_plugin (kept here so both modules share one key).
-PLUGIN_KEY: pytest.StashKey[Any] = pytest.StashKey()

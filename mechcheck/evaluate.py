@@ -59,13 +59,10 @@ def evaluate_file(claim_file: ClaimFile, session: Session, *,
     claims of the file form one family per checkpoint.  It never raises: a claim that
     cannot be measured, for whatever reason, is an ``error`` result in its place.
     """
-    from mechcheck.models.loading import with_checkpoint
-
     if claim_file.error is not None:
         return [_error_result(claim_file.path, "<file>", claim_file.error, None)]
     start = time.perf_counter()
-    order = [c if not isinstance(c, ClaimSpec) or checkpoint is None or c.model is None
-             else replace(c, model=with_checkpoint(c.model, checkpoint), checkpoint=checkpoint)
+    order = [c.at_checkpoint(checkpoint) if isinstance(c, ClaimSpec) else c
              for c in claim_file.claims]
     specs = [c for c in order if isinstance(c, ClaimSpec)]
     try:
@@ -211,10 +208,10 @@ def _error_result(path: str, claim_id: str, exc: MechcheckError,
 
 def _checkpoint_of(spec: ClaimSpec | None) -> str | None:
     """The checkpoint a claim runs on, also when its model could not be loaded."""
-    if spec is None or spec.checkpoint is not None or spec.model is None:
+    if spec is None or spec.checkpoint is not None:
         return None if spec is None else spec.checkpoint
-    kind, _, rest = spec.model.partition(":")
-    return rest.partition("@")[2] or None if kind in ("hf", "zoo") else None
+    source = spec.source
+    return source.revision if source is not None and source.kind in ("hf", "zoo") else None
 
 
 def _unexpected(spec: ClaimSpec, exc: Exception) -> ClaimResult:

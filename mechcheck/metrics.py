@@ -85,12 +85,6 @@ def _kl(logits: torch.Tensor, inputs: MetricInputs) -> torch.Tensor:
     return (clean.exp() * (clean - other)).sum(dim=-1).clamp_min(0.0)
 
 
-def _greater_than_pd(logits: torch.Tensor, inputs: MetricInputs) -> torch.Tensor:
-    from mechcheck.tasks.greater_than import greater_than_pd
-
-    return greater_than_pd(logits, inputs)
-
-
 BUILTIN_METRICS = (
     Metric(name="logit_diff", fn=_logit_diff, needs_wrong=True,
            description="logit of the answer minus logit of the wrong token"),
@@ -100,8 +94,7 @@ BUILTIN_METRICS = (
            description="1 where the answer is the top token, else 0"),
     Metric(name="kl", fn=_kl, higher_is_better=False,
            description="KL divergence from the clean next-token distribution"),
-    Metric(name="greater_than_pd", fn=_greater_than_pd,
-           description="greater-than probability difference: p(ending > YY) - "
-           "p(ending <= YY) over the 100 two-digit tokens, or over the tens digits for "
-           "tokenizers that split numbers into digits (needs a yy column)"),
 )
+"""The task-free metrics; a task brings its own (``greater_than_pd`` comes with the
+greater-than task, :data:`mechcheck.tasks.builtin.BUILTIN_TASK_METRICS`), and both are
+registered through the ``mechcheck_metrics`` hook by :mod:`mechcheck.builtin`."""

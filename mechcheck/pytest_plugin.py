@@ -3,7 +3,9 @@
 pytest imports this module on every run, so it imports nothing heavy: torch and
 transformers load only when a claim file is collected or the ``mechcheck`` fixture
 is used.  Plugin state lives on a :class:`MechcheckPlugin` object kept in
-``config.stash``; results travel from xdist workers in the call report's
+``config.stash[PLUGIN_KEY]``, a Python test's checker in ``item.stash[CHECKER_KEY]``
+(:mod:`mechcheck.collect`), and each claim item owns its result (read from its file
+node, which measures the file in its setup); results travel from xdist workers in the call report's
 ``user_properties``, and each claim's main numbers are plain named test properties
 (as ``record_property`` makes them), which ``--junitxml`` writes.
 
@@ -15,14 +17,14 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
-from mechcheck.collect import PLUGIN_KEY, ClaimFileNode, ClaimItem
+from mechcheck.collect import CHECKER_KEY, PLUGIN_KEY, ClaimFileNode, ClaimItem
 
 if TYPE_CHECKING:
     from mechcheck.report.results import ClaimResult
@@ -93,13 +95,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 class MechcheckPlugin:
-    """Session state: the mechcheck session, parsed files and gathered results."""
+    """Session state: the mechcheck session, the baseline and gathered results."""
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self._session: Session | None = None
-        self.parsed: dict[str, Any] = {}
-        self._file_results: dict[tuple[str, str | None], dict[str, ClaimResult]] = {}
         self.results: list[ClaimResult] = []
         # (file, checkpoint) -> position of the checkpoint in the file's declared order
         self._ranks: dict[tuple[str, str | None], int] = {}
@@ -192,26 +192,13 @@ class MechcheckPlugin:
                                    option=CHECKPOINTS_OPTION)
         return option or tuple(parsed.checkpoints) or (None,)
 
-    def result_for(self, item: ClaimItem) -> ClaimResult:
-        """The item's result; the first item of a file (and checkpoint) evaluates them all."""
-        from mechcheck.collect import item_names
-        from mechcheck.evaluate import evaluate_file
+    def with_baseline(self, result: ClaimResult) -> ClaimResult:
+        """``result`` compared with the baseline's (itself without a baseline)."""
+        if not self.baseline:
+            return result
+        from mechcheck.report.baseline import apply_baseline
 
-        key = (str(item.path), item.checkpoint)
-        if key not in self._file_results:
-            parsed = self.parsed[key[0]]
-            results = evaluate_file(parsed, self.session, checkpoint=item.checkpoint)
-            names = ["<file>"] if parsed.error is not None else item_names(parsed.claims)
-            suffix = "" if item.checkpoint is None else f"[{item.checkpoint}]"
-            self._file_results[key] = {name + suffix: result
-                                       for name, result in zip(names, results)}
-        result = self._file_results[key][item.name]
-        if self.baseline:
-            from mechcheck.report.baseline import apply_baseline
-
-            result = apply_baseline(result, self.baseline,
-                                    self.config.getoption(DRIFT_OPTION))
-        return result
+        return apply_baseline(result, self.baseline, self.config.getoption(DRIFT_OPTION))
 
     def record(self, result: ClaimResult) -> None:
         self.results.append(result)
@@ -399,17 +386,23 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
     return None
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    outcome = yield
-    report = outcome.get_result()
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+        item: pytest.Item, call: pytest.CallInfo[None],
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
     if call.when == "teardown" and isinstance(item, ClaimItem) and item.result is None:
         report.user_properties.append((MISSING_PROPERTY, item.nodeid))
-    if call.when != "call":
-        return
+    if call.when == "call":
+        _add_results(item, report)
+    return report
+
+
+def _add_results(item: pytest.Item, report: pytest.TestReport) -> None:
+    """The item's results on its call report (and their main numbers on the item)."""
     prompts = bool(item.config.getoption(PROMPTS_OPTION))
-    results = [_with_xfail(item, getattr(item, "result", None))]
-    checker = getattr(item, "mechcheck_checker", None)
+    results = [_with_xfail(item, item.result if isinstance(item, ClaimItem) else None)]
+    checker = item.stash.get(CHECKER_KEY, None)
     results += list(checker.results) if checker is not None else []
     measured = [r for r in results if r is not None]
     for result in measured:
@@ -434,15 +427,10 @@ def _with_xfail(item: pytest.Item, result: ClaimResult | None) -> ClaimResult | 
 
 def _checkpoint_rank(item: pytest.Item) -> int | None:
     """The position of a claim item's checkpoint among its file's checkpoints."""
-    checkpoint = getattr(item, "checkpoint", None)
-    plugin = item.config.stash.get(PLUGIN_KEY, None)
-    if checkpoint is None or plugin is None:
+    if not isinstance(item, ClaimItem) or item.checkpoint is None:
         return None
-    parsed = plugin.parsed.get(str(item.path))
-    if parsed is None:
-        return None
-    order = plugin.checkpoints(parsed)
-    return order.index(checkpoint) if checkpoint in order else None
+    order = item.parent.checkpoints
+    return order.index(item.checkpoint) if item.checkpoint in order else None
 
 
 @pytest.fixture
@@ -462,5 +450,5 @@ def mechcheck(request: pytest.FixtureRequest) -> Any:
     shown, line, _ = request.node.location
     checker = Checker(plugin.session, path=str(request.path), shown=shown,
                       line=None if line is None else line + 1)
-    request.node.mechcheck_checker = checker
+    request.node.stash[CHECKER_KEY] = checker
     return checker

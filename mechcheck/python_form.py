@@ -1,8 +1,9 @@
 """Claims written in Python: the ``mechcheck`` fixture's :class:`Checker`.
 
 A Python claim is the same mapping a YAML claim file holds, passed as keyword
-arguments; it goes through the same loader (so the same keys and errors), the same
-engine and into the same report.  Several claims passed to one :meth:`Checker.check_all`
+arguments; it goes through the same loader (:func:`~mechcheck.spec.loader.parse_claim_mapping`:
+the same keys and errors, located at the test function's line), the same engine and
+into the same report.  Several claims passed to one :meth:`Checker.check_all`
 call form one family for the multiple-comparison correction.
 """
 
@@ -14,10 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
-import yaml
-
 from mechcheck.errors import ClaimSpecError
-from mechcheck.report.results import ClaimResult, format_failure
+from mechcheck.report.results import ClaimResult
 from mechcheck.session import Session
 
 __all__ = ["Checker", "plain_claim", "plain_key", "plain_value"]
@@ -30,7 +29,8 @@ class Checker:
         session: the mechcheck session (shared with YAML claim files).
         path: the test file; relative ``model:``/``data:`` paths resolve against its folder.
         shown: the test file as reports and messages name it (relative to the rootdir).
-        line: the test function's 1-based line, reported as every claim's line.
+        line: the test function's 1-based line, reported as every claim's (and key's)
+            line; 1 when None.
     """
 
     def __init__(self, session: Session, *, path: str, shown: str | None = None,
@@ -67,7 +67,7 @@ class Checker:
         converted makes its claim an error naming the key; the other claims still run.
         """
         from mechcheck.evaluate import evaluate_file
-        from mechcheck.spec.loader import parse_claim_text
+        from mechcheck.spec.loader import parse_claim_mapping
 
         plain, problems = [], {}
         for i, claim in enumerate(claims):
@@ -80,26 +80,17 @@ class Checker:
             family = plain_value(correction, "correction")
         except ClaimSpecError:
             family = str(correction)  # the loader says what it should be
-        text = yaml.safe_dump({"correction": family, "claims": plain}, sort_keys=False)
-        parsed = parse_claim_text(text, self.shown, self.session.registry.kind_keys(),
-                                  base_dir=str(Path(self.path).parent))
+        line = self.line if self.line is not None else 1
+        parsed = parse_claim_mapping({"correction": family, "claims": plain}, self.shown,
+                                     line, kinds=self.session.registry.kind_keys(),
+                                     base_dir=str(Path(self.path).parent))
         if problems and parsed.error is None:
             parsed = replace(parsed, claims=tuple(
-                problems[i].located(path=self.shown, line=entry.line) if i in problems
+                problems[i].located(path=self.shown, line=line) if i in problems
                 else entry for i, entry in enumerate(parsed.claims)))
-        results = [self._at_test_line(r) for r in evaluate_file(parsed, self.session)]
+        results = evaluate_file(parsed, self.session)
         self.results.extend(results)
         return results
-
-    def _at_test_line(self, result: ClaimResult) -> ClaimResult:
-        """Point a result at the test function instead of the generated claim text."""
-        if self.line is None:
-            return result
-        moved = replace(result, line=self.line)
-        if result.verdict == "fail":
-            return replace(moved, message=format_failure(moved))
-        old, new = f"{self.shown}:{result.line}", f"{self.shown}:{self.line}"
-        return replace(moved, message=result.message.replace(old, new, 1))
 
 
 # ---------------------------------------------------------------------------

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from mechcheck.data import Dataset
     from mechcheck.engine.runner import Runner
     from mechcheck.models.loading import LoadedModel
+    from mechcheck.models.source import ModelSource
     from mechcheck.plugins import Registry
     from mechcheck.spec.schema import ClaimSpec
 
@@ -66,11 +67,15 @@ class Session:
         self._model_errors: dict[str, MechcheckError] = {}
         self._runners: dict[tuple[Any, ...], Runner] = {}
 
-    def model(self, spec: str, base_dir: str) -> LoadedModel:
-        """The loaded model for a ``model:`` value; loading it releases the previous."""
-        from mechcheck.models.loading import load_model, parse_source
+    def model(self, source: ModelSource | str, base_dir: str = ".") -> LoadedModel:
+        """The loaded model for a claim's source (or a ``model:`` value, read against
+        ``base_dir``); loading it releases the previous."""
+        from mechcheck.models.loading import load_model
+        from mechcheck.models.source import parse_source
 
-        key = str(parse_source(spec, base_dir=base_dir))
+        if isinstance(source, str):
+            source = parse_source(source, base_dir=base_dir)
+        key = str(source)
         if self._model is not None and self._model.key == key:
             return self._model
         if key in self._model_errors:  # a fresh copy: each claim adds its own location
@@ -78,7 +83,7 @@ class Session:
         self.release()
         start = time.perf_counter()
         try:
-            self._model = load_model(spec, base_dir=base_dir, archs=self.registry.archs,
+            self._model = load_model(source, archs=self.registry.archs,
                                      device=self.device, dtype=self.dtype,
                                      allow_pickle=self.allow_pickle,
                                      trust_remote_code=self.trust_remote_code,
@@ -106,10 +111,12 @@ class Session:
         """The runner for the claim's model and data (built on first use)."""
         from mechcheck.engine.runner import Runner
 
-        if claim.model is None:
+        if claim.source_error is not None:
+            raise claim.source_error.located(key="model")
+        if claim.source is None:
             raise MechcheckError("no model given", key="model",
                                  hint="add model: to the claim or the top of the file")
-        loaded = self.model(claim.model, claim.base_dir)
+        loaded = self.model(claim.source)
         key = (loaded.key, self._data_key(claim), claim.n)
         if key not in self._runners:
             try:

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from mechcheck.models.loading import with_checkpoint
+from mechcheck.models.source import parse_source
 from mechcheck.report.io import matrix, read_report
 from tests.conftest import checkpointed_project
 
@@ -19,6 +20,18 @@ def test_with_checkpoint() -> None:
     assert with_checkpoint("zoo:induction-2l", "step0") == "zoo:induction-2l@step0"
     assert with_checkpoint("models/m", "step3") == str(Path("models/m/step3"))
     assert with_checkpoint("models/m", None) == "models/m"
+
+
+@pytest.mark.parametrize("model", ["hf:EleutherAI/pythia-70m", "hf:x@main",
+                                   "zoo:induction-2l", "models/m", "../m", "gguf:x.gguf"])
+@pytest.mark.parametrize("checkpoint", ["step3", None])
+def test_a_parsed_source_at_a_checkpoint_is_the_checkpoint_parsed(
+        model: str, checkpoint: str | None, tmp_path: Path) -> None:
+    """ModelSource.at (what a claim's source becomes on a checkpoint) equals parsing the
+    checkpoint's model: value, so the source is parsed once, when the claim is read."""
+    source = parse_source(model, base_dir=tmp_path)
+    assert source.at(checkpoint) == parse_source(with_checkpoint(model, checkpoint),
+                                                 base_dir=tmp_path)
 
 
 @pytest.fixture
@@ -67,7 +80,7 @@ def test_each_checkpoint_is_loaded_once(checkpointed: pytest.Pytester,
     monkeypatch.setattr(loading, "load_model", lambda spec, **kw: loads.append(spec) or
                         real(spec, **kw))
     checkpointed.runpytest("-p", "no:cacheprovider")
-    assert [Path(s).name for s in loads] == ["step0", "step5", "step9"]
+    assert [Path(str(s)).name for s in loads] == ["step0", "step5", "step9"]
 
 
 def test_matrix_accepts_a_frame(tmp_path: Path) -> None:

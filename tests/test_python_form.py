@@ -100,3 +100,21 @@ def test_a_non_text_correction_is_a_located_error(checker: Checker,
     assert result.verdict == "pass", result.message
     (result,) = checker.evaluate([_claim(tiny_folder)], correction=object())  # type: ignore[arg-type]
     assert result.verdict == "error" and "correction: got '<object object" in result.message
+
+
+def test_every_problem_of_a_python_claim_is_at_the_test_line(
+        checker: Checker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The claim goes to the loader as a mapping (parse_claim_mapping), not as YAML text:
+    each problem listed is at the test function's line, none at a line of generated text."""
+    import mechcheck.spec.loader as loader
+
+    monkeypatch.setattr(loader, "parse_claim_text", None)  # not used by the Python form
+    (result,) = checker.evaluate([{"id": "c", "kind": "attends", "model": "m",
+                                   "data": "d.jsonl", "components": ["head 1.0"],
+                                   "pattern": "first_token", "min_scor": 0.5, "alpha": 2}])
+    assert result.verdict == "error" and result.line == 7
+    lines = result.message.splitlines()
+    assert lines[0] == "test_x.py:7: claim 'c', key 'min_scor': 2 problems in this claim:"
+    listed = [line.strip() for line in lines if line.startswith("  test_x.py")]
+    assert [entry.split(": ")[:2] for entry in listed] == [
+        ["test_x.py:7", "key 'min_scor'"], ["test_x.py:7", "key 'alpha'"]]

@@ -25,24 +25,10 @@ from typing import Any
 
 from mechcheck.errors import ModelLoadError, ModelUnavailableError
 from mechcheck.models.adapter import ArchMap, ModelAdapter, adapter_for
+from mechcheck.models.source import ModelSource, parse_source, with_checkpoint
 
 __all__ = ["LoadedModel", "ModelSource", "eager_attention", "load_model", "parse_source",
            "with_checkpoint"]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ModelSource:
-    """Where a model comes from: ``kind`` is ``folder``, ``hf``, ``zoo`` or ``gguf``."""
-
-    kind: str
-    name: str
-    revision: str | None = None
-
-    def __str__(self) -> str:
-        if self.kind == "folder":
-            return self.name
-        suffix = f"@{self.revision}" if self.revision else ""
-        return f"{self.kind}:{self.name}{suffix}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -70,48 +56,6 @@ class LoadedModel:
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
                 return value
         return None
-
-
-def parse_source(spec: str, *, base_dir: str | os.PathLike = ".") -> ModelSource:
-    """Read a ``model:`` value into a :class:`ModelSource` (no loading)."""
-    if spec.startswith("gguf:"):
-        where, _, revision = spec[len("gguf:"):].partition("@")
-        if not where:
-            raise ModelLoadError(
-                f"'{spec}' names no file", key="model",
-                hint="write gguf:<path to a .gguf file> or gguf:<python-package>/<file>")
-        path = Path(where).expanduser()
-        if not path.is_absolute():
-            path = Path(base_dir) / path
-        name = str(path.resolve()) if path.is_file() else where
-        return ModelSource(kind="gguf", name=name, revision=revision or None)
-    for kind in ("hf", "zoo"):
-        if spec.startswith(f"{kind}:"):
-            name, _, revision = spec[len(kind) + 1 :].partition("@")
-            if not name:
-                raise ModelLoadError(
-                    f"'{spec}' names no model", key="model",
-                    hint=f"write {kind}:<name>, e.g. hf:gpt2 or zoo:induction-2l",
-                )
-            return ModelSource(kind=kind, name=name, revision=revision or None)
-    path = Path(spec).expanduser()
-    if not path.is_absolute():
-        path = Path(base_dir) / path
-    return ModelSource(kind="folder", name=str(path.resolve()))
-
-
-def with_checkpoint(spec: str, checkpoint: str | None) -> str:
-    """The ``model:`` value for one checkpoint of ``spec``.
-
-    ``hf:`` and ``zoo:`` models take the checkpoint as their revision
-    (``hf:EleutherAI/pythia-70m@step1000``); a local folder takes it as a subfolder.
-    """
-    if checkpoint is None:
-        return spec
-    for kind in ("hf:", "zoo:", "gguf:"):
-        if spec.startswith(kind):
-            return f"{spec.partition('@')[0]}@{checkpoint}"
-    return str(Path(spec) / checkpoint)
 
 
 def _pick_device(device: str | None) -> str:
@@ -376,7 +320,7 @@ def _check_loaded(path: str, model: Any, tokenizer: Any, info: dict[str, Any]) -
 
 
 def load_model(
-    spec: str,
+    spec: str | ModelSource,
     *,
     base_dir: str | os.PathLike = ".",
     archs: Sequence[ArchMap],
@@ -388,6 +332,9 @@ def load_model(
 ) -> LoadedModel:
     """Load ``spec`` (folder, ``hf:``, ``zoo:`` or ``gguf:``) for evaluation.
 
+    ``spec`` is a ``model:`` value (read against ``base_dir``) or a source already
+    parsed from one (a claim's ``ClaimSpec.source``).
+
     ``progress``, a callable taking one line, hears about slow steps (a GGUF conversion).
 
     Raises:
@@ -396,7 +343,7 @@ def load_model(
     """
     import torch
 
-    source = parse_source(spec, base_dir=base_dir)
+    source = spec if isinstance(spec, ModelSource) else parse_source(spec, base_dir=base_dir)
     torch_dtype = getattr(torch, dtype, None)
     if not isinstance(torch_dtype, torch.dtype):
         raise ModelLoadError(f"unknown dtype '{dtype}'", key="dtype",

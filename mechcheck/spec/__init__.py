@@ -1,8 +1,14 @@
-"""Claim files: the schema of a claim and the loader that checks YAML claim files."""
+"""Claim files: the schema of a claim and the loader that checks YAML claim files
+(and the same contents given as a mapping)."""
 
 from __future__ import annotations
 
-from mechcheck.spec.loader import claim_name, load_claim_file, parse_claim_text
+from mechcheck.spec.loader import (
+    claim_name,
+    load_claim_file,
+    parse_claim_mapping,
+    parse_claim_text,
+)
 from mechcheck.spec.schema import (
     COMMON_KEYS,
     FILE_KEYS,
@@ -19,5 +25,6 @@ __all__ = [
     "KeySpec",
     "claim_name",
     "load_claim_file",
+    "parse_claim_mapping",
     "parse_claim_text",
 ]

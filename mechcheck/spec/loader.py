@@ -5,6 +5,10 @@ nodes itself, so it keeps every key's line number, rejects duplicate keys (which
 ``yaml.safe_load`` silently drops) and refuses any tag that is not plain YAML
 (``!!python/object`` and friends).  It never executes anything from the file.
 
+:func:`parse_claim_mapping` checks the same contents given as a Python mapping (the
+``mechcheck`` fixture's keyword arguments) with the same rules and messages, every key
+located at one given line.
+
 Errors are values, not exceptions: a file that cannot be used at all becomes a
 :class:`~mechcheck.spec.schema.ClaimFile` whose ``error`` is set, and each bad claim
 becomes a :class:`~mechcheck.errors.ClaimSpecError` in ``ClaimFile.claims`` next to the
@@ -47,7 +51,7 @@ if TYPE_CHECKING:
     from mechcheck.stats import Correction
 
 __all__ = ["MAX_FILE_CHARS", "MAX_FILE_NODES", "MAX_NODES", "claim_name", "load_claim_file",
-           "parse_claim_text"]
+           "parse_claim_mapping", "parse_claim_text"]
 
 Kinds = Mapping[str, Mapping[str, KeySpec]]
 _T = TypeVar("_T")
@@ -129,8 +133,47 @@ def parse_claim_text(
         return ClaimFile(path=path, error=exc.located(path=path))
     except FileTooLarge as exc:
         return ClaimFile(path=path, error=exc.error.located(path=path))
+    return _parse_claims(header, path, kinds, builder, base_dir, line=None)
+
+
+def parse_claim_mapping(mapping: Mapping[str, Any], path: str, line: int, *, kinds: Kinds,
+                        base_dir: str | None = None) -> ClaimFile:
+    """Check a claim file's contents given as a mapping, as if read from ``path``.
+
+    The mapping is what a claim file holds (top-level defaults, ``correction``,
+    ``checkpoints`` and a ``claims`` list of mappings), made of plain values as
+    ``yaml.safe_load`` returns them: text, numbers, booleans, None, lists and mappings.
+    It is checked by the same rules as a file, with the same messages; every key of it
+    is reported at ``line`` (the Python form gives the test function's line).
+
+    Args:
+        mapping: the contents.
+        path: reported in every error and stored in every spec, as given.
+        line: the 1-based line that every claim and key is located at.
+        kinds: each registered claim kind mapped to the keys it accepts beyond
+            :data:`~mechcheck.spec.schema.COMMON_KEYS`.
+        base_dir: the folder that relative paths in the claims are resolved against;
+            defaults to the (absolute) folder of ``path``.
+
+    Returns:
+        The parsed file; it never raises for bad contents.
+    """
+    path = os.fsdecode(path)
+    builder = Builder()
+    try:
+        header = _mapping_header(mapping, kinds, line, builder)
+    except ClaimSpecError as exc:
+        return ClaimFile(path=path, error=exc.located(path=path))
+    except FileTooLarge as exc:
+        return ClaimFile(path=path, error=exc.error.located(path=path))
+    return _parse_claims(header, path, kinds, builder, base_dir, line=line)
+
+
+def _parse_claims(header: _Header, path: str, kinds: Kinds, builder: Builder,
+                  base_dir: str | None, *, line: int | None) -> ClaimFile:
     folder = base_dir if base_dir is not None else os.path.dirname(os.path.abspath(path))
-    ctx = _Context(path=path, kinds=kinds, header=header, base_dir=folder, builder=builder)
+    ctx = _Context(path=path, kinds=kinds, header=header, base_dir=folder, builder=builder,
+                   line=line)
     try:
         claims = tuple(_claim_or_error(node, i, ctx) for i, node in enumerate(header.claim_nodes))
     except FileTooLarge as exc:
@@ -169,7 +212,7 @@ class _Header:
 
     defaults: dict[str, _Value]
     correction: Correction
-    claim_nodes: list[Node]
+    claim_nodes: list[Any]  # YAML nodes, or the claims of a mapping
     checkpoints: tuple[str, ...] = ()
 
 
@@ -182,6 +225,7 @@ class _Context:
     header: _Header
     base_dir: str
     builder: Builder
+    line: int | None = None  # a mapping's one line; None for YAML (each node's own)
     seen_ids: dict[str, int] = field(default_factory=dict)
     # Parsed lists and mappings by (id of the value, id of the parser): a value that
     # aliases or defaults share is checked once, however many claims use it.
@@ -204,12 +248,93 @@ def _read_header(root: Node | None, kinds: Kinds, builder: Builder) -> _Header:
         if key_node.value == "claims":
             claims_node = value_node
     defaults = _mapping_values(root, builder, skip="claims")
+    return _header(defaults, _claim_nodes(claims_node, root))
+
+
+def _header(defaults: dict[str, _Value], claims: list[Any]) -> _Header:
     for name, value in defaults.items():
         if name in FILE_KEYS:
             _parse_value(name, FILE_KEYS[name], value.raw, value.line)
     checkpoints = defaults.get("checkpoints")
-    return _Header(defaults, _correction(defaults), _claim_nodes(claims_node, root),
+    return _Header(defaults, _correction(defaults), claims,
                    FILE_KEYS["checkpoints"].parse(checkpoints.raw) if checkpoints else ())
+
+
+def _mapping_header(mapping: Any, kinds: Kinds, line: int, builder: Builder) -> _Header:
+    """:func:`_read_header` for contents given as a mapping, located at ``line``."""
+    if not isinstance(mapping, Mapping):
+        raise ClaimSpecError(
+            "the top level of a claim file must be a mapping (keys such as model, data "
+            "and claims)", line=line, hint="pass a mapping with a `claims` list")
+    allowed = _top_level_keys(kinds)
+    for name in mapping:
+        _check_known(str(name), allowed, line, "top-level keys")
+    defaults = _python_values(mapping, line, builder, skip="claims")
+    hint = "add a `claims:` list whose entries start with `- id: <name>` and `kind: <kind>`"
+    if "claims" not in mapping:
+        raise ClaimSpecError("the file has no `claims:` list", line=line, key="claims",
+                             hint=hint)
+    claims = mapping["claims"]
+    if claims is None or (isinstance(claims, list) and not claims):
+        raise ClaimSpecError("claims: the list is empty", line=line, key="claims", hint=hint)
+    if not isinstance(claims, list):
+        raise ClaimSpecError("claims: must be a list of claims", line=line, key="claims",
+                             hint=hint)
+    return _header(defaults, list(claims))
+
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _python_size(value: Any, line: int) -> int:
+    """The number of items a plain value holds (as :class:`Builder` counts them).
+
+    Raises:
+        ClaimSpecError: the value is not plain YAML, nested too deeply or too large.
+    """
+    try:
+        size = _count(value)
+    except RecursionError:
+        raise ClaimSpecError("the value is nested too deeply", line=line,
+                             hint="flatten the nesting of lists and mappings") from None
+    if size > MAX_NODES:
+        raise ClaimSpecError(f"the value expands to more than {MAX_NODES} items", line=line,
+                             hint="pass smaller values")
+    return size
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, _PLAIN):
+        return 1
+    if isinstance(value, list):
+        return 1 + sum(_count(item) for item in value)
+    if isinstance(value, dict) and all(isinstance(k, _PLAIN) for k in value):
+        return 1 + sum(_count(item) for item in value.values())
+    raise ClaimSpecError(
+        f"cannot read {value!r:.60} in a claim: a {type(value).__module__}."
+        f"{type(value).__qualname__} is not a plain value",
+        hint="pass text, numbers, true/false, None, or lists and mappings of them")
+
+
+def _python_values(mapping: Mapping[Any, Any], line: int, builder: Builder, skip: str = "",
+                   failed: dict[str, ClaimSpecError] | None = None) -> dict[str, _Value]:
+    """:func:`_mapping_values` for a mapping of plain values, every one at ``line``."""
+    values: dict[str, _Value] = {}
+    for key, raw in mapping.items():
+        name = str(key)
+        if name == skip:
+            continue
+        try:
+            size = _python_size(raw, line)
+        except ClaimSpecError as exc:
+            error = exc.located(key=name, line=line)
+            if failed is None:
+                raise error from None
+            failed[name] = error
+            continue
+        builder.charge(size, line, name)
+        values[name] = _Value(raw, line, line, size)
+    return values
 
 
 def _mapping_values(node: MappingNode, builder: Builder, skip: str = "",
@@ -358,11 +483,19 @@ def _combined(errors: list[ClaimSpecError], path: str, claim_line: int) -> Claim
 def _claim_or_error(node: Node, index: int, ctx: _Context) -> ClaimSpec | ClaimSpecError:
     """The claim at ``node`` as a spec, or the error that lists its problems, labelled
     with the claim's id or, without a usable one, ``claim[<index>]``."""
+    line = line_of(node) if ctx.line is None else ctx.line
+    guessed = _guess_id(node) if ctx.line is None else _guess_python_id(node)
     try:
         return _parse_claim(node, ctx)
     except ClaimSpecError as exc:
-        return exc.located(path=ctx.path, line=line_of(node),
-                           claim_id=_guess_id(node) or f"claim[{index}]")
+        return exc.located(path=ctx.path, line=line, claim_id=guessed or f"claim[{index}]")
+
+
+def _guess_python_id(claim: Any) -> str | None:
+    """:func:`_guess_id` for a claim given as a mapping."""
+    value = claim.get("id") if isinstance(claim, Mapping) else None
+    return value if isinstance(value, str) and value.strip() and not _reserved(value) \
+        else None
 
 
 def _guess_id(node: Node) -> str | None:
@@ -382,16 +515,29 @@ def _reserved(claim_id: str) -> list[str]:
     return [char for char in _RESERVED_ID_CHARS if char in claim_id]
 
 
-def _parse_claim(node: Node, ctx: _Context) -> ClaimSpec:
+_NOT_A_CLAIM = "each entry of claims: must be a mapping with id, kind and the kind's keys"
+
+
+def _claim_values(node: Any, ctx: _Context,
+                  failed: dict[str, ClaimSpecError]) -> tuple[dict[str, _Value], int]:
+    """A claim's own keys with their values, and its line; raises if it is no mapping."""
+    if ctx.line is not None:
+        if not isinstance(node, Mapping):
+            raise ClaimSpecError(_NOT_A_CLAIM, line=ctx.line,
+                                 hint="pass each claim as a mapping (keyword arguments)")
+        return _python_values(node, ctx.line, ctx.builder, failed=failed), ctx.line
     if not isinstance(node, MappingNode) or node.tag != MAP_TAG:
         if node.tag not in (MAP_TAG, SEQ_TAG) and node.tag not in SCALAR_TAGS:
             raise tag_error(node)
-        raise ClaimSpecError(
-            "each entry of claims: must be a mapping with id, kind and the kind's keys",
-            line=line_of(node), hint="start each claim with `- id: <name>` and indent its keys")
-    problems = _Problems(ctx.path, line_of(node))
+        raise ClaimSpecError(_NOT_A_CLAIM, line=line_of(node),
+                             hint="start each claim with `- id: <name>` and indent its keys")
+    return _mapping_values(node, ctx.builder, failed=failed), line_of(node)
+
+
+def _parse_claim(node: Any, ctx: _Context) -> ClaimSpec:
     failed: dict[str, ClaimSpecError] = {}
-    own = _mapping_values(node, ctx.builder, failed=failed)
+    own, line = _claim_values(node, ctx, failed)
+    problems = _Problems(ctx.path, line)
     for name in ("id", "kind"):
         if name in failed:
             problems.add(failed[name], 0)
@@ -405,7 +551,7 @@ def _parse_claim(node: Node, ctx: _Context) -> ClaimSpec:
         present = merged.keys() | failed.keys() | suggested
         problems.attempt(2, _check_required, present, accepted)
     problems.raise_any()  # without a problem, the id and the kind are known
-    return _spec(cast(str, claim_id), cast(str, kind), node, parsed, merged, accepted, ctx)
+    return _spec(cast(str, claim_id), cast(str, kind), line, parsed, merged, accepted, ctx)
 
 
 def _parse_keys(merged: dict[str, _Value], failed: dict[str, ClaimSpecError],
@@ -517,7 +663,7 @@ def _check_required(present: AbstractSet[str], accepted: Mapping[str, KeySpec]) 
                               f"top of the file): expected {first.expected}")
 
 
-def _spec(claim_id: str, kind: str, node: Node, parsed: dict[str, Any],
+def _spec(claim_id: str, kind: str, line: int, parsed: dict[str, Any],
           merged: dict[str, _Value], accepted: Mapping[str, KeySpec],
           ctx: _Context) -> ClaimSpec:
     """Assemble the ClaimSpec from checked values."""
@@ -526,6 +672,6 @@ def _spec(claim_id: str, kind: str, node: Node, parsed: dict[str, Any],
               if name not in COMMON_KEYS and spec.default is not None}
     params.update({name: value for name, value in parsed.items() if name not in COMMON_KEYS})
     return ClaimSpec(
-        id=claim_id, kind=kind, path=ctx.path, line=line_of(node), base_dir=ctx.base_dir,
+        id=claim_id, kind=kind, path=ctx.path, line=line, base_dir=ctx.base_dir,
         correction=ctx.header.correction, params=params,
         key_lines={name: value.key_line for name, value in merged.items()}, **common)

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
+
+from mechcheck.errors import ModelLoadError
+from mechcheck.models.source import ModelSource, parse_source, with_checkpoint
 
 if TYPE_CHECKING:
     from mechcheck.stats import Correction, GreaterTest
@@ -62,6 +65,12 @@ class ClaimSpec:
 
     ``params`` holds the kind-specific keys (``components``, ``ablation``,
     ``min_drop``, ``at`` ...) already parsed by their :class:`KeySpec`.
+
+    ``model`` is the ``model:`` value as written (reports show it); ``source`` is that
+    value parsed, once, when the spec is made (against ``base_dir``), and is what the
+    model is loaded from.  A value that cannot be parsed (``hf:`` with no name) leaves
+    ``source`` None and ``source_error`` the error, which the claim meets when its model
+    is loaded, at its ``model:`` key, as any other model error.
     """
 
     id: str
@@ -84,6 +93,28 @@ class ClaimSpec:
     description: str | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
     key_lines: Mapping[str, int] = field(default_factory=dict)
+    source: ModelSource | None = None
+    source_error: ModelLoadError | None = None
+
+    def __post_init__(self) -> None:
+        if self.model is None or self.source is not None or self.source_error is not None:
+            return
+        try:
+            object.__setattr__(self, "source", parse_source(self.model, base_dir=self.base_dir))
+        except ModelLoadError as exc:
+            object.__setattr__(self, "source_error", exc)
+
+    def at_checkpoint(self, checkpoint: str | None) -> ClaimSpec:
+        """This claim on ``checkpoint`` of its model (itself for None): ``model`` names
+        the checkpoint as :func:`~mechcheck.models.source.with_checkpoint` writes it and
+        ``source`` is the parsed source at that checkpoint."""
+        if checkpoint is None or self.model is None:
+            return self
+        # a value that did not parse is parsed again as written for the checkpoint, so
+        # that its error names that value
+        return replace(self, model=with_checkpoint(self.model, checkpoint),
+                       checkpoint=checkpoint, source_error=None,
+                       source=None if self.source is None else self.source.at(checkpoint))
 
     def line_of(self, key: str | None) -> int:
         """The line where ``key`` was written (the claim's own line if unknown)."""

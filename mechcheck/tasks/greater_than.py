@@ -44,20 +44,19 @@ from __future__ import annotations
 import random
 import weakref
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from mechcheck.errors import DataError
+from mechcheck.metrics import Metric, MetricInputs
 from mechcheck.tasks import Task
-
-if TYPE_CHECKING:
-    from mechcheck.metrics import MetricInputs
 
 __all__ = [
     "CENTURIES",
     "DIGIT_YY",
     "GREATER_THAN",
+    "GREATER_THAN_PD",
     "NOUNS",
     "digit_probability_difference",
     "digit_token_ids",
@@ -488,3 +487,11 @@ GREATER_THAN = Task(
             "nouns": "candidate nouns; those that are one token after a space are used"},
     description="'The war lasted from the year 1732 to the year 17': is the next ending "
     "greater than 32? (Hanna et al. 2023)")
+
+
+GREATER_THAN_PD = Metric(
+    name="greater_than_pd", fn=greater_than_pd,
+    description="greater-than probability difference: p(ending > YY) - "
+    "p(ending <= YY) over the 100 two-digit tokens, or over the tens digits for "
+    "tokenizers that split numbers into digits (needs a yy column)")
+"""The metric of the greater-than task, registered with the built-in metrics."""

@@ -6,6 +6,7 @@ import os
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -929,3 +930,117 @@ def test_a_huge_claim_file_is_refused_before_it_is_read() -> None:
     assert error.message == (f"the claim file is {len(text):,} characters long, more than "
                              "the limit of 1,000,000")
     assert "split it into several claim files" in (error.hint or "")
+
+
+# ---------------------------------------------------------------------------
+# The model's identity, parsed once into spec.source
+
+
+def test_each_claim_carries_its_parsed_model_source() -> None:
+    from mechcheck.models.source import ModelSource
+
+    result = parse_claim_text(VALID.replace("../models/induction-2l", "hf:gpt2@main")
+                              .replace("    min_score: 0.7",
+                                       "    min_score: 0.7\n    model: /abs/folder"),
+                              PATH, KINDS, base_dir="/base")
+    first, second = result.claims
+    assert first.model == "hf:gpt2@main"  # as written, for reports
+    assert first.source == ModelSource(kind="hf", name="gpt2", revision="main")
+    assert second.source == ModelSource(kind="folder", name=str(Path("/abs/folder").resolve()))
+    on_step = first.at_checkpoint("step9")
+    assert (on_step.model, on_step.checkpoint, on_step.source) == (
+        "hf:gpt2@step9", "step9", ModelSource(kind="hf", name="gpt2", revision="step9"))
+    assert first.at_checkpoint(None) is first
+
+
+@pytest.mark.parametrize("model, message", [("hf:", "'hf:' names no model"),
+                                            ("gguf:@x", "'gguf:@x' names no file")])
+def test_a_model_value_that_does_not_parse_is_an_error_of_its_claim_at_model(
+        tmp_path: Path, model: str, message: str) -> None:
+    from mechcheck.errors import ModelLoadError
+    from mechcheck.evaluate import evaluate_file
+    from mechcheck.session import Session
+
+    result = parse(VALID.replace("../models/induction-2l", f"'{model}'"))
+    spec = result.claims[0]
+    assert spec.source is None and isinstance(spec.source_error, ModelLoadError)
+    assert spec.at_checkpoint("s1").source_error.message.startswith(
+        f"'{model.partition('@')[0]}@s1'")
+    session = Session(device="cpu")
+    records = evaluate_file(result, session)
+    assert [r.verdict for r in records] == ["error", "error"]
+    # located at the model: key (line 1, a file-level default), with the same message
+    assert records[0].message.startswith(
+        f"{PATH}:1: claim 'layer1_heads_necessary', key 'model': {message}")
+    assert records[0].model == model and records[0].kind == "necessary"
+
+
+# ---------------------------------------------------------------------------
+# The loader takes a mapping: parse_claim_mapping
+
+
+def _same_but_lines(spec: ClaimSpec, other: ClaimSpec) -> bool:
+    from dataclasses import fields
+
+    skip = {"line", "key_lines"}
+    return all(getattr(spec, f.name) == getattr(other, f.name)
+               for f in fields(ClaimSpec) if f.name not in skip)
+
+
+def test_a_mapping_parses_as_the_same_file_would_with_every_key_at_one_line() -> None:
+    import yaml
+
+    from mechcheck.spec import parse_claim_mapping
+
+    from_text = parse_claim_text(VALID, PATH, KINDS, base_dir="/here")
+    mapping = yaml.safe_load(VALID)
+    from_mapping = parse_claim_mapping(mapping, PATH, 41, kinds=KINDS, base_dir="/here")
+    assert from_mapping.error is None and len(from_mapping.claims) == 2
+    assert from_mapping.correction == from_text.correction
+    for spec, other in zip(from_mapping.claims, from_text.claims):
+        assert _same_but_lines(spec, other)
+        assert spec.line == 41 and set(spec.key_lines.values()) == {41}
+        assert spec.key_lines.keys() == other.key_lines.keys()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m["claims"][0].update(ablation="half"),
+     "claims/induction.yaml:41: claim 'layer1_heads_necessary', key 'ablation': "
+     "ablation: got 'half'"),
+    (lambda m: m["claims"][1].update(min_scor=0.7),
+     "claims/induction.yaml:41: claim 'head_1_0_induction', key 'min_scor': "
+     "unknown key 'min_scor'"),
+    (lambda m: m["claims"][0].update(components={"head 0.0"}),
+     "claims/induction.yaml:41: claim 'layer1_heads_necessary', key 'components': "
+     "cannot read {'head 0.0'} in a claim: a builtins.set is not a plain value"),
+    (lambda m: m["claims"].__setitem__(1, "oops"),
+     "claims/induction.yaml:41: claim 'claim[1]': each entry of claims: must be a mapping"),
+])
+def test_a_bad_claim_in_a_mapping_is_its_own_error_at_the_line(change: Any,
+                                                                message: str) -> None:
+    import yaml
+
+    from mechcheck.spec import parse_claim_mapping
+
+    mapping = yaml.safe_load(VALID)
+    change(mapping)
+    result = parse_claim_mapping(mapping, PATH, 41, kinds=KINDS)
+    errors = [c for c in result.claims if isinstance(c, ClaimSpecError)]
+    assert len(errors) == 1 and len(result.claims) == 2
+    assert str(errors[0]).startswith(message), str(errors[0])
+
+
+@pytest.mark.parametrize("mapping, message", [
+    ({"model": "m"}, "x.py:3: key 'claims': the file has no `claims:` list"),
+    ({"claims": []}, "x.py:3: key 'claims': claims: the list is empty"),
+    ({"claims": {"id": "a"}}, "x.py:3: key 'claims': claims: must be a list of claims"),
+    ({"claims": [{}], "corection": "bh"}, "x.py:3: key 'corection': unknown key 'corection'"),
+    ({"claims": [{}], "correction": "most"}, "x.py:3: key 'correction': correction: got "
+     "'most'"),
+    (["not", "a", "mapping"], "x.py:3: the top level of a claim file must be a mapping"),
+])
+def test_a_bad_mapping_is_a_whole_file_error_at_the_line(mapping: Any, message: str) -> None:
+    from mechcheck.spec import parse_claim_mapping
+
+    result = parse_claim_mapping(mapping, "x.py", 3, kinds=KINDS)
+    assert result.claims == () and str(result.error).startswith(message), str(result.error)

@@ -16,12 +16,13 @@ from transformers import PreTrainedTokenizerFast
 from mechcheck.api import evaluate_path
 from mechcheck.data import tokenize_rows
 from mechcheck.errors import DataError
-from mechcheck.metrics import BUILTIN_METRICS, MetricInputs
+from mechcheck.metrics import MetricInputs
 from mechcheck.models.tiny import save_tiny, word_tokenizer
 from mechcheck.plugins import Registry
 from mechcheck.tasks.greater_than import (
     DIGIT_YY,
     GREATER_THAN,
+    GREATER_THAN_PD,
     digit_probability_difference,
     digit_token_ids,
     greater_than_rows,
@@ -33,7 +34,7 @@ from mechcheck.tasks.greater_than import (
 TEMPLATE_WORDS = ("The", "lasted", "from", "the", "year", "to")
 NOUNS = ("war", "siege", "reign", "voyage")
 YEARS = tuple(f"{y:02d}" for y in range(100))
-PD = {m.name: m for m in BUILTIN_METRICS}["greater_than_pd"]
+PD = GREATER_THAN_PD
 
 
 def _word_level(years: Sequence[str] = YEARS) -> PreTrainedTokenizerFast:
