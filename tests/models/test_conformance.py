@@ -4,6 +4,7 @@ broken ones with a message naming what to fix."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,8 @@ from mechcheck.engine.interventions import BUILTIN_INTERVENTIONS, Intervention
 from mechcheck.metrics import BUILTIN_METRICS, Metric, MetricInputs
 from mechcheck.models.archs import GPT2, LLAMA, NEOX
 from mechcheck.testing import build_tiny, check_arch_map, check_intervention, check_metric
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _sequential_neox() -> Any:
@@ -137,3 +140,13 @@ def _centered(logits: torch.Tensor, inputs: MetricInputs) -> torch.Tensor:
 def test_a_broken_metric_fails(fn: Any, message: str) -> None:
     with pytest.raises(AssertionError, match=message):
         check_metric(Metric(name="broken", fn=fn))
+
+
+def test_the_docs_example_plugin_conforms(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "docs" / "examples" / "plugins"))
+    import mechcheck_lab
+
+    for metric in mechcheck_lab.mechcheck_metrics():
+        check_metric(metric)
+    for intervention in mechcheck_lab.mechcheck_interventions():
+        check_intervention(intervention)
