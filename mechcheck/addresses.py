@@ -7,6 +7,7 @@ Canonical addresses are lowercase, dot-separated and zero-based::
     embed | pos_embed | ln_final | unembed
     blocks.{L}.resid_pre | blocks.{L}.resid_mid | blocks.{L}.resid_post
     blocks.{L}.attn | blocks.{L}.attn.head.{H}
+    blocks.{L}.attn.head.{H}.q | .k | .v | .pattern   (a head's inputs and pattern)
     blocks.{L}.mlp  | blocks.{L}.mlp.neuron.{N}
 
 ``*`` in place of any index makes a pattern (``blocks.*.attn.head.*``) that
@@ -29,6 +30,8 @@ from mechcheck.errors import AddressError, closest
 __all__ = [
     "ACCEPTED_FORMS",
     "GLOBAL_SITES",
+    "HEAD_INPUT_SITES",
+    "HEAD_SITES",
     "LAYER_SITES",
     "SITES",
     "WILDCARD",
@@ -50,6 +53,10 @@ Site = Literal[
     "resid_post",
     "attn",
     "head",
+    "q",
+    "k",
+    "v",
+    "pattern",
     "mlp",
     "neuron",
 ]
@@ -61,7 +68,13 @@ GLOBAL_SITES: tuple[str, ...] = ("embed", "pos_embed", "ln_final", "unembed")
 LAYER_SITES: tuple[str, ...] = ("resid_pre", "resid_mid", "resid_post", "attn", "mlp")
 """Whole-layer sites: a layer, no index."""
 
-_INDEXED_SITES: tuple[str, ...] = ("head", "neuron")
+HEAD_INPUT_SITES: tuple[str, ...] = ("q", "k", "v", "pattern")
+"""A head's query, key and value vectors and its attention pattern."""
+
+HEAD_SITES: tuple[str, ...] = ("head", *HEAD_INPUT_SITES)
+"""Sites indexed by a head: its output (``head``) and its inputs."""
+
+_INDEXED_SITES: tuple[str, ...] = (*HEAD_SITES, "neuron")
 SITES: tuple[str, ...] = GLOBAL_SITES + LAYER_SITES + _INDEXED_SITES
 """Every site an :class:`Address` can name."""
 
@@ -70,17 +83,22 @@ _STAGE = {"embed": 0, "pos_embed": 1, "ln_final": 3, "unembed": 4}
 _BLOCK_STAGE = 2
 _IN_BLOCK = {
     "resid_pre": 0,
-    "attn": 1,
-    "head": 2,
-    "resid_mid": 3,
-    "mlp": 4,
-    "neuron": 5,
-    "resid_post": 6,
+    "q": 1,
+    "k": 2,
+    "v": 3,
+    "pattern": 4,
+    "attn": 5,
+    "head": 6,
+    "resid_mid": 7,
+    "mlp": 8,
+    "neuron": 9,
+    "resid_post": 10,
 }
 
 _NUM = r"(0|[1-9][0-9]*|\*)"
 _CANONICAL_LAYER = re.compile(r"blocks\." + _NUM + r"\.(resid_pre|resid_mid|resid_post|attn|mlp)")
-_CANONICAL_HEAD = re.compile(r"blocks\." + _NUM + r"\.attn\.head\." + _NUM)
+_CANONICAL_HEAD = re.compile(r"blocks\." + _NUM + r"\.attn\.head\." + _NUM
+                             + r"(?:\.(q|k|v|pattern))?")
 _CANONICAL_NEURON = re.compile(r"blocks\." + _NUM + r"\.mlp\.neuron\." + _NUM)
 _SHORT_INDEXED = re.compile(r"(head|neuron)\s+" + _NUM + r"\." + _NUM, re.IGNORECASE)
 _SHORT_LAYER = re.compile(r"(attn|mlp|resid_pre|resid_mid|resid_post)\s+" + _NUM, re.IGNORECASE)
@@ -89,7 +107,8 @@ _LH_STYLE = re.compile(r"[lL]([0-9]+)[hH]([0-9]+)")
 ACCEPTED_FORMS = (
     "accepted forms are embed, pos_embed, ln_final, unembed, "
     "blocks.L.resid_pre, blocks.L.resid_mid, blocks.L.resid_post, "
-    "blocks.L.attn, blocks.L.attn.head.H, blocks.L.mlp, blocks.L.mlp.neuron.N, "
+    "blocks.L.attn, blocks.L.attn.head.H, blocks.L.attn.head.H.q (or .k, .v, .pattern), "
+    "blocks.L.mlp, blocks.L.mlp.neuron.N, "
     "or the shorthand 'head L.H', 'neuron L.N', 'attn L', 'mlp L', "
     "'resid_pre L', 'resid_mid L', 'resid_post L' "
     "(L, H, N are zero-based integers or *)"
@@ -134,7 +153,7 @@ class ModelDims:
         layers = f"layers are {_span(self.n_layers)}"
         heads = f"heads {_span(self.n_heads)}"
         neurons = f"neurons {_span(self.d_mlp)}" if self.d_mlp else "no MLP neurons"
-        if site == "head":
+        if site in HEAD_SITES:
             return f"{layers}, {heads} ({neurons})"
         if site == "neuron":
             return f"{layers}, {neurons} ({heads})"
@@ -223,6 +242,8 @@ class Address:
             return self.site
         if self.site == "head":
             return f"blocks.{self.layer}.attn.head.{self.index}"
+        if self.site in HEAD_INPUT_SITES:
+            return f"blocks.{self.layer}.attn.head.{self.index}.{self.site}"
         if self.site == "neuron":
             return f"blocks.{self.layer}.mlp.neuron.{self.index}"
         return f"blocks.{self.layer}.{self.site}"
@@ -237,7 +258,7 @@ class Address:
     @property
     def parent(self) -> Address | None:
         """The whole-layer component a head or neuron belongs to, else None."""
-        if self.site == "head":
+        if self.site in HEAD_SITES:
             return Address("attn", self.layer)
         if self.site == "neuron":
             return Address("mlp", self.layer)
@@ -415,7 +436,7 @@ def _match(text: str) -> Address | None:
     if m := _CANONICAL_LAYER.fullmatch(text):
         return Address(m[2], _as_index(m[1]))  # type: ignore[arg-type]
     if m := _CANONICAL_HEAD.fullmatch(text):
-        return Address("head", _as_index(m[1]), _as_index(m[2]))
+        return Address(m[3] or "head", _as_index(m[1]), _as_index(m[2]))  # type: ignore[arg-type]
     if m := _CANONICAL_NEURON.fullmatch(text):
         return Address("neuron", _as_index(m[1]), _as_index(m[2]))
     if m := _SHORT_INDEXED.fullmatch(text):
@@ -498,7 +519,7 @@ def _candidates(tokens: list[str]) -> list[str]:
 
 
 def _index_limit(site: str, dims: ModelDims) -> int | None:
-    if site == "head":
+    if site in HEAD_SITES:
         return dims.n_heads
     if site == "neuron":
         return dims.d_mlp

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from mechcheck.engine.context import Context
+from mechcheck.engine.context import ClaimContext
 from mechcheck.engine.runner import Needs
 from mechcheck.errors import (
     MechcheckError,
@@ -91,9 +91,9 @@ def evaluate_claims(specs: Sequence[ClaimSpec], session: Session, *,
     ``order`` lists the file's entries (specs and the ClaimSpecErrors that replaced
     bad claims) in file order; the results follow it, errors included.
     """
-    ctx = Context(session)
-    failed = _prepare(specs, ctx)
-    measured = {id(s): failed.get(id(s)) or _measure(s, ctx) for s in specs}
+    contexts = {id(s): ClaimContext(session, s) for s in specs}
+    failed = _prepare(specs, contexts)
+    measured = {id(s): failed.get(id(s)) or _measure(s, contexts[id(s)]) for s in specs}
     done = _correct(measured, specs, correction)
     results = []
     for i, item in enumerate(order if order is not None else specs):
@@ -105,13 +105,15 @@ def evaluate_claims(specs: Sequence[ClaimSpec], session: Session, *,
     return results
 
 
-def _prepare(specs: Sequence[ClaimSpec], ctx: Context) -> dict[int, ClaimResult]:
+def _prepare(specs: Sequence[ClaimSpec],
+             contexts: dict[int, ClaimContext]) -> dict[int, ClaimResult]:
     """Record what every claim needs in one shared pass per runner."""
     failed: dict[int, ClaimResult] = {}
     plans: dict[int, tuple[Any, Needs]] = {}
     for spec in specs:
         try:
-            runner = ctx.runner(spec)
+            ctx = contexts[id(spec)]
+            runner = ctx.runner()
             needs = ctx.session.registry.lookup("kinds", spec.kind, key="kind").needs(spec, ctx)
         except MechcheckError as exc:
             failed[id(spec)] = _error_result(spec.path, spec.id, exc, spec)
@@ -140,19 +142,19 @@ class _Measured:
     per_prompt: dict[str, list[Any]] | None = None
 
 
-def _measure(spec: ClaimSpec, ctx: Context) -> ClaimResult | _Measured:
+def _measure(spec: ClaimSpec, ctx: ClaimContext) -> ClaimResult | _Measured:
     start = time.perf_counter()
     try:
         kind = ctx.session.registry.lookup("kinds", spec.kind, key="kind")
         measurement = kind.measure(spec, ctx)
-        loaded = ctx.runner(spec).loaded
+        loaded = ctx.model
     except MechcheckError as exc:
         return replace(_error_result(spec.path, spec.id, exc, spec),
                        duration_s=time.perf_counter() - start)
     except Exception as exc:  # noqa: BLE001 - one claim's failure never stops the others
         return replace(_unexpected(spec, exc), duration_s=time.perf_counter() - start)
     return _Measured(spec, measurement, loaded, time.perf_counter() - start,
-                     ctx.per_prompt(spec))
+                     ctx.per_prompt())
 
 
 def _correct(measured: dict[int, ClaimResult | _Measured], specs: Sequence[ClaimSpec],

@@ -1,6 +1,6 @@
-"""Where plugins import :class:`Intervention` from (docs/plugins.md); it lives in
-:mod:`mechcheck.engine.interventions`."""
+"""Where plugins import :class:`Intervention` and :class:`Source` from
+(docs/plugins.md); they live in :mod:`mechcheck.engine.interventions`."""
 
-from mechcheck.engine.interventions import BUILTIN_INTERVENTIONS, Intervention
+from mechcheck.engine.interventions import BUILTIN_INTERVENTIONS, Intervention, Source
 
-__all__ = ["BUILTIN_INTERVENTIONS", "Intervention"]
+__all__ = ["BUILTIN_INTERVENTIONS", "Intervention", "Source"]

@@ -18,7 +18,15 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from mechcheck.addresses import GLOBAL_SITES, LAYER_SITES, SITES, WILDCARD, Address, ModelDims
+from mechcheck.addresses import (
+    GLOBAL_SITES,
+    HEAD_SITES,
+    LAYER_SITES,
+    SITES,
+    WILDCARD,
+    Address,
+    ModelDims,
+)
 from mechcheck.errors import closest
 
 __all__ = ["addresses", "positions", "prompts"]
@@ -56,7 +64,7 @@ def _for_site(site: str, dims: ModelDims | None,
     layers = _indices(dims.n_layers if dims else _LARGEST_INDEX, allow_patterns)
     if site in LAYER_SITES:
         return st.builds(Address, st.just(site), layers)
-    limit = _LARGEST_INDEX if dims is None else dims.n_heads if site == "head" else dims.d_mlp
+    limit = _LARGEST_INDEX if dims is None else dims.n_heads if site in HEAD_SITES else dims.d_mlp
     return st.builds(Address, st.just(site), layers, _indices(limit, allow_patterns))
 
 

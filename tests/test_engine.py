@@ -165,7 +165,7 @@ def test_shared_runs_record_once(tiny_loaded: Any, monkeypatch: pytest.MonkeyPat
     calls = []
     real = runner._forward
     monkeypatch.setattr(runner, "_forward",
-                        lambda ids, sites=(): calls.append(1) or real(ids, sites))
+                        lambda ids, sites=(), **kw: calls.append(1) or real(ids, sites, **kw))
     targets = [(Address("head", 1, h), IV["resample"]) for h in range(4)]
     runner.prepare(runner.needs_for(targets))
     n_batches = len(runner.batches)

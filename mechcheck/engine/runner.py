@@ -21,7 +21,9 @@ from mechcheck.addresses import Address
 from mechcheck.data import Dataset
 from mechcheck.engine.hooks import Patch, hooked
 from mechcheck.engine.interventions import Intervention
+from mechcheck.engine.runs import PatchFn, RunResult
 from mechcheck.errors import (
+    ClaimSpecError,
     DataError,
     MechcheckError,
     RunError,
@@ -31,7 +33,7 @@ from mechcheck.errors import (
 from mechcheck.models.adapter import Site
 from mechcheck.models.loading import LoadedModel, eager_attention
 
-__all__ = ["Needs", "Runner", "position_mask", "unknown_position"]
+__all__ = ["Needs", "PatchSpec", "Runner", "position_mask", "unknown_position"]
 
 
 @dataclass(slots=True)
@@ -102,6 +104,8 @@ def unknown_position(dataset: Dataset, row: int, name: str, *, key: str) -> Data
 
 
 Progress = Callable[[str], None]
+PatchSpec = Intervention | RunResult | PatchFn
+"""What a patch replaces an activation with (see :meth:`Runner.run`)."""
 # Recordings of one forward pass: Site -> [rows, pos, width], ("pattern", L) -> patterns.
 Store = dict[Any, torch.Tensor]
 
@@ -204,6 +208,16 @@ class Runner:
         return [p[:, head] for p in self._patterns[layer]]
 
     # -- patched runs -----------------------------------------------------------
+    def shared(self, run: str = "clean") -> RunResult:
+        """The shared clean or corrupt run, with what it recorded so far."""
+        logits = self.logits(run)
+        store: dict[Any, list[torch.Tensor]] = {
+            site: values for (r, site), values in self._recorded.items() if r == run}
+        if run == "clean":
+            store.update({("pattern", layer): p for layer, p in self._patterns.items()})
+        return RunResult(base=run, logits=logits, _store=store, _batches=self.batches,
+                         _adapter=self.loaded.adapter)
+
     def patched_logits(self, targets: Sequence[tuple[Address, Intervention]],
                        at: Sequence[int | str] | None = None, *,
                        mean_by: str | None = None) -> torch.Tensor:
@@ -216,69 +230,186 @@ class Runner:
         if len(base_runs) != 1:
             raise ValueError("all interventions of one run must share their base run")
         (base,) = base_runs
-        self._check_run(base)
-        self.prepare(self.needs_for(targets))
         if mean_by is not None and mean_by not in self.dataset.columns:
-            known = ", ".join(sorted(self.dataset.columns)) or "none"
-            raise DataError(f"mean_by: the data have no column {mean_by!r} (extra columns: "
-                            f"{known})", key="mean_by",
-                            hint="add the column to every row, or drop mean_by")
+            self._means_by(Site("", "post"), mean_by)  # raises the missing-column error
+        specs = [(address, iv.with_mean_by(mean_by)) for address, iv in targets]
         names = sorted({iv.name for _, iv in targets})
         what = (f"the patched run ({', '.join(names)} on "
                 f"{', '.join(str(a) for a, _ in targets[:3])}{' ...' if len(targets) > 3 else ''})")
-        logits = []
+        return self.run(base, specs, at=at, what=what).logits
+
+    def run(self, base: str, patches: Sequence[tuple[Address, PatchSpec]] = (), *,
+            record: Sequence[Address] = (), at: Sequence[int | str] | None = None,
+            positions: str = "last", what: str | None = None) -> RunResult:
+        """One run over every prompt of ``base`` with ``patches`` applied.
+
+        Each patch is an :class:`Intervention` (its source read from the shared runs),
+        a :class:`RunResult` (that run's recorded activation of the same address) or a
+        :data:`PatchFn`.  ``record`` names addresses to record (their values as they
+        reach the site, before a patch there); ``positions="all"`` also keeps every
+        position's logits.
+        """
+        self._check_run(base)
+        ivs = [(a, spec) for a, spec in patches if isinstance(spec, Intervention)]
+        self.prepare(self.needs_for(ivs) if ivs else Needs(runs={base}))
+        adapter = self.loaded.adapter
+        sites = sorted({adapter.site(a) for a in record if a.site != "pattern"},
+                       key=lambda s: (s.module, s.when))
+        layers = sorted({int(a.layer) for a in record if a.site == "pattern"})  # type: ignore[arg-type]
+        for address, _ in patches:
+            if address.site == "pattern":
+                raise ClaimSpecError(f"{address} can be recorded, not patched",
+                                     hint="patch the head's q or k (which make its pattern) "
+                                     "or its output, blocks.L.attn.head.H")
+        what = what or "the patched run" if patches else what or f"a {base} run"
+        logits: list[torch.Tensor] = []
+        full: list[torch.Tensor] = []
+        store: dict[Any, list[torch.Tensor]] = {s: [] for s in sites}
+        store.update({("pattern", la): [] for la in layers})
         for b, rows in enumerate(self.batches):
             mask = position_mask(self.dataset, rows, len(self.dataset.prompts[rows[0]]), at)
-            patches = self._patches(targets, b, mask.to(self.loaded.device), mean_by)
-            logits.append(self._execute(base, rows, what, patches=patches)[0])
-        return self._in_row_order(logits)
+            hooks = self._patches(patches, b, mask.to(self.loaded.device)) if patches else None
+            batch_logits, recorded = self._execute(base, rows, what, record=sites,
+                                                   layers=layers, patches=hooks,
+                                                   all_positions=positions == "all")
+            if positions == "all":
+                full.extend(batch_logits)
+                logits.append(batch_logits[:, -1])
+            else:
+                logits.append(batch_logits)
+            for key in store:
+                store[key].append(recorded[key])
+        all_logits = None
+        if positions == "all":
+            order = np.concatenate(self.batches)
+            all_logits = [full[int(i)] for i in np.argsort(order)]
+        return RunResult(base=base, logits=self._in_row_order(logits),
+                         recorded=tuple(record), all_logits=all_logits, _store=store,
+                         _batches=self.batches, _adapter=adapter)
 
-    def needs_for(self, targets: Iterable[tuple[Address, Intervention]]) -> Needs:
+    def gradients(self, base: str, addresses: Sequence[Address],
+                  objective: Callable[[torch.Tensor, np.ndarray], torch.Tensor],
+                  ) -> dict[Address, list[torch.Tensor]]:
+        """Per row, the gradient of ``objective`` with respect to each address's
+        activation ``[pos, width]`` in the ``base`` run (no patches).
+
+        ``objective(logits [b, vocab], rows) -> [b]`` gives one value per prompt (a
+        metric); the gradient is of each prompt's own value, since prompts do not
+        interact.  A zero ``delta`` added at every site carries the gradient, so the
+        gradient at an early site includes every path through later ones.
+        """
+        self._check_run(base)
+        adapter = self.loaded.adapter
+        for address in addresses:
+            if address.site in ("pos_embed", "pattern"):
+                raise ClaimSpecError(f"no per-prompt gradient at {address}",
+                                     hint="use embed, a residual stream site, a head or "
+                                     "its q/k/v, attn, mlp or a neuron")
+        sites = sorted({adapter.site(a) for a in addresses}, key=lambda s: (s.module, s.when))
+        per_site: dict[Site, list[torch.Tensor]] = {s: [] for s in sites}
+        for rows in self.batches:
+            deltas: dict[Site, torch.Tensor] = {}
+
+            def adder(site: Site, deltas: dict[Site, torch.Tensor] = deltas) -> Patch:
+                def patch(act: torch.Tensor) -> torch.Tensor:
+                    delta = torch.zeros_like(act, requires_grad=True)
+                    deltas[site] = delta
+                    return act + delta
+                return patch
+
+            ids = self._inputs(base, rows)
+            try:
+                with hooked(adapter, patches={s: adder(s) for s in sites}), torch.enable_grad():
+                    output = self.loaded.model(input_ids=ids, use_cache=False)
+                    values = objective(output.logits[:, -1].float(), rows)
+                    grads = torch.autograd.grad(values.sum(), [deltas[s] for s in sites],
+                                                allow_unused=True)
+            except MechcheckError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the model's or a metric's failure
+                raise RunError(f"the gradient run failed: {describe_exception(exc)}",
+                               hint=_RUN_HINT) from exc
+            for site, grad in zip(sites, grads):
+                per_site[site].append(torch.zeros_like(deltas[site]) if grad is None
+                                      else grad.detach())
+        out: dict[Address, list[torch.Tensor]] = {}
+        order = np.concatenate(self.batches)
+        for address in addresses:
+            site, cols = adapter.site(address), adapter.columns(address)
+            rows_out = [g[i, ..., cols] for g in per_site[site] for i in range(len(g))]
+            out[address] = [rows_out[int(i)] for i in np.argsort(order)]
+        return out
+
+    def needs_for(self, targets: Iterable[tuple[Address, Any]]) -> Needs:
         """The shared-run recordings that patching ``targets`` will read."""
         needs = Needs()
         for address, iv in targets:
+            if not isinstance(iv, Intervention):
+                continue
             needs.runs.add(iv.base_run)
             if iv.source is not None:
-                run = iv.source.removesuffix("_mean").replace("mean", "clean")
-                needs.record.add((run, self.loaded.adapter.site(address)))
+                needs.record.add((iv.source.run, self.loaded.adapter.site(address)))
         return needs
 
-    def _patches(self, targets: Sequence[tuple[Address, Intervention]], batch: int,
-                 mask: torch.Tensor, mean_by: str | None) -> Callable[[slice], dict[Site, Patch]]:
+    def _patches(self, targets: Sequence[tuple[Address, PatchSpec]], batch: int,
+                 mask: torch.Tensor) -> Callable[[slice], dict[Site, Patch]]:
         """The patches of one batch, as a function of the slice of its rows that runs."""
         adapter = self.loaded.adapter
-        by_site: dict[Site, list[tuple[slice, Intervention]]] = {}
-        for address, iv in targets:
-            by_site.setdefault(adapter.site(address), []).append((adapter.columns(address), iv))
-        sources = {site: {iv.source: self._source(iv.source, site, batch, mean_by)
-                          for _, iv in parts} for site, parts in by_site.items()}
-        rows = mask.shape[0]
+        rows = self.batches[batch]
+        by_site: dict[Site, list[tuple[slice, Any, torch.Tensor | None]]] = {}
+        for address, spec in targets:
+            site = adapter.site(address)
+            by_site.setdefault(site, []).append(
+                (adapter.columns(address), spec, self._values(spec, address, site, batch)))
+        n = mask.shape[0]
 
         def for_rows(part: slice) -> dict[Site, Patch]:
-            return {site: _site_patch(parts, {k: _rows_of(v, part, rows)
-                                              for k, v in sources[site].items()}, mask[part])
+            picked = rows[part]
+            return {site: _site_patch([(cols, spec, _rows_of(v, part, n))
+                                       for cols, spec, v in parts], mask[part], picked)
                     for site, parts in by_site.items()}
 
         return for_rows
 
-    def _source(self, source: str | None, site: Site, batch: int,
-                mean_by: str | None = None) -> torch.Tensor | None:
-        if source is None:
+    def _values(self, spec: PatchSpec, address: Address, site: Site,
+                batch: int) -> torch.Tensor | None:
+        """The full-width source values of one patch for one batch, or None."""
+        if isinstance(spec, RunResult):
+            if site not in spec._store:
+                raise ClaimSpecError(
+                    f"patching {address} from a {spec.base} run that did not record it",
+                    hint=f"record {address} in that run (record=[...])")
+            return spec._store[site][batch]
+        if not isinstance(spec, Intervention) or spec.source is None:
             return None
-        if source in ("mean", "corrupt_mean"):
-            rows = self.batches[batch]
-            length = len(self.dataset.prompts[rows[0]])
-            run = "corrupt" if source == "corrupt_mean" else "clean"
-            means = self._means_by(site, mean_by, run)
-            keys = [None] * len(rows) if mean_by is None else [
-                self.dataset.columns[mean_by][int(r)] for r in rows]
-            return torch.stack([means[k][:length] for k in keys])
-        return self._recorded[(source, site)][batch]
+        source = spec.source
+        if source.reduce is None:
+            return self._recorded[(source.run, site)][batch]
+        rows = self.batches[batch]
+        length = len(self.dataset.prompts[rows[0]])
+        means = self._means_by(site, source.by, source.run)
+        keys = [None] * len(rows) if source.by is None else [
+            self.dataset.columns[source.by][int(r)] for r in rows]
+        return torch.stack([means[k][:length] for k in keys])
+
+    def means(self, address: Address, run: str = "clean",
+              by: str | None = None) -> dict[Any, torch.Tensor]:
+        """``run``'s mean activation of ``address`` per position ``[max_len, width]``,
+        over all rows (key None) or per value of the data column ``by``."""
+        site = self.loaded.adapter.site(address)
+        self.prepare(Needs(runs={run}, record={(run, site)}))
+        cols = self.loaded.adapter.columns(address)
+        return {k: v[..., cols] for k, v in self._means_by(site, by, run).items()}
 
     def _means_by(self, site: Site, column: str | None,
                   run: str = "clean") -> dict[Any, torch.Tensor]:
         """A run's mean activation per position ``[max_len, width]``, over all rows
         (key None) or per value of a data column."""
+        if column is not None and column not in self.dataset.columns:
+            known = ", ".join(sorted(self.dataset.columns)) or "none"
+            raise DataError(f"mean_by: the data have no column {column!r} (extra columns: "
+                            f"{known})", key="mean_by",
+                            hint="add the column to every row, or drop mean_by")
         if (site, column, run) not in self._means:
             values = [None] * len(self.dataset) if column is None else \
                 list(self.dataset.columns[column])
@@ -304,7 +435,7 @@ class Runner:
     def _execute(self, run: str, rows: np.ndarray, what: str, *, record: Sequence[Site] = (),
                  layers: Sequence[int] = (),
                  patches: Callable[[slice], dict[Site, Patch]] | None = None,
-                 ) -> tuple[torch.Tensor, Store]:
+                 all_positions: bool = False) -> tuple[torch.Tensor, Store]:
         """One batch's last-position logits and recordings.
 
         Runs ``rows`` in pieces of at most the current batch size; a piece that runs out
@@ -317,8 +448,8 @@ class Runner:
             size = min(self._max_rows, len(rows) - start)
             part = slice(start, start + size)
             try:
-                pieces.append((*self._forward_part(run, rows, part, record, layers, patches),
-                               size))
+                pieces.append((*self._forward_part(run, rows, part, record, layers, patches,
+                                                   all_positions), size))
             except MechcheckError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the model's or a plugin's failure
@@ -345,12 +476,13 @@ class Runner:
     def _forward_part(self, run: str, rows: np.ndarray, part: slice, record: Sequence[Site],
                       layers: Sequence[int],
                       patches: Callable[[slice], dict[Site, Patch]] | None,
-                      ) -> tuple[torch.Tensor, Store]:
+                      all_positions: bool = False) -> tuple[torch.Tensor, Store]:
         patched = patches(part) if patches is not None else {}
         eager = eager_attention(self.loaded.model) if layers else nullcontext()
         with hooked(self.loaded.adapter, patches=patched, record=record,
                     patterns=layers) as store, eager:
-            logits = self._forward(self._inputs(run, rows[part]), [*record, *patched])
+            logits = self._forward(self._inputs(run, rows[part]), [*record, *patched],
+                                   all_positions=all_positions)
         return logits, dict(store)
 
     # -- plumbing -----------------------------------------------------------------
@@ -364,16 +496,18 @@ class Runner:
         ids = torch.tensor([prompts[int(i)] for i in rows], dtype=torch.long)
         return ids.to(self.loaded.device)
 
-    def _forward(self, input_ids: torch.Tensor, sites: Iterable[Site] = ()) -> torch.Tensor:
-        """Last-position logits; the unembedding runs on the last position only unless
+    def _forward(self, input_ids: torch.Tensor, sites: Iterable[Site] = (), *,
+                 all_positions: bool = False) -> torch.Tensor:
+        """Last-position logits ``[b, vocab]`` (every position's, ``[b, pos, vocab]``,
+        with ``all_positions``); the unembedding runs on the last position only unless
         a hooked site is the unembedding itself (whose positions must all exist)."""
         kwargs: dict[str, Any] = {"use_cache": False}
         unembed = self.loaded.adapter.site(Address("unembed"))
-        if self._keep_one and unembed not in set(sites):
+        if self._keep_one and unembed not in set(sites) and not all_positions:
             kwargs["logits_to_keep"] = 1
         with torch.inference_mode():
             out = self.loaded.model(input_ids=input_ids, **kwargs)
-        return out.logits[:, -1].float()
+        return out.logits.float() if all_positions else out.logits[:, -1].float()
 
     def _in_row_order(self, per_batch: list[torch.Tensor]) -> torch.Tensor:
         order = torch.as_tensor(np.concatenate(self.batches))
@@ -392,17 +526,23 @@ _OOM_HINT = ("mechcheck halved the batch down to one prompt; use a smaller dtype
              "--mechcheck-batch-size N sets the starting batch size")
 
 
-def _site_patch(parts: list[tuple[slice, Intervention]],
-                sources: dict[str | None, torch.Tensor | None], mask: torch.Tensor) -> Patch:
+def _site_patch(parts: list[tuple[slice, Any, torch.Tensor | None]], mask: torch.Tensor,
+                rows: np.ndarray) -> Patch:
+    """One site's patch: each part replaces its columns at the masked positions."""
     def patch(act: torch.Tensor) -> torch.Tensor:
         # pos_embed runs with batch 1: give every row its own copy to patch
         act = act.expand(mask.shape[0], *act.shape[1:])
         new = act.clone()
         keep = mask.view(*mask.shape, 1)
-        for cols, iv in parts:
-            src = sources[iv.source]
+        for cols, spec, src in parts:
             current = act[..., cols]
-            replacement = iv.replace(current, None if src is None else src[..., cols])
+            source = None if src is None else src[..., cols].to(act.device)
+            if isinstance(spec, Intervention):
+                replacement = spec.replace(current, source)
+            elif isinstance(spec, RunResult):
+                replacement = source  # type: ignore[assignment]
+            else:
+                replacement = spec(current, rows)
             new[..., cols] = torch.where(keep, replacement.to(act.dtype), current)
         return new
 

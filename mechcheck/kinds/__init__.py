@@ -2,22 +2,18 @@
 
 :mod:`mechcheck.kinds.base` holds :class:`Measurement`, the :class:`ClaimKind`
 protocol and the keys the kinds share; ``nodes`` the claims about components
-(necessary, sufficient, negligible), ``attention`` the attention-pattern claims and
+(necessary, negligible, sufficient), ``attention`` the attention-pattern claims and
 ``behaviour`` the claim that the model does the task at all.
 """
 
 from __future__ import annotations
 
-from mechcheck.kinds.nodes import (
-    BUILTIN_KINDS,
-    Attends,
-    ClaimKind,
-    Measurement,
-    Necessary,
-    Negligible,
-    Performs,
-    Sufficient,
-)
+from mechcheck.kinds.attention import Attends
+from mechcheck.kinds.base import ClaimKind, Measurement
+from mechcheck.kinds.behaviour import Performs
+from mechcheck.kinds.nodes import Necessary, Negligible, Sufficient
+
+BUILTIN_KINDS = (Necessary(), Sufficient(), Negligible(), Attends(), Performs())
 
 __all__ = ["BUILTIN_KINDS", "Attends", "ClaimKind", "Measurement", "Necessary",
            "Negligible", "Performs", "Sufficient"]

@@ -72,7 +72,7 @@ class Site:
     """A place in the forward pass: a module's input (``pre``) or output (``post``)."""
 
     module: str
-    when: str  # "pre" | "post"
+    when: str  # "pre" | "post" | "pattern" (attention weights, recorded only)
 
 
 class ModelAdapter:
@@ -92,6 +92,8 @@ class ModelAdapter:
             has_pos_embed=arch.pos_embed is not None,
         )
         self.d_head = int(getattr(config, "head_dim", None) or d_model // self.dims.n_heads)
+        kv = getattr(config, arch.n_kv_heads, None) if arch.n_kv_heads else None
+        self.n_kv_heads = int(kv or self.dims.n_heads)
         self._has_resid_mid = arch.resid_mid is not None and not (
             arch.resid_mid_unless and getattr(config, arch.resid_mid_unless, False)
         )
@@ -103,6 +105,8 @@ class ModelAdapter:
 
         addresses = parse_components(items, self.dims)
         for address in addresses:
+            if address.site in ("q", "k", "v"):
+                self._check_inputs(address)
             if address.site == "resid_mid" and not self._has_resid_mid:
                 raise AddressError(
                     f"{address} does not exist in this model: {self.arch.name} with a "
@@ -111,10 +115,34 @@ class ModelAdapter:
                 )
         return addresses
 
+    def _check_inputs(self, address: Address) -> None:
+        arch = self.arch
+        if arch.qkv is None and None in (arch.q, arch.k, arch.v):
+            raise AddressError(
+                f"{address}: the {arch.name} architecture map does not say where the heads' "
+                "queries, keys and values are",
+                hint="give its ArchMap q=, k=, v= (separate projections) or qkv= (a fused "
+                "one); or use the head's output, blocks.L.attn.head.H")
+
+    def kv_group(self, head: int) -> int:
+        """The key/value head that query head ``head`` reads (grouped-query attention)."""
+        return head // (self.dims.n_heads // self.n_kv_heads)
+
     def site(self, address: Address) -> Site:
-        """The module and hook direction holding ``address``'s activation."""
+        """The module and hook direction holding ``address``'s activation.
+
+        ``q``/``k``/``v`` are the outputs of the query/key/value projections (before
+        any rotary embedding or per-head norm); a ``pattern`` is recorded from the
+        attention module's weights, ``Site(<attention module>, "pattern")``.
+        """
         arch, layer = self.arch, address.layer
         block = f"{arch.blocks}.{layer}"
+        if address.site in ("q", "k", "v"):
+            self._check_inputs(address)
+            module = arch.qkv or getattr(arch, address.site)
+            return Site(self._existing(f"{block}.{module}"), "post")
+        if address.site == "pattern":
+            return Site(self.attention_module(int(layer)), "pattern")  # type: ignore[arg-type]
         table = {
             "embed": Site(arch.embed, "post"),
             "pos_embed": Site(arch.pos_embed or "", "post"),
@@ -132,13 +160,33 @@ class ModelAdapter:
         return Site(self._existing(site.module), site.when)
 
     def columns(self, address: Address) -> slice:
-        """The slice of the site's last dimension that belongs to ``address``."""
+        """The slice of the site's last dimension that belongs to ``address``.
+
+        For ``k``/``v`` of a query head under grouped-query attention this is its key/
+        value group's slice (the heads of one group share it).
+        """
+        if address.site in ("q", "k", "v"):
+            return self._input_columns(address.site, int(address.index))  # type: ignore[arg-type]
+        if address.site == "pattern":
+            return slice(int(address.index), int(address.index) + 1)  # type: ignore[arg-type]
         if address.site == "head":
             start = int(address.index) * self.d_head  # type: ignore[arg-type]
             return slice(start, start + self.d_head)
         if address.site == "neuron":
             return slice(int(address.index), int(address.index) + 1)  # type: ignore[arg-type]
         return slice(None)
+
+    def _input_columns(self, which: str, head: int) -> slice:
+        dh = self.d_head
+        index = head if which == "q" else self.kv_group(head)
+        if self.arch.qkv is None:
+            return slice(index * dh, (index + 1) * dh)
+        if self.arch.qkv_layout == "per_head":
+            start = head * 3 * dh + "qkv".index(which) * dh
+            return slice(start, start + dh)
+        n_q, n_kv = self.dims.n_heads * dh, self.n_kv_heads * dh
+        offset = {"q": 0, "k": n_q, "v": n_q + n_kv}[which]
+        return slice(offset + index * dh, offset + (index + 1) * dh)
 
     def attention_module(self, layer: int) -> str:
         """The attention module of ``layer`` (its output holds the pattern)."""

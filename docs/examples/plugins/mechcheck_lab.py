@@ -55,20 +55,17 @@ class Harmful:
 
     def needs(self, claim, ctx):
         # what the shared clean/corrupt runs must record for this claim
-        return ctx.intervention_needs(claim, claim.params["ablation"], base="clean")
+        return ctx.ablation_needs(claim.params["ablation"], base="clean")
 
     def measure(self, claim, ctx):
-        from mechcheck.stats import test_greater
-
-        clean, ablated, label = ctx.metric_pair(claim, claim.params["ablation"], base="clean")
-        metric = ctx.metric(claim)
+        # ctx is bound to this claim: its components, metric, runs and decision rule
+        clean, ablated, label = ctx.metric_pair(claim.params["ablation"], base="clean")
+        metric = ctx.metric()
         sign = 1.0 if metric.higher_is_better else -1.0
         threshold = claim.params["min_rise"]
-        decision = test_greater(sign * (ablated - clean), threshold, alpha=claim.alpha,
-                                test=claim.test, seed=claim.seed,
-                                n_resamples=ctx.n_resamples)
+        decision = ctx.decide_greater(sign * (ablated - clean), threshold)
         return Measurement(decision=decision, intervention=label, metric=metric.name,
-                           components=ctx.component_names(claim),
+                           components=ctx.component_names(),
                            expected=f"{metric.name} rise > {threshold:.4g}")
 
 

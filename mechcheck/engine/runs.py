@@ -1,0 +1,99 @@
+"""What one forward pass over the dataset gives back: :class:`RunResult`.
+
+A run's recordings are kept per batch of equal-length prompts (as the engine ran
+them); the accessors here give them per row, in the dataset's row order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from mechcheck.addresses import Address
+from mechcheck.errors import ClaimSpecError
+
+if TYPE_CHECKING:
+    from mechcheck.models.adapter import ModelAdapter
+
+__all__ = ["PatchFn", "RunResult"]
+
+PatchFn = Callable[[torch.Tensor, np.ndarray], torch.Tensor]
+"""A patch as a function: ``(current [b, pos, w], rows) -> replacement [b, pos, w]``.
+
+``current`` is the component's slice of the activation for the prompts ``rows``
+(dataset row indices) of one batch; the replacement acts at the positions the run's
+``at`` selects."""
+
+
+@dataclass(frozen=True, eq=False)
+class RunResult:
+    """The outcome of one run: last-position logits and recorded activations.
+
+    Attributes:
+        base: ``"clean"`` or ``"corrupt"``: the prompts the model read.
+        logits: ``[n, vocab]`` last-position logits, row order.
+        all_logits: with ``positions="all"``, one ``[pos, vocab]`` tensor per row;
+            else None.
+        recorded: the addresses recorded in this run.
+    """
+
+    base: str
+    logits: torch.Tensor
+    recorded: tuple[Address, ...] = ()
+    all_logits: list[torch.Tensor] | None = None
+    _store: Mapping[Any, Sequence[torch.Tensor]] = field(default_factory=dict, repr=False)
+    _batches: tuple[np.ndarray, ...] = field(default=(), repr=False)
+    _adapter: ModelAdapter | None = field(default=None, repr=False)
+
+    def activations(self, address: Address | str) -> list[torch.Tensor]:
+        """Per row, the recorded activation of ``address``: ``[pos, width]`` (its own
+        columns only: a head's ``d_head``, a neuron's 1), or ``[query, key]`` for a
+        ``pattern``.
+
+        Raises:
+            ClaimSpecError: the address was not recorded in this run.
+        """
+        address = Address.parse(address)
+        per_batch = self.per_batch(address)
+        out: list[torch.Tensor | None] = [None] * sum(len(b) for b in self._batches)
+        for rows, values in zip(self._batches, per_batch):
+            for i, row in enumerate(rows):
+                out[int(row)] = values[min(i, values.shape[0] - 1)]
+        return out  # type: ignore[return-value]
+
+    def per_batch(self, address: Address | str) -> list[torch.Tensor]:
+        """The recorded activation of ``address`` per batch, ``[b, pos, width]``
+        (``[b, query, key]`` for a pattern), in the engine's batch order."""
+        address = Address.parse(address)
+        adapter = self._adapter
+        key: Any = None
+        if adapter is not None:
+            key = (("pattern", int(address.layer)) if address.site == "pattern"  # type: ignore[arg-type]
+                   else adapter.site(address))
+        if key not in self._store:
+            known = ", ".join(str(a) for a in self.recorded) or "none"
+            raise ClaimSpecError(f"{address} was not recorded in this {self.base} run "
+                                 f"(recorded: {known})",
+                                 hint="name it in record= when asking for the run")
+        if address.site == "pattern":
+            head = int(address.index)  # type: ignore[arg-type]
+            return [p[:, head] for p in self._store[key]]
+        cols = adapter.columns(address)  # type: ignore[union-attr]
+        return [values[..., cols] for values in self._store[key]]
+
+    def stacked(self, address: Address | str) -> torch.Tensor:
+        """``[n, pos, width]`` of ``address`` when every prompt has the same length.
+
+        Raises:
+            ClaimSpecError: the prompts differ in length (use :meth:`activations`).
+        """
+        rows = self.activations(address)
+        if len({tuple(r.shape) for r in rows}) > 1:
+            raise ClaimSpecError("the prompts differ in length, so their activations do "
+                                 "not stack", hint="use RunResult.activations(address), "
+                                 "one tensor per row")
+        return torch.stack(rows)
