@@ -23,7 +23,7 @@ import torch
 from mechcheck.addresses import Address
 from mechcheck.data import Dataset, tokenize_rows
 from mechcheck.engine.hooks import hook_count, hooked
-from mechcheck.engine.interventions import BUILTIN_INTERVENTIONS, Intervention
+from mechcheck.engine.interventions import BUILTIN_INTERVENTIONS, Intervention, Source
 from mechcheck.engine.runner import Runner
 from mechcheck.errors import MechcheckError, RunError
 from mechcheck.metrics import Metric, MetricInputs
@@ -36,7 +36,8 @@ __all__ = ["check_arch_map", "check_intervention", "check_metric"]
 
 ATOL = 1e-5
 _IV = {iv.name: iv for iv in BUILTIN_INTERVENTIONS}
-_CLEAN_INTO_CLEAN = Intervention(name="clean-into-clean", base_run="clean", source="clean",
+_CLEAN_INTO_CLEAN = Intervention(name="clean-into-clean", base_run="clean",
+                                 source=Source("clean"),
                                  replace=lambda current, source: source)  # type: ignore[arg-type,return-value]
 _WORDS = tuple(f"w{i}" for i in range(24))
 # The ArchMap field that places each kind of address (named in failure messages).
@@ -370,8 +371,6 @@ def check_arch_map(arch_map: ArchMap, model_factory: Callable[[], Any], *,
 
 
 # -- check_intervention ----------------------------------------------------------------
-_SOURCES = (None, "clean", "corrupt", "mean", "corrupt_mean")
-
 
 def _check_replace_call(intervention: Intervention, check: str, seed: int) -> None:
     """The replacement function on its own: shape, finiteness, no in-place edits."""
@@ -407,7 +406,8 @@ def check_intervention(intervention: Intervention, *,
                        seed: int = 0) -> None:
     """Check an :class:`~mechcheck.engine.interventions.Intervention`'s contract.
 
-    Its fields must name a known base run and source; its ``replace`` must return a
+    Its ``base_run`` must be ``"clean"`` or ``"corrupt"`` and its ``source`` a
+    :class:`~mechcheck.engine.interventions.Source` or None; its ``replace`` must return a
     finite tensor of the activation's shape without changing its arguments, the same
     for the same arguments.  Run through the engine on a tiny random model (GPT-2 with
     perturbed biases unless ``model_factory`` and ``arch_map`` are given), the patched
@@ -422,9 +422,9 @@ def check_intervention(intervention: Intervention, *,
     if intervention.base_run not in ("clean", "corrupt"):
         raise _fail(check, f"base_run is {intervention.base_run!r}",
                     "set base_run to 'clean' or 'corrupt'")
-    if intervention.source not in _SOURCES:
+    if intervention.source is not None and not isinstance(intervention.source, Source):
         raise _fail(check, f"source is {intervention.source!r}",
-                    "set source to None, 'clean', 'corrupt', 'mean' or 'corrupt_mean'")
+                    "set source to None or a mechcheck.interventions.Source")
     _check_replace_call(intervention, check, seed)
     if model_factory is None or arch_map is None:
         from mechcheck.models.archs import GPT2
