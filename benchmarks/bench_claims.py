@@ -168,7 +168,8 @@ def build_model(folder: Path, *, seed: int, max_words: int) -> tuple[int, int]:
     """Save a random-init GPT-2-small-sized model and its tokenizer; return (params, vocab)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from mechcheck.models.tiny import DEFAULT_WORDS, word_tokenizer
+    from mechcheck.models.tiny import word_tokenizer
+    from mechcheck.testing.models import DEFAULT_WORDS
 
     tokenizer = word_tokenizer(DEFAULT_WORDS, bos_token=BOS)
     config = GPT2Config(n_layer=N_LAYER, n_head=N_HEAD, n_embd=N_EMBD,
@@ -189,7 +190,7 @@ def write_rows(path: Path, *, n: int, min_words: int, max_words: int, seed: int,
     ``words`` are one token each (default: the word-level tokenizer's); ``spaced``
     writes answers with a leading space, as BPE tokenizers mark a word start.
     """
-    from mechcheck.models.tiny import DEFAULT_WORDS
+    from mechcheck.testing.models import DEFAULT_WORDS
 
     rng = random.Random(seed)
     words = list(words or DEFAULT_WORDS)

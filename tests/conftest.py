@@ -25,7 +25,7 @@ _WATCHED: list[Any] = []
 @pytest.fixture(scope="session")
 def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """``tiny_folder(arch, **kw)``: a saved tiny model (built once per arguments)."""
-    from mechcheck.models.tiny import save_tiny
+    from mechcheck.testing.models import save_tiny
 
     made: dict[tuple, Path] = {}
 
@@ -59,7 +59,7 @@ def tiny_loaded(tiny_folder: Callable[..., Path]) -> Callable[..., Any]:
 def word_rows(n: int, *, seed: int = 0, lengths: tuple[int, ...] = (6, 8),
               corrupt: bool = True) -> list[dict[str, Any]]:
     """Rows of random vocabulary words: prompt, answer, wrong, corrupt, positions."""
-    from mechcheck.models.tiny import DEFAULT_WORDS
+    from mechcheck.testing.models import DEFAULT_WORDS
 
     rng = random.Random(seed)
     words = list(DEFAULT_WORDS)
@@ -113,7 +113,7 @@ def _import_everything_once(tiny_loaded: Callable[..., Any]) -> None:
 def checkpointed_project(root: Path, steps: tuple[str, ...]) -> str:
     """Tiny GPT-2 checkpoints ``root/model/<step>`` (different seeds), 12 rows in
     ``root/d.jsonl``; returns a claim file over them (a passing and a failing claim)."""
-    from mechcheck.models.tiny import save_tiny
+    from mechcheck.testing.models import save_tiny
 
     for i, step in enumerate(steps):
         save_tiny("gpt2", root / "model" / step, seed=10 + i)

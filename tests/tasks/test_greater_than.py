@@ -17,7 +17,7 @@ from mechcheck.api import evaluate_path
 from mechcheck.data import tokenize_rows
 from mechcheck.errors import DataError
 from mechcheck.metrics import MetricInputs
-from mechcheck.models.tiny import save_tiny, word_tokenizer
+from mechcheck.models.tiny import word_tokenizer
 from mechcheck.plugins import Registry
 from mechcheck.tasks.greater_than import (
     DIGIT_YY,
@@ -30,6 +30,7 @@ from mechcheck.tasks.greater_than import (
     year_format,
     year_token_ids,
 )
+from mechcheck.testing.models import save_tiny
 
 TEMPLATE_WORDS = ("The", "lasted", "from", "the", "year", "to")
 NOUNS = ("war", "siege", "reign", "voyage")

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from mechcheck.api import evaluate_path
-from mechcheck.models.tiny import save_tiny
+from mechcheck.testing.models import save_tiny
 from mechcheck.zoo import planted
 
 ROOT = Path(__file__).resolve().parents[2]
