@@ -302,6 +302,41 @@ def _check_patterns(loaded: LoadedModel, check: str) -> None:
                         "point attn at the attention module of the block")
 
 
+def _check_head_inputs(loaded: LoadedModel, check: str) -> None:
+    """Where the map declares q/k/v: each is ``d_head`` wide, and zeroing a head's keys
+    makes its pattern uniform over the keys it may attend to (q . 0 = 0 for every key;
+    rotary embeddings and key norms keep 0 at 0), which only its own key columns do."""
+    arch, adapter = loaded.adapter.arch, loaded.adapter
+    if arch.qkv is None and None in (arch.q, arch.k, arch.v):
+        return
+    dims = adapter.dims
+    zero = Intervention(name="zero", base_run="clean", source=None,
+                        replace=lambda current, source: torch.zeros_like(current))
+    runner = Runner(loaded, _dataset(loaded, 2))
+    for head in sorted({0, dims.n_heads - 1}):
+        inputs = [Address(w, 0, head) for w in ("q", "k", "v")]
+        pattern = Address("pattern", 0, head)
+        try:
+            run = runner.run("clean", [(Address("k", 0, head), zero)],
+                             record=[*inputs, pattern])
+        except MechcheckError as exc:
+            raise _fail(check, f"head 0.{head}'s q/k/v: {exc.message}",
+                        "point q/k/v (or qkv) at the projections' modules") from None
+        for address in inputs:
+            width = run.activations(address)[0].shape[-1]
+            if width != adapter.d_head:
+                raise _fail(check, f"{address} is {width} wide, not d_head = {adapter.d_head}",
+                            "check qkv_layout and n_kv_heads (grouped-query attention)")
+        got = run.activations(pattern)[0]
+        # uniform over the keys the head may see (causal, within any sliding window)
+        allowed = (runner.run("clean", record=[pattern]).activations(pattern)[0] > 0).float()
+        uniform = allowed / allowed.sum(-1, keepdim=True)
+        if _close(got, uniform.to(got.dtype), 1e-4) is not None:
+            raise _fail(check, f"zeroing blocks.0.attn.head.{head}.k did not make the head's "
+                        "pattern uniform: the columns are not that head's keys",
+                        "check k (or qkv and qkv_layout) and n_kv_heads")
+
+
 def _check_cleanup(loaded: LoadedModel, check: str) -> None:
     def explode(current: torch.Tensor, source: torch.Tensor | None) -> torch.Tensor:
         raise KeyError("raised on purpose by the conformance kit")
@@ -338,6 +373,8 @@ def check_arch_map(arch_map: ArchMap, model_factory: Callable[[], Any], *,
       projection and running the plain model;
     - patching clean into clean, and mean ablation over one prompt, change nothing;
     - every layer's ``attn`` module gives causal attention patterns (eager attention);
+    - where the map declares the heads' inputs (``q``/``k``/``v`` or ``qkv``), each is
+      ``d_head`` wide and zeroing a head's keys makes its pattern uniform;
     - a patch that raises leaves no hook behind.
 
     Args:
@@ -367,6 +404,7 @@ def check_arch_map(arch_map: ArchMap, model_factory: Callable[[], Any], *,
     _check_weight_edits(loaded, check)
     _check_identities(loaded, check)
     _check_patterns(loaded, check)
+    _check_head_inputs(loaded, check)
     _check_cleanup(loaded, check)
 
 

@@ -67,6 +67,12 @@ def _llama() -> Any:
      r"ln_final does not read the last block's output"),
     ({"embed": "model.no_such_module"},
      r"embed does not resolve: .*model\.no_such_module.*\n  fix: point the map's embed"),
+    ({"k": "self_attn.q_proj"},  # queries in place of keys (head 0's group slice is its
+     # own query, so zeroing it also flattens head 0; head 3 shows the error)
+     r"zeroing blocks\.0\.attn\.head\.3\.k did not make the head's pattern uniform"),
+    ({"n_kv_heads": None},  # GQA read as one key/value head per query head
+     r"blocks\.0\.attn\.head\.3\.k is 0 wide, not d_head = 8\n  fix: check qkv_layout "
+     "and n_kv_heads"),
     ({"model_types": ("mistral",)},
      r"model_type 'llama', which the map does not cover \(mistral\)"),
 ])
