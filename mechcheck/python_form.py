@@ -82,7 +82,8 @@ class Checker:
             family = str(correction)  # the loader says what it should be
         text = yaml.safe_dump({"correction": family, "claims": plain}, sort_keys=False)
         parsed = parse_claim_text(text, self.shown, self.session.registry.kind_keys(),
-                                  base_dir=str(Path(self.path).parent))
+                                  base_dir=str(Path(self.path).parent),
+                                  common=self.session.registry.common_keys())
         if problems and parsed.error is None:
             parsed = replace(parsed, claims=tuple(
                 problems[i].located(path=self.shown, line=entry.line) if i in problems

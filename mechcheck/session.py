@@ -31,7 +31,10 @@ class Session:
     """Shared state of one run over many claim files.
 
     Args:
-        registry: plugins' tables; built from the installed plugins when None.
+        registry: plugins' tables, built by the caller
+            (``Registry.from_plugins(get_plugin_manager(plugins))``, as the pytest
+            plugin, the CLI and ``evaluate_path`` do); when None, built here from the
+            built-ins, the entry points and ``plugins``.
         device: ``cpu``, ``cuda``, ... or None for cuda when available.
         dtype: the model's dtype name.
         batch_size: the most prompts in one forward pass.
@@ -68,9 +71,10 @@ class Session:
 
     def model(self, spec: str, base_dir: str) -> LoadedModel:
         """The loaded model for a ``model:`` value; loading it releases the previous."""
-        from mechcheck.models.loading import load_model, parse_source
+        from mechcheck.models.loading import LoadOptions, parse_source
 
-        key = str(parse_source(spec, base_dir=base_dir))
+        source = parse_source(spec, base_dir=base_dir)
+        key = str(source)
         if self._model is not None and self._model.key == key:
             return self._model
         if key in self._model_errors:  # a fresh copy: each claim adds its own location
@@ -78,11 +82,12 @@ class Session:
         self.release()
         start = time.perf_counter()
         try:
-            self._model = load_model(spec, base_dir=base_dir, archs=self.registry.archs,
-                                     device=self.device, dtype=self.dtype,
-                                     allow_pickle=self.allow_pickle,
-                                     trust_remote_code=self.trust_remote_code,
-                                     progress=self.progress)
+            options = LoadOptions(archs=self.registry.archs, zoo=self.registry.zoo,
+                                  device=self.device, dtype=self.dtype,
+                                  allow_pickle=self.allow_pickle,
+                                  trust_remote_code=self.trust_remote_code,
+                                  progress=self.progress)
+            self._model = self.registry.load_model(source, options)
         except MechcheckError as exc:
             located = exc.located(key="model")
             self._model_errors[key] = located

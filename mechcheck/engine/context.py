@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from mechcheck.engine.attention import SCORES
+from mechcheck.engine.attention import attention_score
 from mechcheck.engine.runner import Needs, Runner, unknown_position
 from mechcheck.errors import ClaimSpecError, DataError, MechcheckError, describe_exception
 
@@ -205,7 +205,8 @@ class Context:
             if pattern_name:
                 tokens = torch.tensor([runner.dataset.prompts[int(r)] for r in rows],
                                       device=pattern.device)
-                scores[rows] = SCORES[pattern_name](pattern, tokens).double().cpu().numpy()
+                score = attention_score(self.session.registry, pattern_name)
+                scores[rows] = score(pattern, tokens).double().cpu().numpy()
             else:
                 for b, row in enumerate(rows):
                     named = runner.dataset.positions[int(row)]

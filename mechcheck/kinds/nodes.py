@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from mechcheck.spec.schema import (
     KeySpec,
-    as_choice,
+    RegisteredName,
     as_components,
     as_number,
     as_number_or_percent,
@@ -107,15 +107,14 @@ class Necessary:
         return ctx.intervention_needs(claim, claim.params["ablation"], base="clean")
 
     def measure(self, claim: ClaimSpec, ctx: Context) -> Measurement:
-        from mechcheck.stats import test_greater
+        from mechcheck.rules import decide_greater
 
         clean, ablated, label = ctx.metric_pair(claim, claim.params["ablation"], base="clean")
         metric = ctx.metric(claim)
         sign = 1.0 if metric.higher_is_better else -1.0
         drop = sign * (clean - ablated)
         threshold = ctx.percent_of_clean(claim, "min_drop", claim.params["min_drop"], clean)
-        decision = test_greater(drop, threshold, alpha=claim.alpha, test=claim.test,
-                                seed=claim.seed, n_resamples=ctx.n_resamples)
+        decision = decide_greater(ctx.session.registry, claim, drop, threshold, ctx.n_resamples)
         word = "drop" if metric.higher_is_better else "rise"
         return Measurement(decision=decision, intervention=label, metric=metric.name,
                            components=ctx.component_names(claim),
@@ -196,7 +195,7 @@ class Attends:
     name = "attends"
     description = "a head's attention score on the clean prompts exceeds min_score"
     keys = _keys(COMPONENTS,
-                 KeySpec(name="pattern", parse=as_choice(*PATTERNS),
+                 KeySpec(name="pattern", parse=RegisteredName("scores", PATTERNS),
                          expected=f"one of {', '.join(PATTERNS)} (or from:/to: names)"),
                  KeySpec(name="from", parse=as_str, expected="a position name from the data"),
                  KeySpec(name="to", parse=as_str, expected="a position name from the data"),
@@ -207,12 +206,11 @@ class Attends:
         return ctx.pattern_needs(claim)
 
     def measure(self, claim: ClaimSpec, ctx: Context) -> Measurement:
-        from mechcheck.stats import test_greater
+        from mechcheck.rules import decide_greater
 
         scores, label = ctx.attention_scores(claim)
         threshold = claim.params["min_score"]
-        decision = test_greater(scores, threshold, alpha=claim.alpha, test=claim.test,
-                                seed=claim.seed, n_resamples=ctx.n_resamples)
+        decision = decide_greater(ctx.session.registry, claim, scores, threshold, ctx.n_resamples)
         return Measurement(decision=decision, intervention="none (clean run)", metric=None,
                            components=ctx.component_names(claim),
                            expected=f"{label} > {threshold:.4g}")
@@ -239,7 +237,7 @@ class Performs:
 
     def measure(self, claim: ClaimSpec, ctx: Context) -> Measurement:
         from mechcheck.errors import ClaimSpecError
-        from mechcheck.stats import test_greater
+        from mechcheck.rules import decide_greater
 
         metric = ctx.metric(claim)
         if not metric.higher_is_better:
@@ -249,8 +247,7 @@ class Performs:
                 hint="use logit_diff, logprob, prob, accuracy or greater_than_pd")
         values = ctx.metric_values(claim, "clean")
         threshold = claim.params["min_value"]
-        decision = test_greater(values, threshold, alpha=claim.alpha, test=claim.test,
-                                seed=claim.seed, n_resamples=ctx.n_resamples)
+        decision = decide_greater(ctx.session.registry, claim, values, threshold, ctx.n_resamples)
         return Measurement(decision=decision, intervention="none (clean run)",
                            metric=metric.name, components=(),
                            expected=f"clean {metric.name} > {threshold:.4g}")
