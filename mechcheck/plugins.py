@@ -14,6 +14,7 @@ uses.
 from __future__ import annotations
 
 import importlib
+import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -29,10 +30,12 @@ if TYPE_CHECKING:
     from mechcheck.report.results import ClaimResult
     from mechcheck.spec.schema import KeySpec
 
-__all__ = ["BUILTIN", "HOOK_NAMES", "Registry", "get_plugin_manager", "misspelled_hooks",
+__all__ = ["AUTOLOAD_ENV", "BUILTIN", "HOOK_NAMES", "Registry", "get_plugin_manager", "misspelled_hooks",
            "plugin_label"]
 
 BUILTIN = "mechcheck.builtin"
+# Set to 1 to load no entry-point plugins (as PYTEST_DISABLE_PLUGIN_AUTOLOAD does for pytest).
+AUTOLOAD_ENV = "MECHCHECK_DISABLE_PLUGIN_AUTOLOAD"
 HOOK_NAMES = tuple(sorted(name for name in vars(hookspecs) if name.startswith("mechcheck_")))
 
 # table -> (hook, the word for one entry in messages)
@@ -49,11 +52,16 @@ _UNKNOWN = {"kinds": "kind", "rules": "test", "scores": "pattern", "zoo": "zoo m
 
 
 def get_plugin_manager(extra: Iterable[object] = ()) -> pluggy.PluginManager:
-    """A plugin manager with the built-ins, entry-point plugins and ``extra``."""
+    """A plugin manager with the built-ins, entry-point plugins and ``extra``.
+
+    The entry points of the group ``mechcheck`` are not loaded when the environment
+    variable ``MECHCHECK_DISABLE_PLUGIN_AUTOLOAD`` is set (to anything but 0 or empty).
+    """
     pm = pluggy.PluginManager("mechcheck")
     pm.add_hookspecs(hookspecs)
     pm.register(importlib.import_module(BUILTIN), name=BUILTIN)
-    pm.load_setuptools_entrypoints("mechcheck")
+    if os.environ.get(AUTOLOAD_ENV, "") in ("", "0"):
+        pm.load_setuptools_entrypoints("mechcheck")
     for plugin in extra:
         if not pm.is_registered(plugin):
             pm.register(plugin)
