@@ -124,6 +124,13 @@ class MechcheckPlugin:
         if self._session is not None:  # a conftest.py found during collection
             self._session.registry = self._registry()
 
+    def pytest_collection(self, session: pytest.Session) -> None:
+        """With ``mechcheck_*`` hooks in a conftest.py or -p plugin, build the registry
+        before collecting, so that a clash between plugins is one usage error (without
+        such plugins it waits for the first claim file, keeping plain runs light)."""
+        if self.hook_plugins:
+            self.session  # noqa: B018 - build (and check) the registry now
+
     def _registry(self) -> Any:
         import importlib
 
