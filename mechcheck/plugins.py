@@ -30,8 +30,8 @@ if TYPE_CHECKING:
     from mechcheck.report.results import ClaimResult
     from mechcheck.spec.schema import KeySpec
 
-__all__ = ["AUTOLOAD_ENV", "BUILTIN", "HOOK_NAMES", "Registry", "get_plugin_manager", "misspelled_hooks",
-           "plugin_label"]
+__all__ = ["AUTOLOAD_ENV", "BUILTIN", "HOOK_NAMES", "Registry", "get_plugin_manager",
+           "misspelled_hooks", "plugin_label"]
 
 BUILTIN = "mechcheck.builtin"
 # Set to 1 to load no entry-point plugins (as PYTEST_DISABLE_PLUGIN_AUTOLOAD does for pytest).

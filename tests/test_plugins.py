@@ -174,9 +174,8 @@ class Mechanics:
 
     @hookimpl
     def mechcheck_decision_rules(self) -> list[Any]:
-        from tests.test_rules import _always
-
         from mechcheck.rules import DecisionRule
+        from tests.test_rules import _always
 
         return [DecisionRule(name="always", greater=_always)]
 
