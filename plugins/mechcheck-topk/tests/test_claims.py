@@ -3,36 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from mechcheck.plugins import Registry, get_plugin_manager
 
-CLAIMS = """\
-model: zoo:induction-2l
-task: {name: induction, n: 40, seed: 0}
-claims:
-  - id: answer_in_top_5
-    kind: performs
-    metric: top_5
-    min_value: 0.5
-    test: sign
-  - id: head_0_2_raises_the_rank
-    description: without the previous-token head the answer falls down the ranking
-    kind: necessary
-    components: ["head 0.2"]
-    ablation: mean
-    metric: answer_rank
-    min_drop: 5
-    test: sign
-  - id: head_0_0_raises_the_rank
-    kind: necessary
-    components: ["head 0.0"]
-    ablation: mean
-    metric: answer_rank
-    min_drop: 1
-    test: sign
-"""
+CLAIMS = Path(__file__).parent / "claims"
 
 
 def test_the_entry_point_registers_the_metrics_and_the_rule() -> None:
@@ -41,23 +18,10 @@ def test_the_entry_point_registers_the_metrics_and_the_rule() -> None:
     assert "sign" in registry.rules
 
 
-NEGLIGIBLE = """\
-model: zoo:induction-2l
-task: {name: induction, n: 10}
-claims:
-  - id: no_sign_here
-    kind: negligible
-    components: ["head 0.0"]
-    ablation: mean
-    metric: answer_rank
-    margin: 1
-    test: sign
-"""
-
-
 def test_claims_with_the_plugin_pass_and_fail_as_measured(pytester: pytest.Pytester) -> None:
     # one pytest run (an in-process run restores sys.modules, so run it once)
-    pytester.makefile(".yaml", test_topk=CLAIMS, test_neg=NEGLIGIBLE)
+    pytester.makefile(".yaml", test_topk=(CLAIMS / "topk_claims.yaml").read_text(),
+                      test_neg=(CLAIMS / "negligible_sign.yaml").read_text())
     result = pytester.runpytest("-p", "no:cacheprovider", "--mechcheck-report", "r.json")
     result.assert_outcomes(passed=2, failed=2)
     result.stdout.fnmatch_lines(["*claim 'head_0_0_raises_the_rank' failed*",
