@@ -81,12 +81,16 @@ def misspelled_hooks(plugin: object) -> list[tuple[str, str | None]]:
 
 
 def plugin_label(pm: pluggy.PluginManager, plugin: object) -> str:
-    """How messages name a plugin: its registered name, or its module's file."""
+    """How messages name a plugin: its registered name (with its module's file), or its
+    class for an object registered without a name."""
     name = pm.get_name(plugin) or ""
+    if not name or name == str(id(plugin)):  # pluggy's name for an unnamed object
+        name = getattr(plugin, "__name__", "") or (
+            f"{type(plugin).__qualname__} object from {type(plugin).__module__}")
     where = getattr(plugin, "__file__", None)
-    if where and name and not name.startswith(("mechcheck.", "mechcheck-")):
+    if where and not name.startswith(("mechcheck.", "mechcheck-")):
         return f"{name} ({where})" if name != where else str(where)
-    return name or repr(plugin)
+    return name
 
 
 def _contributions(pm: pluggy.PluginManager, hook_name: str) -> Iterator[tuple[str, Any]]:

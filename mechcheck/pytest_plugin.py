@@ -128,8 +128,14 @@ class MechcheckPlugin:
         """With ``mechcheck_*`` hooks in a conftest.py or -p plugin, build the registry
         before collecting, so that a clash between plugins is one usage error (without
         such plugins it waits for the first claim file, keeping plain runs light)."""
-        if self.hook_plugins:
+        if not self.hook_plugins:
+            return
+        try:
             self.session  # noqa: B018 - build (and check) the registry now
+        except pytest.UsageError:
+            raise
+        except Exception:  # noqa: BLE001 - e.g. an ini plugin that does not import:
+            self._session = None  # collection reports it, as without conftest plugins
 
     def _registry(self) -> Any:
         import importlib

@@ -43,7 +43,9 @@ def test_builtins_are_registered_like_any_plugin() -> None:
 def test_extra_plugin_adds_a_metric_and_duplicates_are_refused() -> None:
     registry = Registry.from_plugins(get_plugin_manager([TopTwoMetric()]))
     assert "top2" in registry.metrics
-    with pytest.raises(MechcheckError, match="two plugins register a metric named 'top2'"):
+    with pytest.raises(MechcheckError, match="two plugins register a metric named 'top2': "
+                       "TopTwoMetric object from tests.test_plugins and TopTwoMetric object "
+                       "from tests.test_plugins"):
         Registry.from_plugins(get_plugin_manager([TopTwoMetric(), TopTwoMetric()]))
 
 
