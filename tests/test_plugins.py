@@ -350,3 +350,12 @@ def test_hookspec_returns_are_typed() -> None:
     assert hints["mechcheck_load_model"]["source"] is ModelSource
     assert hints["mechcheck_load_model"]["options"] is LoadOptions
     assert hints["mechcheck_claim_result"]["result"] is ClaimResult
+
+
+def test_a_scheme_that_names_no_folder_is_a_plugin_source(tmp_path: Any) -> None:
+    from mechcheck.models.loading import ModelSource, parse_source
+
+    assert parse_source("lab:x@v1", base_dir=tmp_path) == ModelSource(kind="lab", name="x",
+                                                                      revision="v1")
+    (tmp_path / "lab:x").mkdir()  # an existing folder keeps its meaning
+    assert parse_source("lab:x", base_dir=tmp_path).kind == "folder"
