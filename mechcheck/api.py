@@ -49,7 +49,8 @@ def plan_path(path: str | os.PathLike, session: Session, *,
     root = Path(path)
     planned = []
     for file in claim_files(root):
-        parsed = load_claim_file(file, session.registry.kind_keys())
+        parsed = load_claim_file(file, session.registry.kind_keys(),
+                                 common=session.registry.common_keys())
         folders = file.parent.relative_to(root).parts if root.is_dir() else ()
         keywords = (file.name, *folders)
         if parsed.error is not None:
@@ -95,7 +96,10 @@ def evaluate_path(path: str | os.PathLike, session: Session | None = None, *,
 
     Returns the results; ``mechcheck.results_frame(results)`` makes them a DataFrame.
     """
-    session = session or Session()
+    if session is None:
+        from mechcheck.plugins import Registry, get_plugin_manager
+
+        session = Session(registry=Registry.from_plugins(get_plugin_manager()))
     results: list[ClaimResult] = []
     for planned in plan_path(path, session, checkpoints=checkpoints):
         done = evaluate_planned(planned, session)

@@ -175,7 +175,10 @@ def _check(args: argparse.Namespace) -> int:
     _check_outputs(args)
     start = time.perf_counter()
     bar = ProgressBar(0, unit="file(s)", enabled=not args.quiet)
-    session = Session(device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+    from mechcheck.plugins import Registry, get_plugin_manager
+
+    session = Session(registry=Registry.from_plugins(get_plugin_manager()),
+                      device=args.device, dtype=args.dtype, batch_size=args.batch_size,
                       n_resamples=args.n_resamples, progress=bar.line)
     work = []
     for planned in plan_path(args.path, session, checkpoints=checkpoints):

@@ -72,7 +72,8 @@ class ClaimFileNode(pytest.File):
             shown = str(self.path.relative_to(self.config.rootpath))
         except ValueError:
             shown = str(self.path)
-        parsed = self.parsed = load_claim_file(self.path, kinds, shown=shown)
+        parsed = self.parsed = load_claim_file(self.path, kinds, shown=shown,
+                                               common=plugin.session.registry.common_keys())
         if parsed.error is not None:
             yield ClaimItem.from_parent(self, name="<file>", line=parsed.error.line)
             return

@@ -72,6 +72,8 @@ def evaluate_file(claim_file: ClaimFile, session: Session, *,
         results = [_internal_error(c, exc) if isinstance(c, ClaimSpec) else
                    _error_result(c.path or claim_file.path, c.claim_id or f"claim[{i}]", c,
                                  None) for i, c in enumerate(order)]
+    for result in results:  # the result sinks (mechcheck_claim_result)
+        session.registry.emit_result(result)
     counts = Counter(r.verdict for r in results)
     at = f" at {checkpoint}" if checkpoint else ""
     session.say(f"{claim_file.path}{at}: {len(results)} claim(s) in "

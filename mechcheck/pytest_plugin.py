@@ -109,6 +109,51 @@ class MechcheckPlugin:
         self.finished = 0  # tests whose teardown was reported
         self.no_result: list[str] = []  # claim items that ended without a result
         self._wrote_progress = False
+        # conftest.py and -p plugins that implement mechcheck_* hooks, by registration
+        self.hook_plugins: list[object] = []
+
+    def pytest_plugin_registered(self, plugin: object, plugin_name: str | None = None) -> None:
+        """Take up the ``mechcheck_*`` hooks of a pytest plugin (a ``conftest.py``, a
+        ``-p`` module); pytest replays this hook for the plugins registered before."""
+        if plugin is self or not _implements_mechcheck_hooks(plugin):
+            return
+        if any(p is plugin for p in self.hook_plugins):
+            return
+        _check_hook_names(plugin, plugin_name)
+        self.hook_plugins.append(plugin)
+        if self._session is not None:  # a conftest.py found during collection
+            self._session.registry = self._registry()
+
+    def pytest_collection(self, session: pytest.Session) -> None:
+        """With ``mechcheck_*`` hooks in a conftest.py or -p plugin, build the registry
+        before collecting, so that a clash between plugins is one usage error (without
+        such plugins it waits for the first claim file, keeping plain runs light)."""
+        if not self.hook_plugins:
+            return
+        try:
+            self.session  # noqa: B018 - build (and check) the registry now
+        except pytest.UsageError:
+            raise
+        except Exception:  # noqa: BLE001 - e.g. an ini plugin that does not import:
+            self._session = None  # collection reports it, as without conftest plugins
+
+    def _registry(self) -> Any:
+        import importlib
+
+        import pluggy
+
+        from mechcheck.errors import MechcheckError
+        from mechcheck.plugins import Registry, get_plugin_manager
+
+        plugins = [importlib.import_module(m) for m in self.config.getini(PLUGINS_INI)]
+        for module in plugins:
+            _check_hook_names(module, module.__name__)
+        try:
+            return Registry.from_plugins(get_plugin_manager([*plugins, *self.hook_plugins]))
+        except pluggy.PluginValidationError as exc:
+            raise pytest.UsageError(f"mechcheck plugin {exc.plugin!r}: {exc}") from None
+        except MechcheckError as exc:  # two plugins register one name
+            raise _usage_error(exc) from None
 
     @property
     def baseline(self) -> dict[Any, ClaimResult]:
@@ -126,14 +171,11 @@ class MechcheckPlugin:
     @property
     def session(self) -> Session:
         if self._session is None:
-            import importlib
-
             from mechcheck.session import Session
 
             opt = self.config.getoption
-            plugins = [importlib.import_module(m) for m in self.config.getini(PLUGINS_INI)]
             self._session = Session(
-                plugins=plugins,
+                registry=self._registry(),
                 device=opt(DEVICE_OPTION), dtype=opt(DTYPE_OPTION),
                 batch_size=opt(BATCH_OPTION), n_resamples=opt(RESAMPLES_OPTION),
                 allow_pickle=opt(PICKLE_OPTION), trust_remote_code=opt(REMOTE_CODE_OPTION),
@@ -361,6 +403,32 @@ def _check_options(config: pytest.Config) -> None:
         from mechcheck.report.prompt_values import check_prompts_path
 
         check_prompts_path(opt(PROMPTS_OPTION), key=PROMPTS_OPTION)
+
+
+def _implements_mechcheck_hooks(plugin: object) -> bool:
+    name = getattr(plugin, "__name__", "")
+    if isinstance(name, str) and (name == "mechcheck" or name.startswith("mechcheck.")):
+        return False  # mechcheck's own modules (the built-ins register themselves)
+    try:
+        return any(attr.startswith("mechcheck_") and callable(getattr(plugin, attr, None))
+                   for attr in dir(plugin))
+    except Exception:  # noqa: BLE001 - an odd plugin object: not ours to judge
+        return False
+
+
+def _check_hook_names(plugin: object, plugin_name: str | None) -> None:
+    """A ``mechcheck_*`` function that is no mechcheck hook is a usage error."""
+    from mechcheck.plugins import HOOK_NAMES, misspelled_hooks
+
+    wrong = [(n, near) for n, near in misspelled_hooks(plugin)
+             if callable(getattr(plugin, n, None))]
+    if not wrong:
+        return
+    label = getattr(plugin, "__file__", None) or plugin_name or repr(plugin)
+    name, near = wrong[0]
+    guess = f"did you mean '{near}'? " if near else ""
+    raise pytest.UsageError(f"mechcheck plugin {label}: unknown hook '{name}'; {guess}"
+                            f"mechcheck hooks: {', '.join(HOOK_NAMES)}")
 
 
 def pytest_configure(config: pytest.Config) -> None:

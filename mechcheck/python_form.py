@@ -83,7 +83,8 @@ class Checker:
         line = self.line if self.line is not None else 1
         parsed = parse_claim_mapping({"correction": family, "claims": plain}, self.shown,
                                      line, kinds=self.session.registry.kind_keys(),
-                                     base_dir=str(Path(self.path).parent))
+                                     base_dir=str(Path(self.path).parent),
+                                     common=self.session.registry.common_keys())
         if problems and parsed.error is None:
             parsed = replace(parsed, claims=tuple(
                 problems[i].located(path=self.shown, line=line) if i in problems

@@ -32,7 +32,10 @@ class Session:
     """Shared state of one run over many claim files.
 
     Args:
-        registry: plugins' tables; built from the installed plugins when None.
+        registry: plugins' tables, built by the caller
+            (``Registry.from_plugins(get_plugin_manager(plugins))``, as the pytest
+            plugin, the CLI and ``evaluate_path`` do); when None, built here from the
+            built-ins, the entry points and ``plugins``.
         device: ``cpu``, ``cuda``, ... or None for cuda when available.
         dtype: the model's dtype name.
         batch_size: the most prompts in one forward pass.
@@ -70,7 +73,7 @@ class Session:
     def model(self, source: ModelSource | str, base_dir: str = ".") -> LoadedModel:
         """The loaded model for a claim's source (or a ``model:`` value, read against
         ``base_dir``); loading it releases the previous."""
-        from mechcheck.models.loading import load_model
+        from mechcheck.models.loading import LoadOptions
         from mechcheck.models.source import parse_source
 
         if isinstance(source, str):
@@ -83,11 +86,12 @@ class Session:
         self.release()
         start = time.perf_counter()
         try:
-            self._model = load_model(source, archs=self.registry.archs,
-                                     device=self.device, dtype=self.dtype,
-                                     allow_pickle=self.allow_pickle,
-                                     trust_remote_code=self.trust_remote_code,
-                                     progress=self.progress)
+            options = LoadOptions(archs=self.registry.archs, zoo=self.registry.zoo,
+                                  device=self.device, dtype=self.dtype,
+                                  allow_pickle=self.allow_pickle,
+                                  trust_remote_code=self.trust_remote_code,
+                                  progress=self.progress)
+            self._model = self.registry.load_model(source, options)
         except MechcheckError as exc:
             located = exc.located(key="model")
             self._model_errors[key] = located

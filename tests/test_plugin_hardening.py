@@ -365,3 +365,81 @@ claims:
     assert (project.path / "r.json").read_text() == old
     assert "report r.json kept as it was: the run stopped before any claim was measured" in out
     assert sorted(p.name for p in project.path.glob("*.json")) == ["r.json"]
+
+
+# -- mechcheck hooks in conftest.py and -p plugins (issue 10) ------------------------
+
+TOP2_CLAIMS = """\
+model: {model}
+data: data.jsonl
+claims:
+  - id: top2_plugin
+    kind: negligible
+    metric: top2
+    components: ["head 0.0"]
+    ablation: zero
+    margin: 0.9
+"""
+
+TOP2_PLUGIN = """
+import torch
+import mechcheck
+from mechcheck.metrics import Metric
+
+
+def _top2(logits, inputs):
+    top = logits.topk(2, dim=-1).indices
+    return (top == inputs.answers.view(-1, 1)).any(-1).float()
+
+
+@mechcheck.hookimpl
+def mechcheck_metrics():
+    return [Metric(name="top2", fn=_top2, description="answer in the top two")]
+"""
+
+
+@pytest.fixture
+def top2_project(pytester: pytest.Pytester, tiny_folder: Any) -> pytest.Pytester:
+    rows = word_rows(12)
+    pytester.path.joinpath("data.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    pytester.makefile(".yaml", test_top2=TOP2_CLAIMS.format(model=tiny_folder("gpt2")))
+    return pytester
+
+
+def test_mechcheck_hooks_in_a_conftest_are_registered(top2_project: pytest.Pytester) -> None:
+    top2_project.makeconftest(TOP2_PLUGIN)
+    result = top2_project.runpytest(*NO_CACHE, "--mechcheck-report", "r.json")
+    result.assert_outcomes(passed=1)
+    record = json.loads(top2_project.path.joinpath("r.json").read_text())["results"][0]
+    assert record["metric"] == "top2"
+
+
+def test_mechcheck_hooks_in_a_dash_p_plugin_are_registered(
+        top2_project: pytest.Pytester) -> None:
+    top2_project.makepyfile(top2_p_plugin=TOP2_PLUGIN)
+    top2_project.syspathinsert()
+    result = top2_project.runpytest(*NO_CACHE, "-p", "top2_p_plugin")
+    result.assert_outcomes(passed=1)
+    without = top2_project.runpytest(*NO_CACHE)
+    without.assert_outcomes(failed=1)  # not registered: the metric is unknown
+    without.stdout.fnmatch_lines(["*unknown metric 'top2'*"])
+
+
+def test_a_misspelled_hook_in_a_conftest_is_a_usage_error(
+        top2_project: pytest.Pytester) -> None:
+    top2_project.makeconftest(TOP2_PLUGIN.replace("def mechcheck_metrics", "def mechcheck_metricz"))
+    result = top2_project.runpytest(*NO_CACHE)
+    _usage(result, "mechcheck plugin *conftest.py: unknown hook 'mechcheck_metricz'; did you "
+           "mean 'mechcheck_metrics'? mechcheck hooks: mechcheck_attention_scores, *")
+
+
+def test_a_clash_between_conftest_plugins_is_a_usage_error(
+        top2_project: pytest.Pytester) -> None:
+    top2_project.makeconftest(TOP2_PLUGIN)
+    top2_project.makepyfile(top2_p_plugin=TOP2_PLUGIN)
+    top2_project.syspathinsert()
+    result = top2_project.runpytest(*NO_CACHE, "-p", "top2_p_plugin")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: two plugins register a metric named 'top2': "
+                                 "*conftest.py* and *top2_p_plugin*; rename one of them*"])
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()

@@ -8,9 +8,36 @@ left out of that prompt's mean; a prompt with no scorable position gets NaN.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import torch
 
-__all__ = ["SCORES", "duplicate_token", "first_token", "induction", "previous_token"]
+if TYPE_CHECKING:
+    from mechcheck.plugins import Registry
+
+__all__ = ["BUILTIN_SCORES", "SCORES", "AttentionScore", "attention_score", "duplicate_token",
+           "first_token", "induction", "previous_token"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttentionScore:
+    """A named attention-pattern score, for the ``pattern:`` key of ``attends`` claims.
+
+    Attributes:
+        name: the name claim files use (``pattern: induction``).
+        fn: ``(pattern [b, query, key], tokens [b, pos]) -> scores [b]``, one score in
+            [0, 1] per prompt (NaN for a prompt with nothing to score).
+        description: one line for docs and error messages.
+    """
+
+    name: str
+    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    description: str = ""
+
+    def __call__(self, pattern: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return self.fn(pattern, tokens)
 
 
 def _masked_mean(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -67,3 +94,14 @@ SCORES = {
     "duplicate_token": duplicate_token,
     "first_token": first_token,
 }
+
+BUILTIN_SCORES = tuple(
+    AttentionScore(name=name, fn=fn, description=(fn.__doc__ or "").split("\n")[0])
+    for name, fn in SCORES.items()
+)
+
+
+def attention_score(registry: Registry, name: str) -> AttentionScore:
+    """The registered score ``name``, or a ClaimSpecError at key ``pattern`` listing them."""
+    score: AttentionScore = registry.lookup("scores", name, key="pattern")
+    return score

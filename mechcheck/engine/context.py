@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from mechcheck.addresses import Address
-from mechcheck.engine.attention import SCORES
+from mechcheck.engine.attention import attention_score
 from mechcheck.engine.runner import Needs, PatchSpec, Runner, unknown_position
 from mechcheck.engine.runs import RunResult
 from mechcheck.errors import ClaimSpecError, DataError, MechcheckError, describe_exception
@@ -309,13 +309,13 @@ class ClaimContext:
             raise MechcheckError(str(exc), key=key) from None
 
     def decide_greater(self, values: np.ndarray, threshold: float) -> Decision:
-        """The claim's decision rule (``test:``) on "the mean of ``values`` exceeds
+        """The claim's decision rule (``test:``, a registered
+        :class:`~mechcheck.rules.DecisionRule`) on "the mean of ``values`` exceeds
         ``threshold``", at the claim's alpha and seed."""
-        from mechcheck.stats import test_greater
+        from mechcheck.rules import decide_greater
 
-        claim = self.claim
-        return test_greater(values, threshold, alpha=claim.alpha, test=claim.test,
-                            seed=claim.seed, n_resamples=self.n_resamples)
+        return decide_greater(self.session.registry, self.claim, values, threshold,
+                              self.n_resamples)
 
     # -- attention ----------------------------------------------------------------
     def _head(self) -> Address:
@@ -341,7 +341,8 @@ class ClaimContext:
             if pattern_name:
                 tokens = torch.tensor([dataset.prompts[int(r)] for r in rows],
                                       device=pattern.device)
-                scores[rows] = SCORES[pattern_name](pattern, tokens).double().cpu().numpy()
+                score = attention_score(self.session.registry, pattern_name)
+                scores[rows] = score(pattern, tokens).double().cpu().numpy()
             else:
                 for b, row in enumerate(rows):
                     named = dataset.positions[int(row)]

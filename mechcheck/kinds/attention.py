@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from mechcheck.kinds.base import COMPONENTS, Measurement, keys
-from mechcheck.spec.schema import KeySpec, as_choice, as_number, as_str
+from mechcheck.spec.schema import KeySpec, RegisteredName, as_number, as_str
 
 if TYPE_CHECKING:
     from mechcheck.engine.context import ClaimContext
@@ -30,7 +30,7 @@ class Attends:
     name = "attends"
     description = "a head's attention score on the clean prompts exceeds min_score"
     keys = keys(COMPONENTS,
-                KeySpec(name="pattern", parse=as_choice(*PATTERNS),
+                KeySpec(name="pattern", parse=RegisteredName("scores", PATTERNS),
                         expected=f"one of {', '.join(PATTERNS)} (or from:/to: names)"),
                 KeySpec(name="from", parse=as_str, expected="a position name from the data"),
                 KeySpec(name="to", parse=as_str, expected="a position name from the data"),

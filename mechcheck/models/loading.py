@@ -17,18 +17,49 @@ Weights load from safetensors; a pickle checkpoint only with ``allow_pickle=True
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mechcheck.errors import ModelLoadError, ModelUnavailableError
 from mechcheck.models.adapter import ArchMap, ModelAdapter, adapter_for
 from mechcheck.models.source import ModelSource, parse_source, with_checkpoint
 
-__all__ = ["LoadedModel", "ModelSource", "eager_attention", "load_model", "parse_source",
-           "with_checkpoint"]
+if TYPE_CHECKING:
+    from mechcheck.zoo import ZooModel
+
+__all__ = ["BUILTIN_SOURCES", "LoadOptions", "LoadedModel", "ModelSource", "eager_attention",
+           "load_model", "load_source", "parse_source", "with_checkpoint"]
+
+# The source kinds that the built-in loading knows; any other ``<scheme>:`` prefix is a
+# plugin's source (``mechcheck_load_model``).
+BUILTIN_SOURCES = ("folder", "hf", "zoo", "gguf")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoadOptions:
+    """How a session loads models: what ``mechcheck_load_model`` receives besides the source.
+
+    Attributes:
+        archs: the registry's architecture maps (for :func:`~mechcheck.models.adapter.adapter_for`).
+        zoo: the registry's zoo models by name (empty: the built-in zoo).
+        device: ``cpu``, ``cuda``, ... or None for cuda when available.
+        dtype: the dtype name, e.g. ``float32``.
+        allow_pickle: pickle (``.bin``) checkpoints may load.
+        trust_remote_code: passed to transformers.
+        progress: called with one line for slow steps, or None.
+    """
+
+    archs: Sequence[ArchMap]
+    zoo: Mapping[str, ZooModel] = field(default_factory=dict)
+    device: str | None = None
+    dtype: str = "float32"
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+    progress: Callable[[str], None] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -66,13 +97,16 @@ def _pick_device(device: str | None) -> str:
     return device
 
 
-def _folder_for(source: ModelSource, progress: Any = None) -> tuple[str, dict[str, Any]]:
+def _folder_for(source: ModelSource, progress: Any = None,
+                zoo_models: Mapping[str, ZooModel] | None = None) -> tuple[str, dict[str, Any]]:
     """The ``from_pretrained`` path and keyword arguments for a source."""
     if source.kind == "zoo":
         from mechcheck import zoo
 
         spec = source.name + (f"@{source.revision}" if source.revision else "")
-        return str(zoo.resolve(spec, progress=progress)), {}
+        if zoo_models is None:
+            return str(zoo.resolve(spec, progress=progress)), {}
+        return str(zoo.resolve_in(zoo_models, spec, progress=progress)), {}
     if source.kind == "gguf":
         from mechcheck.models import gguf
 
@@ -174,12 +208,13 @@ def _probe_hub(source: ModelSource) -> Exception | None:
 
 
 def _from_pretrained(source: ModelSource, *, allow_pickle: bool, trust_remote_code: bool,
-                     dtype: Any, progress: Any = None) -> tuple[Any, Any]:
+                     dtype: Any, progress: Any = None,
+                     zoo_models: Mapping[str, ZooModel] | None = None) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    path, kwargs = _folder_for(source, progress)
+    path, kwargs = _folder_for(source, progress, zoo_models)
     use_safetensors = _check_weights(path, source, allow_pickle)
     if source.kind != "hf":
         _check_tokenizer_files(path)
@@ -341,22 +376,46 @@ def load_model(
         ModelLoadError: the model cannot be found or has no adapter; the message says
             how to get it.
     """
+    source = spec if isinstance(spec, ModelSource) else parse_source(spec, base_dir=base_dir)
+    return load_source(source, LoadOptions(archs=archs, device=device, dtype=dtype,
+                                           allow_pickle=allow_pickle,
+                                           trust_remote_code=trust_remote_code,
+                                           progress=progress))
+
+
+def load_source(source: ModelSource, options: LoadOptions) -> LoadedModel:
+    """The built-in loading of a parsed source (folder, ``hf:``, ``zoo:``, ``gguf:``): the
+    ``trylast`` implementation of ``mechcheck_load_model``.
+
+    ``zoo:`` names resolve among ``options.zoo`` (the registry's zoo models), or among
+    the built-in zoo when it is empty.
+
+    Raises:
+        ModelLoadError: the model cannot be found, no plugin loads its scheme, or it
+            has no adapter; the message says how to get it.
+    """
     import torch
 
-    source = spec if isinstance(spec, ModelSource) else parse_source(spec, base_dir=base_dir)
-    torch_dtype = getattr(torch, dtype, None)
+    if source.kind not in BUILTIN_SOURCES:
+        raise ModelLoadError(
+            f"no plugin loads '{source.kind}:' models ({source})", key="model",
+            hint="model: takes a folder, hf:<repo id>[@<revision>], zoo:<name> or "
+            "gguf:<file>; another scheme needs a plugin implementing mechcheck_load_model")
+    zoo = options.zoo or None
+    torch_dtype = getattr(torch, options.dtype, None)
     if not isinstance(torch_dtype, torch.dtype):
-        raise ModelLoadError(f"unknown dtype '{dtype}'", key="dtype",
+        raise ModelLoadError(f"unknown dtype '{options.dtype}'", key="dtype",
                              hint="use float32, bfloat16 or float16")
-    model, tokenizer = _from_pretrained(source, allow_pickle=allow_pickle,
-                                        trust_remote_code=trust_remote_code, dtype=torch_dtype,
-                                        progress=progress)
-    device = _pick_device(device)
+    model, tokenizer = _from_pretrained(source, allow_pickle=options.allow_pickle,
+                                        trust_remote_code=options.trust_remote_code,
+                                        dtype=torch_dtype, progress=options.progress,
+                                        zoo_models=zoo)
+    device = _pick_device(options.device)
     model.to(device)
     model.eval()
-    adapter = adapter_for(model, archs)
+    adapter = adapter_for(model, options.archs)
     return LoadedModel(source=source, model=model, tokenizer=tokenizer, adapter=adapter,
-                       device=device, dtype=dtype)
+                       device=device, dtype=options.dtype)
 
 
 @contextmanager

@@ -8,6 +8,7 @@ torch).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -15,10 +16,13 @@ from mechcheck.errors import ModelLoadError
 
 __all__ = ["ModelSource", "parse_source", "with_checkpoint"]
 
+_SCHEME = re.compile(r"(?P<kind>[a-z][a-z0-9_-]+):(?P<rest>.*)", re.DOTALL)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModelSource:
-    """Where a model comes from: ``kind`` is ``folder``, ``hf``, ``zoo`` or ``gguf``."""
+    """Where a model comes from: ``kind`` is ``folder``, ``hf``, ``zoo``, ``gguf`` or a
+    plugin's scheme (the part before the colon of ``model: <scheme>:<name>[@<rev>]``)."""
 
     kind: str
     name: str
@@ -65,6 +69,10 @@ def parse_source(spec: str, *, base_dir: str | os.PathLike = ".") -> ModelSource
     path = Path(spec).expanduser()
     if not path.is_absolute():
         path = Path(base_dir) / path
+    scheme = _SCHEME.fullmatch(spec)
+    if scheme is not None and not path.exists():  # a plugin's source, not a folder
+        name, _, revision = scheme.group("rest").partition("@")
+        return ModelSource(kind=scheme.group("kind"), name=name, revision=revision or None)
     return ModelSource(kind="folder", name=str(path.resolve()))
 
 

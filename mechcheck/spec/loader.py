@@ -73,7 +73,8 @@ _SPEC_FIELDS = ("model", "data", "task", "alpha", "seed", "n", "test", "xfail", 
 
 
 def load_claim_file(path: str | os.PathLike[str], kinds: Kinds, *,
-                    shown: str | None = None) -> ClaimFile:
+                    shown: str | None = None,
+                    common: Mapping[str, KeySpec] | None = None) -> ClaimFile:
     """Read and check the claim file at ``path``.
 
     Args:
@@ -81,6 +82,9 @@ def load_claim_file(path: str | os.PathLike[str], kinds: Kinds, *,
         kinds: each registered claim kind mapped to the keys it accepts beyond
             :data:`~mechcheck.spec.schema.COMMON_KEYS`.
         shown: the name messages and results give the file (default: ``path``).
+        common: the keys every claim may carry (default
+            :data:`~mechcheck.spec.schema.COMMON_KEYS`); a registry's
+            ``common_keys()`` accept its decision rules in ``test:``.
 
     Returns:
         The parsed file. It never raises for a bad or missing file: ``ClaimFile.error``
@@ -105,12 +109,14 @@ def load_claim_file(path: str | os.PathLike[str], kinds: Kinds, *,
             "letter in another encoding such as Latin-1)")
         return ClaimFile(path=label, error=error)
     if shown is not None:
-        return parse_claim_text(text, shown, kinds, base_dir=str(Path(name).parent))
-    return parse_claim_text(text, name, kinds)
+        return parse_claim_text(text, shown, kinds, base_dir=str(Path(name).parent),
+                                common=common)
+    return parse_claim_text(text, name, kinds, common=common)
 
 
 def parse_claim_text(
-    text: str, path: str, kinds: Kinds, *, base_dir: str | None = None
+    text: str, path: str, kinds: Kinds, *, base_dir: str | None = None,
+    common: Mapping[str, KeySpec] | None = None,
 ) -> ClaimFile:
     """Check the claim-file text ``text`` as if it had been read from ``path``.
 
@@ -121,23 +127,27 @@ def parse_claim_text(
             :data:`~mechcheck.spec.schema.COMMON_KEYS`.
         base_dir: the folder that relative paths in the claims are resolved against;
             defaults to the (absolute) folder of ``path``.
+        common: the keys every claim may carry (default
+            :data:`~mechcheck.spec.schema.COMMON_KEYS`).
 
     Returns:
         The parsed file; it never raises for bad text.
     """
     path = os.fsdecode(path)
     builder = Builder()
+    common = COMMON_KEYS if common is None else common
     try:
-        header = _read_header(compose(text), kinds, builder)
+        header = _read_header(compose(text), kinds, builder, common)
     except ClaimSpecError as exc:
         return ClaimFile(path=path, error=exc.located(path=path))
     except FileTooLarge as exc:
         return ClaimFile(path=path, error=exc.error.located(path=path))
-    return _parse_claims(header, path, kinds, builder, base_dir, line=None)
+    return _parse_claims(header, path, kinds, builder, base_dir, line=None, common=common)
 
 
 def parse_claim_mapping(mapping: Mapping[str, Any], path: str, line: int, *, kinds: Kinds,
-                        base_dir: str | None = None) -> ClaimFile:
+                        base_dir: str | None = None,
+                        common: Mapping[str, KeySpec] | None = None) -> ClaimFile:
     """Check a claim file's contents given as a mapping, as if read from ``path``.
 
     The mapping is what a claim file holds (top-level defaults, ``correction``,
@@ -154,26 +164,30 @@ def parse_claim_mapping(mapping: Mapping[str, Any], path: str, line: int, *, kin
             :data:`~mechcheck.spec.schema.COMMON_KEYS`.
         base_dir: the folder that relative paths in the claims are resolved against;
             defaults to the (absolute) folder of ``path``.
+        common: the keys every claim may carry (default
+            :data:`~mechcheck.spec.schema.COMMON_KEYS`), as for :func:`load_claim_file`.
 
     Returns:
         The parsed file; it never raises for bad contents.
     """
     path = os.fsdecode(path)
+    common = COMMON_KEYS if common is None else common
     builder = Builder()
     try:
-        header = _mapping_header(mapping, kinds, line, builder)
+        header = _mapping_header(mapping, kinds, line, builder, common)
     except ClaimSpecError as exc:
         return ClaimFile(path=path, error=exc.located(path=path))
     except FileTooLarge as exc:
         return ClaimFile(path=path, error=exc.error.located(path=path))
-    return _parse_claims(header, path, kinds, builder, base_dir, line=line)
+    return _parse_claims(header, path, kinds, builder, base_dir, line=line, common=common)
 
 
 def _parse_claims(header: _Header, path: str, kinds: Kinds, builder: Builder,
-                  base_dir: str | None, *, line: int | None) -> ClaimFile:
+                  base_dir: str | None, *, line: int | None,
+                  common: Mapping[str, KeySpec] = COMMON_KEYS) -> ClaimFile:
     folder = base_dir if base_dir is not None else os.path.dirname(os.path.abspath(path))
     ctx = _Context(path=path, kinds=kinds, header=header, base_dir=folder, builder=builder,
-                   line=line)
+                   line=line, common=common)
     try:
         claims = tuple(_claim_or_error(node, i, ctx) for i, node in enumerate(header.claim_nodes))
     except FileTooLarge as exc:
@@ -226,13 +240,15 @@ class _Context:
     base_dir: str
     builder: Builder
     line: int | None = None  # a mapping's one line; None for YAML (each node's own)
+    common: Mapping[str, KeySpec] = field(default_factory=lambda: COMMON_KEYS)
     seen_ids: dict[str, int] = field(default_factory=dict)
     # Parsed lists and mappings by (id of the value, id of the parser): a value that
     # aliases or defaults share is checked once, however many claims use it.
     parsed: dict[tuple[int, int], Any] = field(default_factory=dict)
 
 
-def _read_header(root: Node | None, kinds: Kinds, builder: Builder) -> _Header:
+def _read_header(root: Node | None, kinds: Kinds, builder: Builder,
+                 common: Mapping[str, KeySpec] = COMMON_KEYS) -> _Header:
     """Check the top-level mapping; raises ClaimSpecError for a whole-file problem."""
     if root is None or (isinstance(root, ScalarNode) and root.tag == NULL_TAG):
         raise ClaimSpecError("the claim file is empty", line=1,
@@ -248,19 +264,22 @@ def _read_header(root: Node | None, kinds: Kinds, builder: Builder) -> _Header:
         if key_node.value == "claims":
             claims_node = value_node
     defaults = _mapping_values(root, builder, skip="claims")
-    return _header(defaults, _claim_nodes(claims_node, root))
+    return _header(defaults, _claim_nodes(claims_node, root), common)
 
 
-def _header(defaults: dict[str, _Value], claims: list[Any]) -> _Header:
+def _header(defaults: dict[str, _Value], claims: list[Any],
+            common: Mapping[str, KeySpec] = COMMON_KEYS) -> _Header:
     for name, value in defaults.items():
         if name in FILE_KEYS:
-            _parse_value(name, FILE_KEYS[name], value.raw, value.line)
+            spec = common[name] if name in common else FILE_KEYS[name]
+            _parse_value(name, spec, value.raw, value.line)
     checkpoints = defaults.get("checkpoints")
     return _Header(defaults, _correction(defaults), claims,
                    FILE_KEYS["checkpoints"].parse(checkpoints.raw) if checkpoints else ())
 
 
-def _mapping_header(mapping: Any, kinds: Kinds, line: int, builder: Builder) -> _Header:
+def _mapping_header(mapping: Any, kinds: Kinds, line: int, builder: Builder,
+                    common: Mapping[str, KeySpec] = COMMON_KEYS) -> _Header:
     """:func:`_read_header` for contents given as a mapping, located at ``line``."""
     if not isinstance(mapping, Mapping):
         raise ClaimSpecError(
@@ -280,7 +299,7 @@ def _mapping_header(mapping: Any, kinds: Kinds, line: int, builder: Builder) -> 
     if not isinstance(claims, list):
         raise ClaimSpecError("claims: must be a list of claims", line=line, key="claims",
                              hint=hint)
-    return _header(defaults, list(claims))
+    return _header(defaults, list(claims), common)
 
 
 _PLAIN = (str, int, float, bool, type(None))
@@ -542,8 +561,9 @@ def _parse_claim(node: Any, ctx: _Context) -> ClaimSpec:
         if name in failed:
             problems.add(failed[name], 0)
     claim_id = None if "id" in failed else problems.attempt(0, _claim_id, own, ctx)
-    found = None if "kind" in failed else problems.attempt(0, _claim_kind, own, ctx.kinds)
-    kind, accepted = found if found is not None else (None, dict(COMMON_KEYS))
+    found = (None if "kind" in failed
+             else problems.attempt(0, _claim_kind, own, ctx.kinds, ctx.common))
+    kind, accepted = found if found is not None else (None, dict(ctx.common))
     problems.attempt(1, _check_prompt_source, own)
     merged = _merge(own, ctx.header.defaults, accepted, ctx.builder)
     parsed, suggested = _parse_keys(merged, failed, accepted, kind, problems, ctx)
@@ -609,7 +629,8 @@ def _claim_id(own: dict[str, _Value], ctx: _Context) -> str:
     return claim_id
 
 
-def _claim_kind(own: dict[str, _Value], kinds: Kinds) -> tuple[str, dict[str, KeySpec]]:
+def _claim_kind(own: dict[str, _Value], kinds: Kinds,
+                common: Mapping[str, KeySpec] = COMMON_KEYS) -> tuple[str, dict[str, KeySpec]]:
     """The claim's kind and every key that kind accepts (common keys included)."""
     known = sorted(kinds)
     listing = f"registered kinds: {', '.join(known)}" if known else "no kinds are registered"
@@ -623,7 +644,7 @@ def _claim_kind(own: dict[str, _Value], kinds: Kinds) -> tuple[str, dict[str, Ke
         guess = f"did you mean {' or '.join(repr(n) for n in near)}? " if near else ""
         raise ClaimSpecError(f"unknown kind '{kind}'", line=value.line, key="kind",
                              hint=f"{guess}{listing}")
-    return kind, {**kinds[kind], **COMMON_KEYS}
+    return kind, {**kinds[kind], **common}
 
 
 def _check_prompt_source(own: dict[str, _Value]) -> None:

@@ -9,7 +9,7 @@ claim and key, with ``KeySpec.expected`` as the fix.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +17,7 @@ from mechcheck.errors import ModelLoadError
 from mechcheck.models.source import ModelSource, parse_source, with_checkpoint
 
 if TYPE_CHECKING:
-    from mechcheck.stats import Correction, GreaterTest
+    from mechcheck.stats import Correction
 
 __all__ = [
     "COMMON_KEYS",
@@ -25,6 +25,7 @@ __all__ = [
     "ClaimFile",
     "ClaimSpec",
     "KeySpec",
+    "RegisteredName",
     "as_alpha",
     "as_bool",
     "as_choice",
@@ -36,6 +37,8 @@ __all__ = [
     "as_positions",
     "as_seed",
     "as_str",
+    "bind_all",
+    "bind_names",
 ]
 
 
@@ -57,6 +60,44 @@ class KeySpec:
     parse: Callable[[Any], Any]
     required: bool = False
     default: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredName:
+    """The ``parse`` of a key whose value names an entry of a registry table.
+
+    ``names`` are the accepted names: the built-in ones until a registry binds the
+    key to its table (:meth:`mechcheck.plugins.Registry.kind_keys`), so the loader
+    checks a plugin's names before any model loads.
+    """
+
+    table: str
+    names: tuple[str, ...]
+
+    def __call__(self, value: Any) -> str:
+        if not isinstance(value, str) or value not in self.names:
+            raise ValueError(f"got {value!r}")
+        return value
+
+
+def bind_names(spec: KeySpec, tables: Mapping[str, Collection[str]]) -> KeySpec:
+    """``spec`` accepting the names of its registry table, if it names one in ``tables``.
+
+    The names that the table adds to the built-in ones are appended to ``expected``.
+    """
+    parse = spec.parse
+    if not isinstance(parse, RegisteredName) or parse.table not in tables:
+        return spec
+    names = tuple(tables[parse.table])
+    extra = [n for n in sorted(names) if n not in parse.names]
+    expected = spec.expected + (f" (or from plugins: {', '.join(extra)})" if extra else "")
+    return replace(spec, parse=RegisteredName(parse.table, names), expected=expected)
+
+
+def bind_all(keys: Mapping[str, KeySpec],
+             tables: Mapping[str, Collection[str]]) -> dict[str, KeySpec]:
+    """Every key of ``keys`` bound by :func:`bind_names`."""
+    return {name: bind_names(spec, tables) for name, spec in keys.items()}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,7 +125,7 @@ class ClaimSpec:
     alpha: float = 0.05
     seed: int = 0
     n: int | None = None
-    test: GreaterTest = "t"
+    test: str = "t"  # a registered decision rule
     correction: Correction = "holm"
     xfail: str | None = None
     skip_if_unavailable: bool = False
@@ -315,7 +356,8 @@ COMMON_KEYS: Mapping[str, KeySpec] = {
                 expected="an integer of at least 2: use the first n rows"),
         KeySpec(name="test", expected="one of robust (the default), t, wilcoxon, "
                 "permutation, bootstrap",
-                parse=as_choice("robust", "t", "wilcoxon", "permutation", "bootstrap"),
+                parse=RegisteredName("rules", ("robust", "t", "wilcoxon", "permutation",
+                                               "bootstrap")),
                 default="robust"),
         KeySpec(name="xfail", expected="a reason string: the claim is expected to fail",
                 parse=as_str),

