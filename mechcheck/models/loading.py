@@ -39,7 +39,6 @@ BUILTIN_SOURCES = ("folder", "hf", "zoo", "gguf")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-@dataclass(frozen=True, slots=True, kw_only=True)
 class LoadOptions:
     """How a session loads models: what ``mechcheck_load_model`` receives besides the source.
 
