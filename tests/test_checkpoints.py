@@ -76,9 +76,9 @@ def test_each_checkpoint_is_loaded_once(checkpointed: pytest.Pytester,
     import mechcheck.models.loading as loading
 
     loads: list[str] = []
-    real = loading.load_model
-    monkeypatch.setattr(loading, "load_model", lambda spec, **kw: loads.append(spec) or
-                        real(spec, **kw))
+    real = loading.load_source  # what the built-in mechcheck_load_model calls
+    monkeypatch.setattr(loading, "load_source", lambda source, options: loads.append(source)
+                        or real(source, options))
     checkpointed.runpytest("-p", "no:cacheprovider")
     assert [Path(str(s)).name for s in loads] == ["step0", "step5", "step9"]
 
