@@ -1,6 +1,6 @@
 """The engine: forward passes, the one hook owner, interventions, sites and scores.
 
-Claim kinds see the engine through :class:`~mechcheck.engine.context.Context`; the
+Claim kinds see the engine through :class:`~mechcheck.engine.context.ClaimContext`; the
 :class:`~mechcheck.engine.runner.Runner` behind it is private to mechcheck.
 """
 
