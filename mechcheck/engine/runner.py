@@ -230,8 +230,7 @@ class Runner:
         if len(base_runs) != 1:
             raise ValueError("all interventions of one run must share their base run")
         (base,) = base_runs
-        if mean_by is not None and mean_by not in self.dataset.columns:
-            self._means_by(Site("", "post"), mean_by)  # raises the missing-column error
+        self._check_column(mean_by)
         specs = [(address, iv.with_mean_by(mean_by)) for address, iv in targets]
         names = sorted({iv.name for _, iv in targets})
         what = (f"the patched run ({', '.join(names)} on "
@@ -405,11 +404,7 @@ class Runner:
                   run: str = "clean") -> dict[Any, torch.Tensor]:
         """A run's mean activation per position ``[max_len, width]``, over all rows
         (key None) or per value of a data column."""
-        if column is not None and column not in self.dataset.columns:
-            known = ", ".join(sorted(self.dataset.columns)) or "none"
-            raise DataError(f"mean_by: the data have no column {column!r} (extra columns: "
-                            f"{known})", key="mean_by",
-                            hint="add the column to every row, or drop mean_by")
+        self._check_column(column)
         if (site, column, run) not in self._means:
             values = [None] * len(self.dataset) if column is None else \
                 list(self.dataset.columns[column])
@@ -417,6 +412,14 @@ class Runner:
                 key: self._mean_over({i for i, v in enumerate(values) if v == key}, site, run)
                 for key in dict.fromkeys(values)}
         return self._means[(site, column, run)]
+
+    def _check_column(self, column: str | None) -> None:
+        """Raise at ``mean_by`` when the data have no column ``column``."""
+        if column is not None and column not in self.dataset.columns:
+            known = ", ".join(sorted(self.dataset.columns)) or "none"
+            raise DataError(f"mean_by: the data have no column {column!r} (extra columns: "
+                            f"{known})", key="mean_by",
+                            hint="add the column to every row, or drop mean_by")
 
     def _mean_over(self, rows: set[int], site: Site, run: str) -> torch.Tensor:
         recorded = self._recorded[(run, site)]
