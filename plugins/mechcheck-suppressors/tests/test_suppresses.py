@@ -59,3 +59,23 @@ def test_a_bad_min_rise_is_a_located_error(tmp_path: Path) -> None:
     assert result.verdict == "error"
     assert "min_rise" in result.message and "a rise is a positive number" in result.message
     assert result.line == 9
+
+
+def test_on_the_planted_model_the_rises_are_known_by_construction(tmp_path: Path) -> None:
+    """zoo:planted-prevtoken: head 0.0 carries the whole circuit (zero-ablating it makes
+    every logit equal, so the logit difference falls from about 9.9 to 0: a rise of
+    -9.9), and head 0.1 has all weights zero (its rise is exactly 0). Neither suppresses."""
+    data = Path(__file__).resolve().parents[3] / "claims" / "zoo" / "planted.jsonl"
+    claims = "".join(f"""  - id: head_0_{h}
+    kind: suppresses
+    components: ["head 0.{h}"]
+    ablation: zero
+    min_rise: 0.1
+""" for h in (0, 1))
+    path = tmp_path / "test_planted.yaml"
+    path.write_text(f"model: zoo:planted-prevtoken\ndata: {data}\nmetric: logit_diff\n"
+                    f"claims:\n{claims}")
+    results = {r.id: r for r in evaluate_path(str(path), Session(n_resamples=999))}
+    assert -10.0 < results["head_0_0"].effect < -9.8
+    assert results["head_0_1"].effect == 0.0
+    assert {r.verdict for r in results.values()} == {"fail"}
