@@ -146,3 +146,21 @@ def _no_hook_left_behind() -> Any:
     yield
     after = [hook_count(m) for m in _WATCHED[: len(before)]]
     assert after == before, "a test left torch hooks installed on a shared model"
+
+
+def claim_context(loaded: Any, rows: list[dict[str, Any]], *, kind: str = "necessary",
+                  batch_size: int = 128, **params: Any) -> Any:
+    """A ClaimContext for a claim of ``kind`` with ``params`` on ``loaded`` over
+    ``rows`` (no claim file: the session's runner is this one)."""
+    from mechcheck.data import tokenize_rows
+    from mechcheck.engine.context import ClaimContext
+    from mechcheck.engine.runner import Runner
+    from mechcheck.session import Session
+    from mechcheck.spec.schema import ClaimSpec
+
+    session = Session(batch_size=batch_size)
+    runner = Runner(loaded, tokenize_rows(rows, loaded.tokenizer), batch_size=batch_size)
+    session.runner = lambda claim: runner  # type: ignore[method-assign]
+    spec = ClaimSpec(id="c", kind=kind, path="test_c.yaml", line=1, base_dir=".",
+                     model=None, params=params)
+    return ClaimContext(session, spec)

@@ -19,7 +19,7 @@ import torch
 from mechcheck.addresses import Address
 from mechcheck.engine.attention import attention_score
 from mechcheck.engine.runner import Needs, PatchSpec, Runner, unknown_position
-from mechcheck.engine.runs import RunResult
+from mechcheck.engine.runs import Placed, RunResult
 from mechcheck.errors import ClaimSpecError, DataError, MechcheckError, describe_exception
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from mechcheck.spec.schema import ClaimSpec
     from mechcheck.stats import Decision
 
-__all__ = ["ClaimContext", "RunResult"]
+__all__ = ["ClaimContext", "Placed", "RunResult"]
 
 
 class ClaimContext:
@@ -141,7 +141,9 @@ class ClaimContext:
             base: ``"clean"`` or ``"corrupt"``.
             patches: address -> what replaces its activation: an intervention (or the
                 name of a registered one), a :class:`RunResult` that recorded the
-                address (its values), or a function ``(current, rows) -> new``.
+                address (its values), or a function ``(current, rows) -> new``; any of
+                them wrapped in :class:`~mechcheck.engine.runs.Placed` acts at its own
+                positions instead of ``at``.
             record: addresses whose values to record (as they reach the site).
             at: positions where the patches act (``last``, indices, named positions);
                 None for every position.
@@ -154,6 +156,8 @@ class ClaimContext:
         for address, spec in (patches or {}).items():
             if isinstance(spec, str):
                 spec = self.intervention(spec, base=base, key="patch")
+            elif isinstance(spec, Placed) and isinstance(spec.spec, str):
+                spec = Placed(self.intervention(spec.spec, base=base, key="patch"), spec.at)
             for concrete in self._expand(address):
                 specs.append((concrete, spec))
         wanted = [c for a in record for c in self._expand(a)]
@@ -165,6 +169,21 @@ class ClaimContext:
     def shared(self, run: str = "clean") -> RunResult:
         """The shared ``clean`` or ``corrupt`` run (computed once per model and data)."""
         return self._runner().shared(run)
+
+    def recorded(self, run: str, addresses: Sequence[Address | str]) -> RunResult:
+        """The shared ``run`` with every one of ``addresses`` recorded (in one more pass
+        at most, when the shared pass did not record them already)."""
+        concrete = [c for a in addresses for c in self._expand(a)]
+        self._runner().prepare(self.record_needs(run, concrete))
+        return self.shared(run)
+
+    def resolve(self, items: Sequence[Address | str], key: str) -> tuple[Address, ...]:
+        """Addresses written under the claim key ``key``, expanded and checked against
+        the model (errors located at ``key``)."""
+        try:
+            return self.model.adapter.resolve(list(items))
+        except MechcheckError as exc:
+            raise exc.located(key=key) from None
 
     def activations(self, run: str | RunResult, address: Address | str) -> list[torch.Tensor]:
         """Per row, ``address``'s activation ``[pos, width]`` in ``run`` (a shared run's

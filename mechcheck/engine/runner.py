@@ -21,7 +21,7 @@ from mechcheck.addresses import Address
 from mechcheck.data import Dataset
 from mechcheck.engine.hooks import Patch, hooked
 from mechcheck.engine.interventions import Intervention
-from mechcheck.engine.runs import PatchFn, RunResult
+from mechcheck.engine.runs import PatchFn, Placed, RunResult
 from mechcheck.errors import (
     ClaimSpecError,
     DataError,
@@ -104,8 +104,9 @@ def unknown_position(dataset: Dataset, row: int, name: str, *, key: str) -> Data
 
 
 Progress = Callable[[str], None]
-PatchSpec = Intervention | RunResult | PatchFn
-"""What a patch replaces an activation with (see :meth:`Runner.run`)."""
+PatchSpec = Intervention | RunResult | PatchFn | Placed
+"""What a patch replaces an activation with (see :meth:`Runner.run`); a
+:class:`~mechcheck.engine.runs.Placed` one acts at its own positions."""
 # Recordings of one forward pass: Site -> [rows, pos, width], ("pattern", L) -> patterns.
 Store = dict[Any, torch.Tensor]
 
@@ -249,7 +250,8 @@ class Runner:
         position's logits.
         """
         self._check_run(base)
-        ivs = [(a, spec) for a, spec in patches if isinstance(spec, Intervention)]
+        ivs = [(a, _unplaced(spec)) for a, spec in patches
+               if isinstance(_unplaced(spec), Intervention)]
         self.prepare(self.needs_for(ivs) if ivs else Needs(runs={base}))
         adapter = self.loaded.adapter
         sites = sorted({adapter.site(a) for a in record if a.site != "pattern"},
@@ -266,8 +268,10 @@ class Runner:
         store: dict[Any, list[torch.Tensor]] = {s: [] for s in sites}
         store.update({("pattern", la): [] for la in layers})
         for b, rows in enumerate(self.batches):
-            mask = position_mask(self.dataset, rows, len(self.dataset.prompts[rows[0]]), at)
-            hooks = self._patches(patches, b, mask.to(self.loaded.device)) if patches else None
+            length = len(self.dataset.prompts[rows[0]])
+            mask = position_mask(self.dataset, rows, length, at)
+            hooks = self._patches(patches, b, mask.to(self.loaded.device), length) \
+                if patches else None
             batch_logits, recorded = self._execute(base, rows, what, record=sites,
                                                    layers=layers, patches=hooks,
                                                    all_positions=positions == "all")
@@ -351,21 +355,24 @@ class Runner:
         return needs
 
     def _patches(self, targets: Sequence[tuple[Address, PatchSpec]], batch: int,
-                 mask: torch.Tensor) -> Callable[[slice], dict[Site, Patch]]:
+                 mask: torch.Tensor, length: int) -> Callable[[slice], dict[Site, Patch]]:
         """The patches of one batch, as a function of the slice of its rows that runs."""
         adapter = self.loaded.adapter
         rows = self.batches[batch]
-        by_site: dict[Site, list[tuple[slice, Any, torch.Tensor | None]]] = {}
-        for address, spec in targets:
+        by_site: dict[Site, list[_Part]] = {}
+        for address, placed in targets:
+            spec = _unplaced(placed)
             site = adapter.site(address)
+            own = mask if not isinstance(placed, Placed) else position_mask(
+                self.dataset, rows, length, placed.at).to(mask.device)
             by_site.setdefault(site, []).append(
-                (adapter.columns(address), spec, self._values(spec, address, site, batch)))
+                (adapter.columns(address), spec, self._values(spec, address, site, batch), own))
         n = mask.shape[0]
 
         def for_rows(part: slice) -> dict[Site, Patch]:
             picked = rows[part]
-            return {site: _site_patch([(cols, spec, _rows_of(v, part, n))
-                                       for cols, spec, v in parts], mask[part], picked)
+            return {site: _site_patch([(cols, spec, _rows_of(v, part, n), own[part])
+                                       for cols, spec, v, own in parts], picked)
                     for site, parts in by_site.items()}
 
         return for_rows
@@ -529,15 +536,22 @@ _OOM_HINT = ("mechcheck halved the batch down to one prompt; use a smaller dtype
              "--mechcheck-batch-size N sets the starting batch size")
 
 
-def _site_patch(parts: list[tuple[slice, Any, torch.Tensor | None]], mask: torch.Tensor,
-                rows: np.ndarray) -> Patch:
-    """One site's patch: each part replaces its columns at the masked positions."""
+# One patch of a site: its columns, what replaces them, the source values, where.
+_Part = tuple[slice, Any, "torch.Tensor | None", torch.Tensor]
+
+
+def _unplaced(spec: Any) -> Any:
+    return spec.spec if isinstance(spec, Placed) else spec
+
+
+def _site_patch(parts: list[_Part], rows: np.ndarray) -> Patch:
+    """One site's patch: each part replaces its columns at its masked positions."""
     def patch(act: torch.Tensor) -> torch.Tensor:
         # pos_embed runs with batch 1: give every row its own copy to patch
-        act = act.expand(mask.shape[0], *act.shape[1:])
+        act = act.expand(len(rows), *act.shape[1:])
         new = act.clone()
-        keep = mask.view(*mask.shape, 1)
-        for cols, spec, src in parts:
+        for cols, spec, src, mask in parts:
+            keep = mask.view(*mask.shape, 1)
             current = act[..., cols]
             source = None if src is None else src[..., cols].to(act.device)
             if isinstance(spec, Intervention):

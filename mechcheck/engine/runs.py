@@ -19,7 +19,7 @@ from mechcheck.errors import ClaimSpecError
 if TYPE_CHECKING:
     from mechcheck.models.adapter import ModelAdapter
 
-__all__ = ["PatchFn", "RunResult"]
+__all__ = ["PatchFn", "Placed", "RunResult"]
 
 PatchFn = Callable[[torch.Tensor, np.ndarray], torch.Tensor]
 """A patch as a function: ``(current [b, pos, w], rows) -> replacement [b, pos, w]``.
@@ -27,6 +27,23 @@ PatchFn = Callable[[torch.Tensor, np.ndarray], torch.Tensor]
 ``current`` is the component's slice of the activation for the prompts ``rows``
 (dataset row indices) of one batch; the replacement acts at the positions the run's
 ``at`` selects."""
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """A patch that acts at its own positions, not the run's ``at``.
+
+    ``ctx.run(base, {"head 0.1": Placed(corrupt_run, ["END"]), "head 1.0": clean_run})``
+    patches head 0.1 at END only and head 1.0 wherever the run's ``at`` says (path
+    patching freezes every head everywhere but moves the senders at ``at`` only).
+
+    Attributes:
+        spec: what replaces the activation (an intervention, a run, a function).
+        at: positions, as a claim's ``at:`` (None: every position).
+    """
+
+    spec: Any
+    at: Sequence[int | str] | None = None
 
 
 @dataclass(frozen=True, eq=False)

@@ -3,7 +3,7 @@
 :mod:`mechcheck.kinds.base` holds :class:`Measurement`, the :class:`ClaimKind`
 protocol and the keys the kinds share; ``nodes`` the claims about components
 (necessary, negligible, sufficient), ``attention`` the attention-pattern claims and
-``behaviour`` the claim that the model does the task at all.
+``behaviour`` the claim that the model does the task at all, ``paths`` path patching.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from mechcheck.kinds.attention import Attends
 from mechcheck.kinds.base import ClaimKind, Measurement
 from mechcheck.kinds.behaviour import Performs
 from mechcheck.kinds.nodes import Necessary, Negligible, Sufficient
+from mechcheck.kinds.paths import Path
 
-BUILTIN_KINDS = (Necessary(), Sufficient(), Negligible(), Attends(), Performs())
+BUILTIN_KINDS = (Necessary(), Sufficient(), Negligible(), Attends(), Performs(), Path())
 
 __all__ = ["BUILTIN_KINDS", "Attends", "ClaimKind", "Measurement", "Necessary",
-           "Negligible", "Performs", "Sufficient"]
+           "Negligible", "Path", "Performs", "Sufficient"]
