@@ -189,6 +189,7 @@ def _result(item: _Measured, p_adjusted: float, correction: str) -> ClaimResult:
         confidence_level=d.confidence_level, method=d.method, correction=correction,
         xfail=spec.xfail, device=loaded.device, dtype=loaded.dtype,
         versions=library_versions(), per_prompt=item.per_prompt,
+        criteria=[c.record() for c in m.criteria],
     )
     return result if label == "pass" else replace(result, message=format_failure(result))
 

@@ -166,6 +166,29 @@ class ClaimContext:
         except DataError as exc:
             raise exc.located(key=exc.key or "data") from None
 
+    def run_many(self, base: str,
+                 patch_sets: Sequence[Mapping[Address | str, PatchSpec | str]], *,
+                 at: Sequence[int | str] | None = None) -> list[torch.Tensor]:
+        """Last-position logits ``[n, vocab]`` of one run over the ``base`` prompts per
+        patch set (each as :meth:`run`'s ``patches``), several sets per forward pass:
+        the cheap way to score many circuits or ablations."""
+        sets = []
+        for patches in patch_sets:
+            specs: list[tuple[Address, Any]] = []
+            for address, spec in patches.items():
+                if isinstance(spec, str):
+                    spec = self.intervention(spec, base=base, key="ablation")
+                specs.extend((concrete, spec) for concrete in self._expand(address))
+            sets.append(specs)
+        try:
+            return self._runner().run_many(base, sets, at=at)
+        except DataError as exc:
+            raise exc.located(key=exc.key or "data") from None
+
+    def metric_of(self, logits: torch.Tensor) -> np.ndarray:
+        """The claim's metric per prompt for last-position ``logits`` ``[n, vocab]``."""
+        return self._apply_metric(logits)
+
     def shared(self, run: str = "clean") -> RunResult:
         """The shared ``clean`` or ``corrupt`` run (computed once per model and data)."""
         return self._runner().shared(run)

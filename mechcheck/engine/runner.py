@@ -290,6 +290,69 @@ class Runner:
                          recorded=tuple(record), all_logits=all_logits, _store=store,
                          _batches=self.batches, _adapter=adapter)
 
+    def run_many(self, base: str, patch_sets: Sequence[Sequence[tuple[Address, PatchSpec]]],
+                 *, at: Sequence[int | str] | None = None,
+                 what: str | None = None) -> list[torch.Tensor]:
+        """Last-position logits ``[n, vocab]`` of one run per patch set.
+
+        Several sets share a forward pass: each batch of prompts is repeated once per
+        set, as many times as the batch size allows, and each copy gets its own
+        patches.  The logits equal those of :meth:`run` with each set alone.
+        """
+        self._check_run(base)
+        ivs = [(a, _unplaced(s)) for ps in patch_sets for a, s in ps
+               if isinstance(_unplaced(s), Intervention)]
+        self.prepare(self.needs_for(ivs) if ivs else Needs(runs={base}))
+        what = what or f"{len(patch_sets)} patched runs"
+        out: list[list[torch.Tensor]] = [[] for _ in patch_sets]
+        for b, rows in enumerate(self.batches):
+            length = len(self.dataset.prompts[rows[0]])
+            mask = position_mask(self.dataset, rows, length, at).to(self.loaded.device)
+            makers = [self._patches(ps, b, mask, length) for ps in patch_sets]
+            start, cap = 0, max(1, self._max_rows // len(rows))
+            while start < len(patch_sets):
+                chunk = range(start, min(start + cap, len(patch_sets)))
+                try:
+                    logits = self._forward_copies(base, rows, [makers[i] for i in chunk])
+                except MechcheckError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the model's or a plugin's failure
+                    if not _is_out_of_memory(exc):
+                        raise RunError(f"{what} failed: {describe_exception(exc)}",
+                                       hint=_RUN_HINT) from exc
+                    _free_memory(self.loaded.device)
+                    if cap > 1:
+                        cap = -(-cap // 2)
+                        continue
+                    logits = [self._execute(base, rows, what, patches=makers[start])[0]]
+                for i, piece in zip(chunk, logits):
+                    out[i].append(piece)
+                start = chunk.stop
+        return [self._in_row_order(per_batch) for per_batch in out]
+
+    def _forward_copies(self, base: str, rows: np.ndarray,
+                        makers: Sequence[Callable[[slice], dict[Site, Patch]]],
+                        ) -> list[torch.Tensor]:
+        """One forward pass of ``rows`` repeated once per patch maker."""
+        per_copy = [make(slice(None)) for make in makers]
+        n = len(rows)
+        sites = sorted({s for p in per_copy for s in p}, key=lambda s: (s.module, s.when))
+
+        def combined(site: Site) -> Patch:
+            def patch(act: torch.Tensor) -> torch.Tensor:
+                parts = []
+                for j, patches in enumerate(per_copy):
+                    own = act if act.shape[0] == 1 else act[j * n:(j + 1) * n]
+                    parts.append(patches[site](own) if site in patches
+                                 else own.expand(n, *own.shape[1:]))
+                return torch.cat(parts)
+            return patch
+
+        ids = self._inputs(base, rows).repeat(len(makers), 1)
+        with hooked(self.loaded.adapter, patches={s: combined(s) for s in sites}):
+            logits = self._forward(ids, sites)
+        return list(logits.split(n))
+
     def gradients(self, base: str, addresses: Sequence[Address],
                   objective: Callable[[torch.Tensor, np.ndarray], torch.Tensor],
                   ) -> dict[Address, list[torch.Tensor]]:

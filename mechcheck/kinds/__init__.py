@@ -3,7 +3,7 @@
 :mod:`mechcheck.kinds.base` holds :class:`Measurement`, the :class:`ClaimKind`
 protocol and the keys the kinds share; ``nodes`` the claims about components
 (necessary, negligible, sufficient), ``attention`` the attention-pattern claims and
-``behaviour`` the claim that the model does the task at all, ``paths`` path patching.
+``behaviour`` the claim that the model does the task at all, ``paths`` path patching and ``circuits`` whole circuits.
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ from __future__ import annotations
 from mechcheck.kinds.attention import Attends
 from mechcheck.kinds.base import ClaimKind, Measurement
 from mechcheck.kinds.behaviour import Performs
+from mechcheck.kinds.circuits import Circuit
 from mechcheck.kinds.nodes import Necessary, Negligible, Sufficient
 from mechcheck.kinds.paths import Path
 
-BUILTIN_KINDS = (Necessary(), Sufficient(), Negligible(), Attends(), Performs(), Path())
+BUILTIN_KINDS = (Necessary(), Sufficient(), Negligible(), Attends(), Performs(), Path(), Circuit())
 
-__all__ = ["BUILTIN_KINDS", "Attends", "ClaimKind", "Measurement", "Necessary",
+__all__ = ["BUILTIN_KINDS", "Attends", "Circuit", "ClaimKind", "Measurement", "Necessary",
            "Negligible", "Path", "Performs", "Sufficient"]

@@ -10,7 +10,7 @@ the claim, so a plugin kind is written the same way as a built-in one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -29,19 +29,57 @@ if TYPE_CHECKING:
     from mechcheck.spec.schema import ClaimSpec
     from mechcheck.stats import Decision
 
-__all__ = ["ABLATION", "AT", "COMPONENTS", "MEAN_BY", "METRIC", "ClaimKind", "Measurement",
-           "keys"]
+__all__ = ["ABLATION", "AT", "COMPONENTS", "MEAN_BY", "METRIC", "ClaimKind", "Criterion",
+           "Measurement", "all_of", "keys"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Criterion:
+    """One of several conditions a claim makes (a circuit's faithfulness, its
+    completeness ...), decided on its own.
+
+    Attributes:
+        name: the claim key that states it (``faithfulness``).
+        decision: its decision (p-value already combined over its sub-tests).
+        expected: what it claims, in words (``F(C)/F(M) > 0.8``).
+        detail: what decided it, e.g. the K set or component that broke it.
+    """
+
+    name: str
+    decision: Decision
+    expected: str
+    detail: str = ""
+
+    def record(self) -> dict[str, Any]:
+        """The report's form: name, effect, bounds, threshold, p, method, passed."""
+        d = self.decision
+        return {"name": self.name, "effect": d.effect, "ci_low": d.ci_low,
+                "ci_high": d.ci_high, "threshold": d.threshold, "p_value": d.p_value,
+                "method": d.method, "n": d.n, "passed": bool(d.p_value <= d.alpha),
+                "expected": self.expected, "detail": self.detail}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Measurement:
-    """What a claim kind measured: the decision and how to describe it."""
+    """What a claim kind measured: the decision and how to describe it.
+
+    ``criteria`` lists the claim's separate conditions when it makes several (each
+    must hold; ``decision`` is then the one with the largest p-value, see
+    :func:`all_of`)."""
 
     decision: Decision
     intervention: str
     metric: str | None
     components: tuple[str, ...]
     expected: str  # e.g. "logprob drop > 3.0"
+    criteria: tuple[Criterion, ...] = ()
+
+
+def all_of(criteria: Sequence[Criterion]) -> Criterion:
+    """The criterion that decides "every one of ``criteria`` holds": the one with the
+    largest p-value (an intersection-union test is level alpha with no correction:
+    the claim fails unless each criterion's own test passes)."""
+    return max(criteria, key=lambda c: (c.decision.p_value, -criteria.index(c)))
 
 
 class ClaimKind(Protocol):

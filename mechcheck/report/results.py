@@ -42,6 +42,13 @@ class ClaimResult:
     ``attends``), then the data's extra columns (``template`` ...).
     It is left out of :meth:`record` (the JSON and CSV reports) unless asked for, and
     written by ``--mechcheck-report-prompts``.
+
+    ``criteria`` lists, for a claim that states several conditions (a circuit's
+    faithfulness, completeness, minimality), one dict per condition: ``name``,
+    ``effect``, ``ci_low``, ``ci_high``, ``threshold``, ``p_value``, ``method``, ``n``,
+    ``passed`` (its own p at most alpha), ``expected`` and ``detail`` (what decided it:
+    the K set or component that broke it).  The claim's own numbers are those of the
+    criterion with the largest p-value.
     """
 
     file: str
@@ -77,6 +84,7 @@ class ClaimResult:
     baseline_verdict: str | None = None
     baseline_effect: float | None = None
     per_prompt: dict[str, list[Any]] | None = None
+    criteria: list[dict[str, Any]] = field(default_factory=list)
 
     def record(self, *, per_prompt: bool = False) -> dict[str, Any]:
         """A JSON-ready dict: report fields first, NaN/inf as None.
@@ -120,6 +128,17 @@ def format_p(value: float | None, spec: str = ".4g") -> str:
     return format(value, spec)
 
 
+def _criteria_lines(result: ClaimResult) -> list[str]:
+    lines = []
+    for c in result.criteria:
+        mark = "held" if c.get("passed") else "FAILED"
+        detail = f"; {c['detail']}" if c.get("detail") else ""
+        lines.append(f"  criterion     {c['name']} {mark}: {_num(c.get('effect'))} (CI "
+                     f"{_num(c.get('ci_low'))} to {_num(c.get('ci_high'))}, p "
+                     f"{format_p(c.get('p_value'))}; {c.get('expected', '')}{detail})")
+    return lines
+
+
 def _num(value: float | None) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{value:.4g}"
 
@@ -138,6 +157,7 @@ def format_failure(result: ClaimResult) -> str:
         f"{_num(result.ci_high)}, n={result.n}, {result.method}, seed {result.seed})",
         f"  p             {format_p(result.p_value)} (adjusted, {result.correction}: "
         f"{format_p(result.p_adjusted)}; alpha {result.alpha})",
+        *_criteria_lines(result),
         f"  fix           {_advice(result)}",
     ]
     return "\n".join(lines)
