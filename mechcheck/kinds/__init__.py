@@ -3,7 +3,8 @@
 :mod:`mechcheck.kinds.base` holds :class:`Measurement`, the :class:`ClaimKind`
 protocol and the keys the kinds share; ``nodes`` the claims about components
 (necessary, negligible, sufficient), ``attention`` the attention-pattern claims and
-``behaviour`` the claim that the model does the task at all, ``paths`` path patching and ``circuits`` whole circuits.
+``behaviour`` the claim that the model does the task at all, ``paths`` path
+patching and ``circuits`` whole circuits.
 """
 
 from __future__ import annotations
