@@ -35,7 +35,8 @@ class TopTwoMetric:
 def test_builtins_are_registered_like_any_plugin() -> None:
     registry = Registry.from_plugins()
     assert set(registry.kinds) == {"necessary", "sufficient", "negligible", "attends",
-                                   "performs"}
+                                   "performs", "path", "circuit", "equivalent",
+                                   "independent", "minimal_edges", "sufficient_vs_random"}
     assert {"zero", "mean", "resample", "noise", "denoise"} <= set(registry.interventions)
     assert {"logit_diff", "logprob", "prob", "accuracy", "kl"} <= set(registry.metrics)
     assert {a.name for a in registry.archs} >= {"gpt2", "gpt_neox", "llama"}

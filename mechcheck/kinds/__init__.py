@@ -4,7 +4,7 @@
 protocol and the keys the kinds share; ``nodes`` the claims about components
 (necessary, negligible, sufficient), ``attention`` the attention-pattern claims and
 ``behaviour`` the claim that the model does the task at all, ``paths`` path
-patching and ``circuits`` whole circuits.
+patching, ``circuits`` whole circuits and ``hypotheses`` Shi et al.'s circuit tests.
 """
 
 from __future__ import annotations
@@ -13,10 +13,13 @@ from mechcheck.kinds.attention import Attends
 from mechcheck.kinds.base import ClaimKind, Measurement
 from mechcheck.kinds.behaviour import Performs
 from mechcheck.kinds.circuits import Circuit
+from mechcheck.kinds.hypotheses import Equivalent, Independent, MinimalEdges, SufficientVsRandom
 from mechcheck.kinds.nodes import Necessary, Negligible, Sufficient
 from mechcheck.kinds.paths import Path
 
-BUILTIN_KINDS = (Necessary(), Sufficient(), Negligible(), Attends(), Performs(), Path(), Circuit())
+BUILTIN_KINDS = (Necessary(), Sufficient(), Negligible(), Attends(), Performs(), Path(), Circuit(),
+                 Equivalent(), Independent(), MinimalEdges(), SufficientVsRandom())
 
-__all__ = ["BUILTIN_KINDS", "Attends", "Circuit", "ClaimKind", "Measurement", "Necessary",
+__all__ = ["BUILTIN_KINDS", "Attends", "Circuit", "ClaimKind", "Equivalent", "Independent",
+           "MinimalEdges", "SufficientVsRandom", "Measurement", "Necessary",
            "Negligible", "Path", "Performs", "Sufficient"]

@@ -107,7 +107,8 @@ class Circuit:
             KeySpec(name="faithfulness_gap", parse=as_positive,
                     expected="the largest |F(M) - F(C)|, in the metric's units"),
             KeySpec(name="completeness", parse=_fraction,
-                    expected="c: for every K, |F(C\\K) - F(M\\K)| <= c * |F(M)|, e.g. 0.2"),
+                    expected="c: for every K, |F(C\\K) - F(M\\K)| <= c * |F(M)| (c * "
+                    "|F(M) - F(empty)| with relative_to: empty), e.g. 0.2"),
             KeySpec(name="minimality", parse=_fraction,
                     expected="m: every component moves F(C\\K) by >= m * |F(M)| for some "
                     "K, e.g. 0.01"),
@@ -172,7 +173,12 @@ class _Study:
         self.claim = ctx.claim
         self.model = scorer.everything
         self.f_model, self.f_circuit = scorer.scores([self.model, circuit])
-        self.scale = abs(float(np.mean(self.f_model)))
+        self.relative = self.claim.params["relative_to"] == "empty"
+        self.f_empty = scorer.score(()) if self.relative else None
+        # the unit of completeness and minimality: |F(M)|, or |F(M) - F(empty)|
+        base = self.f_model if self.f_empty is None else self.f_model - self.f_empty
+        self.scale = abs(float(np.mean(base)))
+        self.unit = "|F(M) - F(empty)|" if self.relative else "|F(M)|"
         self.rng = np.random.default_rng(self.claim.seed)
 
     # -- criteria ------------------------------------------------------------------
@@ -182,9 +188,16 @@ class _Study:
         claim, ctx = self.claim, self.ctx
         num, den = self.f_circuit, self.f_model
         word = "F(C)/F(M)"
-        if claim.params["relative_to"] == "empty":
-            empty = self.scorer.score(())
-            num, den, word = num - empty, den - empty, "(F(C)-F(empty))/(F(M)-F(empty))"
+        if self.f_empty is not None:
+            num, den = num - self.f_empty, den - self.f_empty
+            word = "(F(C)-F(empty))/(F(M)-F(empty))"
+        elif float(np.mean(den)) <= 0:
+            raise ClaimSpecError(
+                f"faithfulness F(C)/F(M) needs a positive F(M), but the model's mean "
+                f"{ctx.metric().name} is {float(np.mean(den)):.4g}", key="faithfulness",
+                hint="add relative_to: empty (the share of F(M) - F(empty) the circuit "
+                "keeps), or use a metric that is positive when the model works "
+                "(logit_diff)")
         method = {"robust": "robust", "t": "fieller", "bootstrap": "bootstrap"}.get(
             claim.test, "robust")
         decision = ctx.stats_call("faithfulness", test_ratio, num, den, share,
@@ -208,7 +221,7 @@ class _Study:
         worst = int(np.argmax([d.p_value for d in decisions]))
         return Criterion(
             name="completeness", decision=decisions[worst],
-            expected=f"|F(C\\K) - F(M\\K)| < {margin:.4g} (= {share:.4g} x |F(M)|) for "
+            expected=f"|F(C\\K) - F(M\\K)| < {margin:.4g} (= {share:.4g} x {self.unit}) for "
             f"every K of {len(sets)}",
             detail=f"least complete for K = {_names(sets[worst])}")
 
@@ -228,7 +241,7 @@ class _Study:
         return Criterion(
             name="minimality", decision=decision,
             expected=f"every component moves F(C\\K) by > {threshold:.4g} (= {share:.4g} x "
-            f"|F(M)|) for some K",
+            f"{self.unit}) for some K",
             detail=f"least needed: {v} (best K = {_names(k)})")
 
     # -- K sets ------------------------------------------------------------------------
