@@ -237,7 +237,8 @@ class _Study:
             best = int(np.argmin([d.p_value for d in tests]))
             p = min(1.0, tests[best].p_value * len(candidates))  # some K: Bonferroni
             per_node.append((replace(tests[best], p_value=p), v, candidates[best]))
-        decision, v, k = max(per_node, key=lambda item: item[0].p_value)
+        # ties of p (floored by the resamples) go to the smallest effect
+        decision, v, k = max(per_node, key=lambda item: (item[0].p_value, -item[0].effect))
         return Criterion(
             name="minimality", decision=decision,
             expected=f"every component moves F(C\\K) by > {threshold:.4g} (= {share:.4g} x "
