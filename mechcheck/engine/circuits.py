@@ -64,16 +64,20 @@ class CircuitScorer:
         at: positions where the ablation acts (None: every position).
         neurons: neurons the circuits may name; their MLPs are then split into
             neurons (the ones outside X ablated) instead of ablated whole.
+        keep: nodes that are never ablated and belong to no X (Wang et al. keep the
+            MLPs and ablate heads only); they are in the model M of every F(X).
     """
 
     def __init__(self, ctx: ClaimContext, ablation: Intervention, *,
-                 at: Sequence[int | str] | None = None, neurons: Iterable[Address] = ()):
+                 at: Sequence[int | str] | None = None, neurons: Iterable[Address] = (),
+                 keep: Iterable[Address] = ()):
         self.ctx = ctx
         self.ablation = ablation
         self.at = at
+        self.kept = frozenset(keep)
         self._split = {int(n.layer) for n in neurons}  # type: ignore[arg-type]
-        self.nodes = tuple(a for a in model_nodes(ctx)
-                           if not (a.site == "mlp" and int(a.layer) in self._split))  # type: ignore[arg-type]
+        self.nodes = tuple(a for a in model_nodes(ctx) if a not in self.kept
+                           and not (a.site == "mlp" and int(a.layer) in self._split))  # type: ignore[arg-type]
         self._neurons: dict[int, tuple[Address, ...]] = {
             layer: ctx.resolve([f"blocks.{layer}.mlp.neuron.*"], "components")
             for layer in sorted(self._split)}
@@ -81,7 +85,8 @@ class CircuitScorer:
 
     @property
     def everything(self) -> Nodes:
-        """The whole model M as a set of nodes."""
+        """The whole model M as a set of nodes (the kept ones left out: they are always
+        there)."""
         return frozenset(self.nodes) | frozenset(
             n for group in self._neurons.values() for n in group)
 

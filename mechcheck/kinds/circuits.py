@@ -75,6 +75,9 @@ CIRCUIT_KEYS = keys(
     KeySpec(name="ablation", parse=as_str, default="mean",
             expected="how everything outside the circuit is ablated: mean, mean_corrupt "
             "(with mean_by) or resample (or zero, or a plugin's)"),
+    KeySpec(name="keep", parse=as_components,
+            expected="components never ablated and not part of the circuit, e.g. "
+            '["blocks.*.mlp"] (Wang et al. ablate heads only)'),
     MEAN_BY, METRIC, AT,
 )
 
@@ -88,8 +91,39 @@ def scorer_for(ctx: ClaimContext) -> CircuitScorer:
                              f"'{params['ablation']}'", key="mean_by",
                              hint="use ablation: mean or mean_corrupt, or remove mean_by")
     circuit = circuit_nodes(ctx, params["components"])
+    kept = circuit_nodes(ctx, params["keep"], key="keep") if params.get("keep") else ()
+    both = set(circuit) & set(kept)
+    if both:
+        raise ClaimSpecError(f"keep: {', '.join(map(str, both))} is also in components",
+                             key="keep", hint="a kept component is outside the circuit: "
+                             "name it in one of the two")
     return CircuitScorer(ctx, iv.with_mean_by(params.get("mean_by")), at=params.get("at"),
-                         neurons=[a for a in circuit if a.site == "neuron"])
+                         neurons=[a for a in circuit if a.site == "neuron"], keep=kept)
+
+
+def as_edges(value: Any) -> tuple[str, ...]:
+    """A list of ``"<head> -> <head input or logits>"`` strings."""
+    items = value if isinstance(value, list) else [value]
+    if not items or any(not isinstance(i, str) or "->" not in i for i in items):
+        raise ValueError(f"got {value!r}")
+    return tuple(items)
+
+
+def circuit_needs(ctx: ClaimContext) -> Needs:
+    """The shared runs that ablating every node of the model reads (one pass)."""
+    from mechcheck.engine.circuits import model_nodes
+    from mechcheck.engine.runner import Needs
+
+    iv = ctx.intervention(ctx.params["ablation"], base="clean", key="ablation")
+    if iv.source is None:
+        return Needs()
+    addresses = list(model_nodes(ctx))
+    if ctx.params.get("components"):
+        layers = {a.layer for a in circuit_nodes(ctx, ctx.params["components"])
+                  if a.site == "neuron"}
+        addresses += [a for layer in sorted(layers)  # type: ignore[type-var]
+                      for a in ctx.resolve([f"blocks.{layer}.mlp.neuron.0"], "components")]
+    return ctx.record_needs(iv.source.run, addresses)
 
 
 class Circuit:
@@ -100,7 +134,11 @@ class Circuit:
                    "with everything outside it ablated")
     keys = {
         **CIRCUIT_KEYS,
+        "components": replace(CIRCUIT_KEYS["components"], required=False),
         **keys(
+            KeySpec(name="edges", parse=as_edges,
+                    expected='edges instead of components: a list such as ["head 0.2 -> '
+                    'blocks.1.attn.head.1.k", "head 1.1 -> logits"]'),
             KeySpec(name="faithfulness", parse=as_number,
                     expected="the least share of the model's metric the circuit keeps, "
                     "F(C)/F(M), e.g. 0.8"),
@@ -129,6 +167,10 @@ class Circuit:
     }
 
     def needs(self, claim: ClaimSpec, ctx: ClaimContext) -> Needs:
+        if not claim.params.get("components") and not claim.params.get("edges"):
+            raise ClaimSpecError("a circuit claim needs components (or edges)",
+                                 key="components", hint='add components: ["head 0.2", '
+                                 '...] or edges: ["head 0.2 -> head 1.1.k", ...]')
         stated = [k for k in CRITERIA if claim.params.get(k) is not None]
         if not stated:
             raise ClaimSpecError("a circuit claim states at least one criterion",
@@ -137,24 +179,56 @@ class Circuit:
         if "by_class" in claim.params["k_sets"] and not claim.params.get("classes"):
             raise ClaimSpecError("k_sets: by_class needs classes", key="k_sets",
                                  hint="add classes: {name: [components]} or drop by_class")
-        return ctx.ablation_needs(claim.params["ablation"], base="clean")
+        return circuit_needs(ctx)
 
     def measure(self, claim: ClaimSpec, ctx: ClaimContext) -> Measurement:
+        if claim.params.get("edges"):
+            return _measure_edges(claim, ctx)
         scorer = scorer_for(ctx)
         circuit = frozenset(circuit_nodes(ctx, claim.params["components"]))
         study = _Study(ctx, scorer, circuit)
         criteria = [getattr(study, name)(claim.params[name]) for name in CRITERIA
                     if claim.params.get(name) is not None]
-        ctx.keep("patched", study.f_circuit)
-        ctx.keep("_base", study.f_model)
-        deciding = all_of(criteria)
-        metric = ctx.metric()
         label = (f"{scorer.ablation.description} outside the circuit "
                  f"({len(circuit)} nodes; {scorer.runs} circuits scored)")
-        return Measurement(decision=deciding.decision, intervention=label,
-                           metric=metric.name, components=tuple(map(str, _ordered(circuit))),
-                           expected=" and ".join(c.expected for c in criteria),
-                           criteria=tuple(criteria))
+        return _measurement(ctx, study, criteria, label, tuple(map(str, _ordered(circuit))))
+
+
+def _measurement(ctx: ClaimContext, study: _Study, criteria: list[Criterion], label: str,
+                 components: tuple[str, ...]) -> Measurement:
+    ctx.keep("patched", study.f_circuit)
+    ctx.keep("_base", study.f_model)
+    return Measurement(decision=all_of(criteria).decision, intervention=label,
+                       metric=ctx.metric().name, components=components,
+                       expected=" and ".join(c.expected for c in criteria),
+                       criteria=tuple(criteria))
+
+
+def _measure_edges(claim: ClaimSpec, ctx: ClaimContext) -> Measurement:
+    """An edge-level circuit: faithfulness and faithfulness_gap of F(E)."""
+    from mechcheck.engine.edges import edge_logits, parse_edges
+
+    for name in ("completeness", "minimality"):
+        if claim.params.get(name) is not None:
+            raise ClaimSpecError(f"{name} is measured on node circuits; this claim gives "
+                                 "edges", key=name, hint="state faithfulness or "
+                                 "faithfulness_gap of the edges, or give components for "
+                                 f"{name}")
+    if claim.params.get("components"):
+        raise ClaimSpecError("give components or edges, not both", key="edges",
+                             hint="an edge circuit's heads are the ones its edges name")
+    iv = ctx.intervention(claim.params["ablation"], base="clean", key="ablation")
+    iv = iv.with_mean_by(claim.params.get("mean_by"))
+    edges = parse_edges(ctx, claim.params["edges"])
+    f_edges = ctx.metric_of(edge_logits(ctx, edges, iv))
+    f_empty = ctx.metric_of(edge_logits(ctx, (), iv)) \
+        if claim.params["relative_to"] == "empty" else None
+    study = _Study.of_values(ctx, ctx.metric_values("clean"), f_edges, f_empty)
+    criteria = [getattr(study, name)(claim.params[name]) for name in CRITERIA
+                if claim.params.get(name) is not None]
+    senders = sorted({str(e.sender) for e in edges})
+    label = f"{iv.description} on every path outside the {len(edges)} edges"
+    return _measurement(ctx, study, criteria, label, tuple(senders))
 
 
 def _ordered(nodes: Nodes) -> list[Address]:
@@ -168,18 +242,30 @@ def _names(nodes: Nodes) -> str:
 class _Study:
     """The criteria of one circuit claim, sharing one scorer."""
 
-    def __init__(self, ctx: ClaimContext, scorer: CircuitScorer, circuit: Nodes) -> None:
+    def __init__(self, ctx: ClaimContext, scorer: CircuitScorer | None, circuit: Nodes,
+                 values: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None,
+                 ) -> None:
         self.ctx, self.scorer, self.circuit = ctx, scorer, circuit
         self.claim = ctx.claim
-        self.model = scorer.everything
-        self.f_model, self.f_circuit = scorer.scores([self.model, circuit])
         self.relative = self.claim.params["relative_to"] == "empty"
-        self.f_empty = scorer.score(()) if self.relative else None
+        if values is None:
+            assert scorer is not None
+            self.model = scorer.everything
+            self.f_model, self.f_circuit = scorer.scores([self.model, circuit])
+            self.f_empty = scorer.score(()) if self.relative else None
+        else:
+            self.f_model, self.f_circuit, self.f_empty = values
         # the unit of completeness and minimality: |F(M)|, or |F(M) - F(empty)|
         base = self.f_model if self.f_empty is None else self.f_model - self.f_empty
         self.scale = abs(float(np.mean(base)))
         self.unit = "|F(M) - F(empty)|" if self.relative else "|F(M)|"
         self.rng = np.random.default_rng(self.claim.seed)
+
+    @classmethod
+    def of_values(cls, ctx: ClaimContext, f_model: np.ndarray, f_circuit: np.ndarray,
+                  f_empty: np.ndarray | None) -> _Study:
+        """The faithfulness criteria of values computed elsewhere (edge circuits)."""
+        return cls(ctx, None, frozenset(), (f_model, f_circuit, f_empty))
 
     # -- criteria ------------------------------------------------------------------
     def faithfulness(self, share: float) -> Criterion:
@@ -215,7 +301,7 @@ class _Study:
         margin = share * self.scale
         sets = self._k_sets()
         pairs = [(self.circuit - k, self.model - k) for k in sets]
-        flat = self.scorer.scores([x for pair in pairs for x in pair])
+        flat = self._nodes_scorer().scores([x for pair in pairs for x in pair])
         decisions = [self._inside(flat[2 * i] - flat[2 * i + 1], margin)
                      for i in range(len(sets))]
         worst = int(np.argmax([d.p_value for d in decisions]))
@@ -230,7 +316,7 @@ class _Study:
         per_node: list[tuple[Decision, Address, Nodes]] = []
         for v in _ordered(self.circuit):
             candidates = self._minimality_sets(v)
-            pairs = self.scorer.scores([x for k in candidates
+            pairs = self._nodes_scorer().scores([x for k in candidates
                                         for x in (self.circuit - k, self.circuit - k - {v})])
             tests = [self._larger(pairs[2 * i] - pairs[2 * i + 1], threshold)
                      for i in range(len(candidates))]
@@ -296,7 +382,7 @@ class _Study:
             options = [k | {v} for v in _ordered(self.circuit - k)][: budget - len(visited)]
             if not options:
                 break
-            flat = self.scorer.scores([x for o in options
+            flat = self._nodes_scorer().scores([x for o in options
                                        for x in (self.circuit - o, self.model - o)])
             gaps = [abs(float(np.mean(flat[2 * i] - flat[2 * i + 1])))
                     for i in range(len(options))]
@@ -305,6 +391,10 @@ class _Study:
         return visited
 
     # -- decisions -----------------------------------------------------------------------
+    def _nodes_scorer(self) -> CircuitScorer:
+        assert self.scorer is not None, "completeness and minimality need a node circuit"
+        return self.scorer
+
     def _inside(self, values: np.ndarray, margin: float) -> Decision:
         from mechcheck.stats import test_inside
 

@@ -15,7 +15,12 @@ import numpy as np
 
 from mechcheck.engine.circuits import CircuitScorer, Nodes, circuit_nodes
 from mechcheck.kinds.base import Criterion, Measurement, keys
-from mechcheck.kinds.circuits import CIRCUIT_KEYS, as_count_at_least_1, scorer_for
+from mechcheck.kinds.circuits import (
+    CIRCUIT_KEYS,
+    as_count_at_least_1,
+    circuit_needs,
+    scorer_for,
+)
 from mechcheck.spec.schema import KeySpec, as_number
 
 if TYPE_CHECKING:
@@ -54,7 +59,7 @@ class _CircuitTest:
     description = ""
 
     def needs(self, claim: ClaimSpec, ctx: ClaimContext) -> Needs:
-        return ctx.ablation_needs(claim.params["ablation"], base="clean")
+        return circuit_needs(ctx)
 
     def measure(self, claim: ClaimSpec, ctx: ClaimContext) -> Measurement:
         scorer = scorer_for(ctx)

@@ -65,6 +65,9 @@ class ArchMap:
     # normalise both outputs before adding them: post_attention_layernorm, ...).
     attn_out: str | None = None
     mlp_out: str | None = None
+    # The block-relative norm that attention's input passes through (ln_1,
+    # input_layernorm); edge-level circuits recompute a head's q/k/v from it.
+    attn_norm: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ GPT2 = ArchMap(
     model_types=("gpt2",),
     blocks="transformer.h",
     attn="attn",
+    attn_norm="ln_1",
     attn_out_proj="attn.c_proj",
     mlp="mlp",
     mlp_out_proj="mlp.c_proj",

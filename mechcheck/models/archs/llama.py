@@ -13,6 +13,7 @@ LLAMA = ArchMap(
     model_types=("llama", "mistral", "qwen2"),
     blocks="model.layers",
     attn="self_attn",
+    attn_norm="input_layernorm",
     attn_out_proj="self_attn.o_proj",
     mlp="mlp",
     mlp_out_proj="mlp.down_proj",

@@ -13,6 +13,7 @@ NEOX = ArchMap(
     model_types=("gpt_neox",),
     blocks="gpt_neox.layers",
     attn="attention",
+    attn_norm="input_layernorm",
     attn_out_proj="attention.dense",
     mlp="mlp",
     mlp_out_proj="mlp.dense_4h_to_h",
