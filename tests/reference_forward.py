@@ -29,7 +29,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["Trace", "manual_forward", "reference_direct_logits", "reference_path_patch"]
+__all__ = [
+    "Trace",
+    "manual_forward",
+    "reference_direct_logits",
+    "reference_edge_circuit",
+    "reference_path_patch",
+]
 
 
 # --------------------------------------------------------------------------- weights
@@ -475,3 +481,106 @@ def reference_direct_logits(model: Any, base_ids: Sequence[int], source_ids: Seq
     resid = base.resid_final + (source.head_out[head] - base.head_out[head])
     with torch.no_grad():
         return _unembed(spec, resid)[-1]
+
+
+# --------------------------------------------------------------------------- edge circuits
+
+Head = tuple[int, int]
+Edge = tuple[Head, Any]  # (sender head, (layer, head, "q" | "k" | "v") or "logits")
+
+
+def _check_edges(spec: _Spec, edges: Any) -> set[Edge]:
+    """Normalize ``edges`` to a set of ``((layer, head), receiver)`` and validate them."""
+    out: set[Edge] = set()
+    n_layers = len(spec.layers)
+
+    def head_ok(li: int, h: int) -> bool:
+        return 0 <= li < n_layers and 0 <= h < spec.n_heads
+
+    for sender, receiver in edges:
+        s = (int(sender[0]), int(sender[1]))
+        if not head_ok(*s):
+            raise ValueError(f"no head {s}")
+        if receiver == "logits":
+            out.add((s, "logits"))
+            continue
+        li, h, site = int(receiver[0]), int(receiver[1]), str(receiver[2])
+        if site not in ("q", "k", "v") or not head_ok(li, h):
+            raise ValueError(f"no receiver {receiver!r}")
+        if li <= s[0]:
+            raise ValueError(f"edge {s} -> {receiver!r}: a receiver must be in a later layer")
+        out.add((s, (li, h, site)))
+    return out
+
+
+def reference_edge_circuit(model: Any, ids: Sequence[int], edges: Any,
+                           ablated_z: dict[tuple[int, int], Tensor]) -> Tensor:
+    """An edge-level circuit (ACDC; edge attribution patching) on one prompt:
+    last-position logits ``[vocab]``.
+
+    ``edges``: pairs ``(sender, receiver)``, sender ``(layer, head)``, receiver
+    ``(layer, head, "q" | "k" | "v")`` or ``"logits"``.  The circuit heads are every head
+    named by an edge (as sender or as receiver).  ``ablated_z``: ``(layer, head) ->
+    [pos, d_head]``, each head's ablated attention output before W_O.
+
+    * A head outside the circuit has its z replaced by ``ablated_z`` (node ablation).
+    * MLPs, embeddings and biases are never gated: recomputed on the actual residual.
+    * Input ``i`` of circuit head ``r`` in layer ``L`` reads
+      ``resid_pre[L] - sum(delta_s)`` over circuit heads ``s`` of layers ``< L`` with no
+      edge ``s -> (L, r, i)``, where ``delta_s = (z_s - ablated_z[s]) @ W_O[s]`` and
+      ``z_s`` is ``s``'s actual z in this run; its q/k/v is that residual through the
+      layer's attention-input norm and the head's projection (pre-rotary).  Under GQA a
+      k/v override sets its kv group's (the last overridden query head of a group wins).
+      An input with no removed sender keeps its own computed value.
+    * The logits read ``resid_final - sum(delta_s)`` over circuit heads ``s`` with no edge
+      ``s -> logits``, through the final norm and the unembedding.
+
+    Computed layer by layer: the overrides of layer ``L`` are computed from a forward that
+    already has those of every earlier layer (layer 0 has no upstream heads).
+    """
+    spec = _spec(model)
+    edge_set = _check_edges(spec, edges)
+    circuit: set[Head] = set()
+    for s, r in edge_set:
+        circuit.add(s)
+        if r != "logits":
+            circuit.add((r[0], r[1]))
+    z_over = {key: ablated_z[key] for key in
+              ((li, h) for li in range(len(spec.layers)) for h in range(spec.n_heads))
+              if key not in circuit}
+    over: dict[str, dict[Head, Tensor]] = {"q": {}, "k": {}, "v": {}}
+    group = spec.n_heads // spec.n_kv_heads
+
+    def deltas(trace: Trace, heads: Sequence[Head]) -> Tensor:
+        """Sum over ``heads`` of (actual - ablated) z through the head's W_O rows."""
+        total = torch.zeros_like(trace.resid_final)
+        for s in heads:
+            wo = spec.layers[s[0]].wo[s[1]]
+            total = total + (trace.head_z[s] @ wo - ablated_z[s] @ wo)
+        return total
+
+    def forward() -> Trace:
+        return manual_forward(model, ids, head_z=z_over, q=over["q"], k=over["k"],
+                              v=over["v"])
+
+    with torch.no_grad(), _one_thread():
+        for li in range(1, len(spec.layers)):
+            trace = forward()
+            layer = spec.layers[li]
+            upstream = sorted(s for s in circuit if s[0] < li)
+            for h in range(spec.n_heads):
+                if (li, h) not in circuit:
+                    # ablated: its q/k/v are unused (and, under GQA, must not override
+                    # its group's k/v)
+                    continue
+                for site in ("q", "k", "v"):
+                    removed = [s for s in upstream if (s, (li, h, site)) not in edge_set]
+                    if not removed:
+                        continue
+                    x = trace.resid_pre[li] - deltas(trace, removed)
+                    weights = (layer.wq[h] if site == "q" else
+                               getattr(layer, f"w{site}")[h // group])  # k, v: kv group
+                    over[site][li, h] = _affine(_norm(spec, x, layer.norm1), *weights)
+        final = forward()
+        removed = sorted(s for s in circuit if (s, "logits") not in edge_set)
+        return _unembed(spec, final.resid_final - deltas(final, removed))[-1]
