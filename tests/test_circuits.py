@@ -41,7 +41,8 @@ def _reference_f(model: Any, prompts: list[list[int]], keep: set[tuple[Any, ...]
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "neox"])
-def test_circuit_scores_equal_the_hand_written_forward(arch: str, sharp_loaded: Any) -> None:
+def test_circuit_scores_equal_the_hand_written_forward(arch: str, sharp_loaded: Any,  # noqa: F811
+                                                      ) -> None:
     loaded = sharp_loaded(arch)
     ctx = claim_context(loaded, word_rows(5, lengths=(7,)), metric="logprob")
     scorer = CircuitScorer(ctx, IV["mean"])
