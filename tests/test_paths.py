@@ -146,3 +146,53 @@ def test_stock_fixture_models_agree(arch: str, tiny_loaded: Callable[..., Any]) 
     for case in ("head->k", "head->logits", "head+mlp->q,v"):
         _check(loaded, ctx, case, "noise", "heads")
         _check(loaded, ctx, case, "denoise", "heads_and_mlps")
+
+
+def _with_final_norm_eps(loaded: Any, eps: float) -> Any:
+    """A copy of ``loaded`` whose final norm has epsilon ``eps``: with a huge epsilon
+    its scale barely depends on its input, i.e. the scale is frozen."""
+    model = copy.deepcopy(loaded.model)
+    norm = model.get_submodule(loaded.adapter.arch.ln_final)
+    for name in ("eps", "variance_epsilon"):
+        if hasattr(norm, name):
+            setattr(norm, name, eps)
+    return dataclasses.replace(loaded, model=model,
+                               adapter=ModelAdapter(loaded.adapter.arch, model))
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_direct_paths_add_up_when_the_final_norm_scale_is_frozen(
+        arch: str, sharp_loaded: Callable[[str], Any]) -> None:
+    """Up to the final norm a head's direct path to the logits is linear: with the norm's
+    scale frozen, the direct paths of several heads add up; with it recomputed, not."""
+    heads = ["head 0.1", "head 1.2", "head 1.3"]
+
+    def nonadditivity(loaded: Any) -> tuple[float, float]:
+        ctx = claim_context(loaded, word_rows(N_ROWS))
+        base = ctx.shared("clean").logits
+        alone = sum(path_patch(ctx, [h], "logits").patched.logits - base for h in heads)
+        together = path_patch(ctx, heads, "logits").patched.logits - base
+        return float((together - alone).abs().max()), float(together.abs().max())
+
+    gap, size = nonadditivity(_with_final_norm_eps(sharp_loaded(arch), 1e6))
+    assert size > 1e-4 and gap < 1e-3 * size, (gap, size)
+    gap, size = nonadditivity(sharp_loaded(arch))  # the real norm: not linear
+    assert gap > 5e-3 * size, (gap, size)
+
+
+@pytest.mark.parametrize(("receivers", "passes"), [(["blocks.1.attn.head.2.k"], 2),
+                                                   ("logits", 1)])
+def test_path_patching_costs_two_forward_passes_at_most(
+        receivers: Any, passes: int, tiny_loaded: Callable[..., Any],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from mechcheck.engine.runner import Runner
+
+    ctx = claim_context(tiny_loaded("gpt2"), word_rows(6), batch_size=64)
+    ctx.recorded("clean", ["blocks.*.attn.head.*", "blocks.*.mlp"])
+    ctx.recorded("corrupt", ["head 0.1"])
+    calls = []
+    forward = Runner._forward
+    monkeypatch.setattr(Runner, "_forward",
+                        lambda self, *a, **k: calls.append(1) or forward(self, *a, **k))
+    path_patch(ctx, ["head 0.1"], receivers)
+    assert len(calls) == passes * len(ctx._runner().batches)
