@@ -207,3 +207,40 @@ def test_bad_circuit_and_path_claims_are_located_errors(claim: str, key: str, te
     assert text in error.message
     assert f"key '{key}'" in error.message or f"{key}:" in error.message, error.message
     assert ok.verdict == "pass"  # the file's other claim still runs
+
+
+def test_edge_circuits_on_the_planted_model(tmp_path: Path) -> None:
+    """Head 0.0's edge to the logits is the planted circuit: faithful, complete, minimal
+    and better than random edge sets; an idle head's extra edge is not minimal."""
+    results = _planted(tmp_path, """\
+  - {id: edge, kind: circuit, edges: ["head 0.0 -> logits"], faithfulness: 0.99,
+     completeness: 0.05, minimality: 0.5, k_sets: [random, greedy]}
+  - {id: idle_edge, kind: circuit, edges: ["head 0.0 -> logits", "head 0.1 -> logits"],
+     minimality: 0.05, k_sets: [random]}
+  - {id: edge_min, kind: minimal_edges, edges: ["head 0.0 -> logits"], n_random: 60}
+  - {id: edge_suff, kind: sufficient_vs_random, edges: ["head 0.0 -> logits"],
+     n_random: 60}
+  - {id: wrong_edge, kind: circuit, edges: ["head 0.1 -> logits"], faithfulness: 0.5}
+""")
+    verdicts = {k: r.verdict for k, r in results.items()}
+    assert verdicts == {"edge": "pass", "idle_edge": "fail", "edge_min": "pass",
+                        "edge_suff": "pass", "wrong_edge": "fail"}, \
+        {k: r.message for k, r in results.items()}
+    assert results["edge"].criteria[0]["effect"] == pytest.approx(1.0, abs=1e-6)
+    assert results["edge"].components == ("blocks.0.attn.head.0 -> logits",)
+    assert "blocks.0.attn.head.1 -> logits" in results["idle_edge"].criteria[0]["detail"]
+
+
+def test_edge_scores_are_the_edge_runs_several_per_pass(tiny_loaded: Any) -> None:
+    from mechcheck.engine.edges import EdgeScorer, edge_logits, parse_edges
+
+    ctx = claim_context(tiny_loaded("gpt2"), word_rows(6), metric="logprob", batch_size=8)
+    scorer = EdgeScorer(ctx, IV["mean"])
+    sets = [frozenset(parse_edges(ctx, names)) for names in (
+        ["head 0.1 -> logits"], ["head 0.1 -> blocks.1.attn.head.2.k", "head 1.2 -> logits"],
+        [])]
+    for edges, values in zip(sets, scorer.scores(sets)):
+        np.testing.assert_allclose(values, ctx.metric_of(edge_logits(ctx, edges, IV["mean"])),
+                                   rtol=1e-5, atol=1e-6)
+    assert len(scorer.everything) == 8 + 4 * 4 * 3  # every head -> logits, 0.x -> 1.y q/k/v
+    np.testing.assert_array_equal(scorer.score(scorer.everything), ctx.metric_values("clean"))

@@ -22,7 +22,7 @@ it happens in one forward pass, with patches that are functions
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from mechcheck.engine.context import ClaimContext
     from mechcheck.engine.interventions import Intervention
 
-__all__ = ["Edge", "edge_logits", "parse_edges"]
+__all__ = ["Edge", "EdgeScorer", "all_edges", "edge_logits", "edge_patches", "parse_edges"]
 
 LOGITS = "logits"
 _INPUTS: tuple[Literal["q", "k", "v"], ...] = ("q", "k", "v")
@@ -100,10 +100,59 @@ def _head(address: Address) -> Address:
     return Address("head", address.layer, address.index)
 
 
-def edge_logits(ctx: ClaimContext, edges: Sequence[Edge], ablation: Intervention,
+def edge_logits(ctx: ClaimContext, edges: Iterable[Edge], ablation: Intervention,
                 ) -> torch.Tensor:
     """Last-position logits ``[n, vocab]`` of the edge circuit ``edges`` on the clean
     prompts, with ``ablation`` (a clean-run intervention) for everything cut."""
+    return ctx.run("clean", edge_patches(ctx, edges, ablation)).logits
+
+
+def all_edges(ctx: ClaimContext) -> frozenset[Edge]:
+    """Every edge of the claim's model: each head into every later head's q, k and v,
+    and into the logits."""
+    heads = ctx.resolve(["blocks.*.attn.head.*"], "edges")
+    out = {Edge(s, LOGITS) for s in heads}
+    out |= {Edge(s, Address(i, r.layer, r.index)) for s in heads for r in heads
+            if int(r.layer) > int(s.layer) for i in _INPUTS}  # type: ignore[arg-type]
+    return frozenset(out)
+
+
+class EdgeScorer:
+    """F(E) per prompt for sets E of edges: the scorer of edge circuits, with the same
+    methods as :class:`~mechcheck.engine.circuits.CircuitScorer` (several circuits per
+    forward pass, each distinct set run once)."""
+
+    def __init__(self, ctx: ClaimContext, ablation: Intervention) -> None:
+        self.ctx, self.ablation = ctx, ablation
+        self.everything = all_edges(ctx)
+        self._cache: dict[frozenset[Edge], np.ndarray] = {}
+
+    def score(self, edges: Iterable[Edge]) -> np.ndarray:
+        (values,) = self.scores([frozenset(edges)])
+        return values
+
+    def scores(self, sets: Sequence[Iterable[Edge]]) -> list[np.ndarray]:
+        wanted = [frozenset(s) for s in sets]
+        todo = list(dict.fromkeys(x for x in wanted if x not in self._cache))
+        if self.everything in todo:  # every edge kept: the model itself
+            self._cache[self.everything] = self.ctx.metric_values("clean")
+            todo.remove(self.everything)
+        if todo:
+            patches = [edge_patches(self.ctx, x, self.ablation) for x in todo]
+            for x, logits in zip(todo, self.ctx.run_many("clean", patches)):
+                self._cache[x] = self.ctx.metric_of(logits)
+        return [self._cache[x] for x in wanted]
+
+    @property
+    def runs(self) -> int:
+        return len(self._cache)
+
+
+def edge_patches(ctx: ClaimContext, edges: Iterable[Edge], ablation: Intervention,
+                 ) -> dict[Address | str, Any]:
+    """The patches of one edge-circuit run (functions that read and rewrite the
+    receivers' inputs in the same forward pass)."""
+    edges = tuple(edges)
     adapter = ctx.model.adapter
     arch = adapter.arch
     if arch.attn_norm is None or arch.attn_out is not None:
@@ -130,7 +179,7 @@ def edge_logits(ctx: ClaimContext, edges: Sequence[Edge], ablation: Intervention
     cut_logits = [s for s in sorted(circuit, key=_order) if Edge(s, LOGITS) not in kept]
     if cut_logits:
         patches[Address("resid_post", last)] = _final_patch(ctx, cut_logits, stash, ablated)
-    return ctx.run("clean", patches).logits
+    return patches
 
 
 def _order(a: Address) -> tuple[int, int]:
@@ -216,21 +265,29 @@ def _contribution(ctx: ClaimContext, head: Address, z: torch.Tensor) -> torch.Te
     return z @ weight[cols, :].to(z.dtype)  # GPT-2's Conv1D keeps weights as [in, out]
 
 
-def _project(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _project(module: torch.nn.Module, x: torch.Tensor, cols: slice) -> torch.Tensor:
+    """The output columns ``cols`` of a projection (Linear, or GPT-2's Conv1D) of x."""
     weight: torch.Tensor = module.weight  # type: ignore[assignment]
     bias = getattr(module, "bias", None)
+    part = None if bias is None else bias[cols]
     if isinstance(module, torch.nn.Linear):
-        return torch.nn.functional.linear(x, weight, bias)
-    out = x @ weight  # Conv1D: [in, out]
-    return out if bias is None else out + bias
+        return torch.nn.functional.linear(x, weight[cols], part)
+    out = x @ weight[:, cols]  # Conv1D: [in, out]
+    return out if part is None else out + part
 
 
 def _removed(ctx: ClaimContext, cut: Sequence[Address], stash: dict[Any, torch.Tensor],
              ablated: _Ablated, rows: np.ndarray) -> torch.Tensor:
+    """The sum of the cut senders' contributions, actual minus ablated; each sender's
+    is computed once per forward pass (kept with the value it was computed from)."""
     total = torch.zeros(())
     for s in cut:
         actual = stash[s]
-        total = total + _contribution(ctx, s, actual - ablated(s, actual, rows))
+        done = stash.get(("delta", s))
+        if done is None or stash.get(("delta of", s)) is not actual:
+            done = _contribution(ctx, s, actual - ablated(s, actual, rows))
+            stash[("delta", s)], stash[("delta of", s)] = done, actual
+        total = total + done
     return total
 
 
@@ -245,7 +302,7 @@ def _input_patch(ctx: ClaimContext, receiver: Address, cut: Sequence[Address],
     def patch(current: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
         resid = stash[("resid", layer)]
         x = resid - _removed(ctx, cut, stash, ablated, rows)
-        return _project(projection, norm(x))[..., cols]
+        return _project(projection, norm(x), cols)
 
     return patch
 

@@ -68,10 +68,21 @@ def _fraction(value: Any) -> float:
     return number
 
 
+def as_edges(value: Any) -> tuple[str, ...]:
+    """A list of ``"<head> -> <head input or logits>"`` strings."""
+    items = value if isinstance(value, list) else [value]
+    if not items or any(not isinstance(i, str) or "->" not in i for i in items):
+        raise ValueError(f"got {value!r}")
+    return tuple(items)
+
+
 CIRCUIT_KEYS = keys(
-    KeySpec(name="components", required=True, parse=as_components,
+    KeySpec(name="components", parse=as_components,
             expected='the circuit: a list of quoted heads, MLPs or neurons, e.g. '
             '["head 0.2", "blocks.1.attn.head.*"]'),
+    KeySpec(name="edges", parse=as_edges,
+            expected='the circuit as edges instead of components: a list such as '
+            '["head 0.2 -> blocks.1.attn.head.1.k", "head 1.1 -> logits"]'),
     KeySpec(name="ablation", parse=as_str, default="mean",
             expected="how everything outside the circuit is ablated: mean, mean_corrupt "
             "(with mean_by) or resample (or zero, or a plugin's)"),
@@ -82,14 +93,47 @@ CIRCUIT_KEYS = keys(
 )
 
 
-def scorer_for(ctx: ClaimContext) -> CircuitScorer:
-    """The claim's circuit scorer: its ablation (with ``mean_by``) at its ``at``."""
+def check_circuit(ctx: ClaimContext) -> None:
+    """A circuit claim gives components or edges (one of the two)."""
+    params = ctx.params
+    if not params.get("components") and not params.get("edges"):
+        raise ClaimSpecError("a circuit claim needs components (or edges)",
+                             key="components", hint='add components: ["head 0.2", ...] '
+                             'or edges: ["head 0.2 -> blocks.1.attn.head.1.k", ...]')
+    if params.get("components") and params.get("edges"):
+        raise ClaimSpecError("give components or edges, not both", key="edges",
+                             hint="an edge circuit's heads are the ones its edges name")
+    if params.get("edges") and params.get("keep"):
+        raise ClaimSpecError("keep applies to node circuits", key="keep",
+                             hint="an edge circuit never gates the MLPs: remove keep")
+
+
+def circuit_of(ctx: ClaimContext) -> frozenset[Any]:
+    """The claim's circuit: its nodes, or its edges."""
+    from mechcheck.engine.edges import parse_edges
+
+    if ctx.params.get("edges"):
+        return frozenset(parse_edges(ctx, ctx.params["edges"]))
+    return frozenset(circuit_nodes(ctx, ctx.params["components"]))
+
+
+def scorer_for(ctx: ClaimContext) -> Any:
+    """The claim's circuit scorer (of nodes, or of edges): its ablation (with
+    ``mean_by``) at its ``at``."""
+    from mechcheck.engine.edges import EdgeScorer
+
+    check_circuit(ctx)
     params = ctx.params
     iv = ctx.intervention(params["ablation"], base="clean", key="ablation")
     if params.get("mean_by") and (iv.source is None or iv.source.reduce != "mean"):
         raise ClaimSpecError(f"mean_by applies to mean ablations, not to "
                              f"'{params['ablation']}'", key="mean_by",
                              hint="use ablation: mean or mean_corrupt, or remove mean_by")
+    if params.get("edges"):
+        if params.get("at") is not None:
+            raise ClaimSpecError("at applies to node circuits", key="at",
+                                 hint="an edge circuit ablates at every position")
+        return EdgeScorer(ctx, iv.with_mean_by(params.get("mean_by")))
     circuit = circuit_nodes(ctx, params["components"])
     kept = circuit_nodes(ctx, params["keep"], key="keep") if params.get("keep") else ()
     both = set(circuit) & set(kept)
@@ -99,14 +143,6 @@ def scorer_for(ctx: ClaimContext) -> CircuitScorer:
                              "name it in one of the two")
     return CircuitScorer(ctx, iv.with_mean_by(params.get("mean_by")), at=params.get("at"),
                          neurons=[a for a in circuit if a.site == "neuron"], keep=kept)
-
-
-def as_edges(value: Any) -> tuple[str, ...]:
-    """A list of ``"<head> -> <head input or logits>"`` strings."""
-    items = value if isinstance(value, list) else [value]
-    if not items or any(not isinstance(i, str) or "->" not in i for i in items):
-        raise ValueError(f"got {value!r}")
-    return tuple(items)
 
 
 def circuit_needs(ctx: ClaimContext) -> Needs:
@@ -134,11 +170,7 @@ class Circuit:
                    "with everything outside it ablated")
     keys = {
         **CIRCUIT_KEYS,
-        "components": replace(CIRCUIT_KEYS["components"], required=False),
         **keys(
-            KeySpec(name="edges", parse=as_edges,
-                    expected='edges instead of components: a list such as ["head 0.2 -> '
-                    'blocks.1.attn.head.1.k", "head 1.1 -> logits"]'),
             KeySpec(name="faithfulness", parse=as_number,
                     expected="the least share of the model's metric the circuit keeps, "
                     "F(C)/F(M), e.g. 0.8"),
@@ -167,10 +199,7 @@ class Circuit:
     }
 
     def needs(self, claim: ClaimSpec, ctx: ClaimContext) -> Needs:
-        if not claim.params.get("components") and not claim.params.get("edges"):
-            raise ClaimSpecError("a circuit claim needs components (or edges)",
-                                 key="components", hint='add components: ["head 0.2", '
-                                 '...] or edges: ["head 0.2 -> head 1.1.k", ...]')
+        check_circuit(ctx)
         stated = [k for k in CRITERIA if claim.params.get(k) is not None]
         if not stated:
             raise ClaimSpecError("a circuit claim states at least one criterion",
@@ -182,90 +211,53 @@ class Circuit:
         return circuit_needs(ctx)
 
     def measure(self, claim: ClaimSpec, ctx: ClaimContext) -> Measurement:
-        if claim.params.get("edges"):
-            return _measure_edges(claim, ctx)
         scorer = scorer_for(ctx)
-        circuit = frozenset(circuit_nodes(ctx, claim.params["components"]))
+        circuit = circuit_of(ctx)
         study = _Study(ctx, scorer, circuit)
         criteria = [getattr(study, name)(claim.params[name]) for name in CRITERIA
                     if claim.params.get(name) is not None]
+        what = "edges" if claim.params.get("edges") else "nodes"
         label = (f"{scorer.ablation.description} outside the circuit "
-                 f"({len(circuit)} nodes; {scorer.runs} circuits scored)")
-        return _measurement(ctx, study, criteria, label, tuple(map(str, _ordered(circuit))))
+                 f"({len(circuit)} {what}; {scorer.runs} circuits scored)")
+        ctx.keep("patched", study.f_circuit)
+        ctx.keep("_base", study.f_model)
+        return Measurement(decision=all_of(criteria).decision, intervention=label,
+                           metric=ctx.metric().name,
+                           components=tuple(map(str, _ordered(circuit))),
+                           expected=" and ".join(c.expected for c in criteria),
+                           criteria=tuple(criteria))
 
 
-def _measurement(ctx: ClaimContext, study: _Study, criteria: list[Criterion], label: str,
-                 components: tuple[str, ...]) -> Measurement:
-    ctx.keep("patched", study.f_circuit)
-    ctx.keep("_base", study.f_model)
-    return Measurement(decision=all_of(criteria).decision, intervention=label,
-                       metric=ctx.metric().name, components=components,
-                       expected=" and ".join(c.expected for c in criteria),
-                       criteria=tuple(criteria))
+def _key(item: Any) -> tuple[Any, ...]:
+    """Nodes by layer, site and index; edges by sender, then receiver."""
+    if isinstance(item, Address):
+        return (item.layer or 0, item.site, item.index or 0)
+    return (*_key(item.sender), str(item.receiver))
 
 
-def _measure_edges(claim: ClaimSpec, ctx: ClaimContext) -> Measurement:
-    """An edge-level circuit: faithfulness and faithfulness_gap of F(E)."""
-    from mechcheck.engine.edges import edge_logits, parse_edges
-
-    for name in ("completeness", "minimality"):
-        if claim.params.get(name) is not None:
-            raise ClaimSpecError(f"{name} is measured on node circuits; this claim gives "
-                                 "edges", key=name, hint="state faithfulness or "
-                                 "faithfulness_gap of the edges, or give components for "
-                                 f"{name}")
-    if claim.params.get("components"):
-        raise ClaimSpecError("give components or edges, not both", key="edges",
-                             hint="an edge circuit's heads are the ones its edges name")
-    iv = ctx.intervention(claim.params["ablation"], base="clean", key="ablation")
-    iv = iv.with_mean_by(claim.params.get("mean_by"))
-    edges = parse_edges(ctx, claim.params["edges"])
-    f_edges = ctx.metric_of(edge_logits(ctx, edges, iv))
-    f_empty = ctx.metric_of(edge_logits(ctx, (), iv)) \
-        if claim.params["relative_to"] == "empty" else None
-    study = _Study.of_values(ctx, ctx.metric_values("clean"), f_edges, f_empty)
-    criteria = [getattr(study, name)(claim.params[name]) for name in CRITERIA
-                if claim.params.get(name) is not None]
-    senders = sorted({str(e.sender) for e in edges})
-    label = f"{iv.description} on every path outside the {len(edges)} edges"
-    return _measurement(ctx, study, criteria, label, tuple(senders))
+def _ordered(nodes: frozenset[Any]) -> list[Any]:
+    return sorted(nodes, key=_key)
 
 
-def _ordered(nodes: Nodes) -> list[Address]:
-    return sorted(nodes, key=lambda a: (a.layer or 0, a.site, a.index or 0))
-
-
-def _names(nodes: Nodes) -> str:
+def _names(nodes: frozenset[Any]) -> str:
     return "{" + ", ".join(map(str, _ordered(nodes))) + "}" if nodes else "{}"
 
 
 class _Study:
     """The criteria of one circuit claim, sharing one scorer."""
 
-    def __init__(self, ctx: ClaimContext, scorer: CircuitScorer | None, circuit: Nodes,
-                 values: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None,
-                 ) -> None:
+    def __init__(self, ctx: ClaimContext, scorer: Any, circuit: frozenset[Any]) -> None:
         self.ctx, self.scorer, self.circuit = ctx, scorer, circuit
         self.claim = ctx.claim
         self.relative = self.claim.params["relative_to"] == "empty"
-        if values is None:
-            assert scorer is not None
-            self.model = scorer.everything
-            self.f_model, self.f_circuit = scorer.scores([self.model, circuit])
-            self.f_empty = scorer.score(()) if self.relative else None
-        else:
-            self.f_model, self.f_circuit, self.f_empty = values
+        self.model = scorer.everything
+        self.f_model, self.f_circuit = scorer.scores([self.model, circuit])
+        self.f_empty = scorer.score(()) if self.relative else None
         # the unit of completeness and minimality: |F(M)|, or |F(M) - F(empty)|
         base = self.f_model if self.f_empty is None else self.f_model - self.f_empty
         self.scale = abs(float(np.mean(base)))
         self.unit = "|F(M) - F(empty)|" if self.relative else "|F(M)|"
         self.rng = np.random.default_rng(self.claim.seed)
-
-    @classmethod
-    def of_values(cls, ctx: ClaimContext, f_model: np.ndarray, f_circuit: np.ndarray,
-                  f_empty: np.ndarray | None) -> _Study:
-        """The faithfulness criteria of values computed elsewhere (edge circuits)."""
-        return cls(ctx, None, frozenset(), (f_model, f_circuit, f_empty))
 
     # -- criteria ------------------------------------------------------------------
     def faithfulness(self, share: float) -> Criterion:
@@ -301,7 +293,7 @@ class _Study:
         margin = share * self.scale
         sets = self._k_sets()
         pairs = [(self.circuit - k, self.model - k) for k in sets]
-        flat = self._nodes_scorer().scores([x for pair in pairs for x in pair])
+        flat = self.scorer.scores([x for pair in pairs for x in pair])
         decisions = [self._inside(flat[2 * i] - flat[2 * i + 1], margin)
                      for i in range(len(sets))]
         worst = int(np.argmax([d.p_value for d in decisions]))
@@ -316,7 +308,7 @@ class _Study:
         per_node: list[tuple[Decision, Address, Nodes]] = []
         for v in _ordered(self.circuit):
             candidates = self._minimality_sets(v)
-            pairs = self._nodes_scorer().scores([x for k in candidates
+            pairs = self.scorer.scores([x for k in candidates
                                         for x in (self.circuit - k, self.circuit - k - {v})])
             tests = [self._larger(pairs[2 * i] - pairs[2 * i + 1], threshold)
                      for i in range(len(candidates))]
@@ -382,7 +374,7 @@ class _Study:
             options = [k | {v} for v in _ordered(self.circuit - k)][: budget - len(visited)]
             if not options:
                 break
-            flat = self._nodes_scorer().scores([x for o in options
+            flat = self.scorer.scores([x for o in options
                                        for x in (self.circuit - o, self.model - o)])
             gaps = [abs(float(np.mean(flat[2 * i] - flat[2 * i + 1])))
                     for i in range(len(options))]
@@ -391,10 +383,6 @@ class _Study:
         return visited
 
     # -- decisions -----------------------------------------------------------------------
-    def _nodes_scorer(self) -> CircuitScorer:
-        assert self.scorer is not None, "completeness and minimality need a node circuit"
-        return self.scorer
-
     def _inside(self, values: np.ndarray, margin: float) -> Decision:
         from mechcheck.stats import test_inside
 

@@ -13,12 +13,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mechcheck.engine.circuits import CircuitScorer, Nodes, circuit_nodes
+from mechcheck.engine.circuits import CircuitScorer, Nodes
 from mechcheck.kinds.base import Criterion, Measurement, keys
 from mechcheck.kinds.circuits import (
     CIRCUIT_KEYS,
     as_count_at_least_1,
+    check_circuit,
     circuit_needs,
+    circuit_of,
     scorer_for,
 )
 from mechcheck.spec.schema import KeySpec, as_number
@@ -59,18 +61,19 @@ class _CircuitTest:
     description = ""
 
     def needs(self, claim: ClaimSpec, ctx: ClaimContext) -> Needs:
+        check_circuit(ctx)
         return circuit_needs(ctx)
 
     def measure(self, claim: ClaimSpec, ctx: ClaimContext) -> Measurement:
         scorer = scorer_for(ctx)
-        circuit = frozenset(circuit_nodes(ctx, claim.params["components"]))
+        circuit = circuit_of(ctx)
         criterion = self.decide(ctx, scorer, circuit)
+        what = "edges" if claim.params.get("edges") else "nodes"
         label = (f"{scorer.ablation.description} outside the circuit "
-                 f"({len(circuit)} nodes; {scorer.runs} circuits scored)")
+                 f"({len(circuit)} {what}; {scorer.runs} circuits scored)")
         return Measurement(decision=criterion.decision, intervention=label,
                            metric=ctx.metric().name,
-                           components=tuple(str(a) for a in ctx.resolve(
-                               claim.params["components"], "components")),
+                           components=tuple(sorted(map(str, circuit))),
                            expected=criterion.expected, criteria=(criterion,))
 
     def decide(self, ctx: ClaimContext, scorer: CircuitScorer,
@@ -204,6 +207,7 @@ class SufficientVsRandom(_CircuitTest):
                                             q=claim.params["q"], alpha=claim.alpha)
         return Criterion(name="sufficient_vs_random", decision=decision,
                          expected=f"closer to the model than more than {claim.params['q']:.4g}"
-                         f" of {len(randoms)} random circuits of {len(circuit)} nodes",
+                         f" of {len(randoms)} random circuits of {len(circuit)} "
+                         f"{'edges' if claim.params.get('edges') else 'nodes'}",
                          detail=f"mean squared distance to the model {own:.4g}; random "
                          f"circuits' median {float(np.median(distances)):.4g}")
