@@ -337,6 +337,35 @@ def _check_head_inputs(loaded: LoadedModel, check: str) -> None:
                         "check k (or qkv and qkv_layout) and n_kv_heads")
 
 
+def _check_attn_norm(loaded: LoadedModel, check: str) -> None:
+    """Where the map declares ``attn_norm`` (edge circuits use it): a head's q, k and v
+    are the projections of that norm applied to the layer's input, resid_pre."""
+    adapter = loaded.adapter
+    arch = adapter.arch
+    if arch.attn_norm is None or (arch.qkv is None and None in (arch.q, arch.k, arch.v)):
+        return
+    runner = Runner(loaded, _dataset(loaded, 2))
+    layer = adapter.dims.n_layers - 1
+    inputs = [Address(w, layer, 0) for w in ("q", "k", "v")]
+    run = runner.run("clean", record=[Address("resid_pre", layer), *inputs])
+    try:
+        norm = adapter.module(f"{arch.blocks}.{layer}.{arch.attn_norm}")
+    except AttributeError:
+        raise _fail(check, f"attn_norm {arch.attn_norm!r} is not a module of block {layer}",
+                    "name the block-relative norm that attention reads (ln_1, "
+                    "input_layernorm)") from None
+    resid = run.activations(Address("resid_pre", layer))[0]
+    with torch.inference_mode():
+        normed = norm(resid.unsqueeze(0))
+        for address in inputs:
+            module = adapter.module(adapter.site(address).module)
+            expected = module(normed)[0][..., adapter.columns(address)]
+            if _close(run.activations(address)[0], expected, 1e-4) is not None:
+                raise _fail(check, f"{address} is not the projection of "
+                            f"{arch.attn_norm}(resid_pre)",
+                            "attn_norm must name the norm whose output attention projects")
+
+
 def _check_cleanup(loaded: LoadedModel, check: str) -> None:
     def explode(current: torch.Tensor, source: torch.Tensor | None) -> torch.Tensor:
         raise KeyError("raised on purpose by the conformance kit")
@@ -375,6 +404,8 @@ def check_arch_map(arch_map: ArchMap, model_factory: Callable[[], Any], *,
     - every layer's ``attn`` module gives causal attention patterns (eager attention);
     - where the map declares the heads' inputs (``q``/``k``/``v`` or ``qkv``), each is
       ``d_head`` wide and zeroing a head's keys makes its pattern uniform;
+    - where it declares ``attn_norm``, q/k/v are the projections of that norm of
+      resid_pre (edge circuits recompute them so);
     - a patch that raises leaves no hook behind.
 
     Args:
@@ -405,6 +436,7 @@ def check_arch_map(arch_map: ArchMap, model_factory: Callable[[], Any], *,
     _check_identities(loaded, check)
     _check_patterns(loaded, check)
     _check_head_inputs(loaded, check)
+    _check_attn_norm(loaded, check)
     _check_cleanup(loaded, check)
 
 

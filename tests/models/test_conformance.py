@@ -75,6 +75,9 @@ def _llama() -> Any:
      "and n_kv_heads"),
     ({"model_types": ("mistral",)},
      r"model_type 'llama', which the map does not cover \(mistral\)"),
+    ({"attn_norm": "post_attention_layernorm"},  # the MLP's norm, not attention's
+     r"blocks\.1\.attn\.head\.0\.q is not the projection of "
+     r"post_attention_layernorm\(resid_pre\)"),
 ])
 def test_a_broken_map_fails_naming_the_field(change: dict[str, Any], message: str) -> None:
     broken = dataclasses.replace(LLAMA, **change)
