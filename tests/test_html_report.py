@@ -187,3 +187,24 @@ def test_sweeps_show_xfail_cells_and_every_claims_expectation(tmp_path: Path) ->
     assert "<h2>Claims</h2>" in text and "<td>logprob drop &gt; 0.5</td>" in text
     assert '<p class="warn">Incomplete run (interrupted): only the claims measured' in text
     assert "<td>emerges</td><td>step20</td><td>-</td>" in text  # onset from real verdicts
+
+
+def test_a_circuits_criteria_get_a_section_of_their_own(tmp_path: Path) -> None:
+    criteria = [
+        {"name": "faithfulness", "effect": 0.9553, "ci_low": 0.94, "ci_high": 0.968,
+         "threshold": 0.9, "p_value": 0.0001, "passed": True, "detail": ""},
+        {"name": "completeness", "effect": -1.5, "ci_low": -1.7, "ci_high": -1.4,
+         "threshold": 1.27, "p_value": 0.999, "passed": False,
+         "detail": "least complete for K = {blocks.1.attn.head.2}"}]
+    results = [ClaimResult(file="claims/test_c.yaml", id="circ", model="m", kind="circuit",
+                           n=200, effect=-1.5, verdict="fail", criteria=criteria),
+               ClaimResult(file="claims/test_c.yaml", id="plain", model="m", n=5,
+                           effect=1.0, verdict="pass")]
+    text = render(results, tmp_path / "r.md").read_text()
+    section = text.split("## Criteria", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| claims/")]
+    assert len(rows) == 2  # the circuit's two criteria; the plain claim has none
+    assert "faithfulness" in rows[0] and "pass" in rows[0] and "0.9553" in rows[0]
+    assert "least complete for K = {blocks.1.attn.head.2}" in rows[1] and "fail" in rows[1]
+    plain = render(results[1:], tmp_path / "p.md").read_text()
+    assert "## Criteria" not in plain

@@ -219,6 +219,24 @@ def _messages(results: Sequence[ClaimResult]) -> _Section:
                     blocks=tuple(blocks))
 
 
+def _criteria_section(results: Sequence[ClaimResult]) -> _Section | None:
+    """One row per criterion of the claims that state several (circuits)."""
+    rows = []
+    for r in results:
+        for c in r.criteria:
+            ci = f"[{_num(c.get('ci_low'))}, {_num(c.get('ci_high'))}]"
+            rows.append((r.file, r.id, c["name"], "pass" if c.get("passed") else "fail",
+                         _num(c.get("effect")), ci, _num(c.get("threshold")),
+                         _p(c.get("p_value")), c.get("detail") or "-"))
+    if not rows:
+        return None
+    return _Section(title="Criteria", text="The conditions of claims that state several "
+                    "(a circuit's faithfulness, completeness, minimality), each decided "
+                    "on its own (raw p-values); the claim holds when every one does.",
+                    header=("file", "id", "criterion", "verdict", "effect", "CI",
+                            "threshold", "p", "decided by"), rows=tuple(rows))
+
+
 def _claims_section(results: Sequence[ClaimResult]) -> _Section:
     """One row per claim: where it is and what it expects."""
     first = [cells[next(iter(cells))] for cells in _by_claim(results).values()]
@@ -265,6 +283,9 @@ def _sections(results: Sequence[ClaimResult], baseline: Sequence[ClaimResult] | 
                      "verdict) and interval, on its own scale; dashed: the threshold.",
                      image=("effects.png", forest(results))),
         ]
+    criteria = _criteria_section(results)
+    if criteria is not None:
+        sections.append(criteria)
     if baseline is not None:
         sections.append(_baseline_section(results, baseline, max_drift))
     if sweep or not results:
