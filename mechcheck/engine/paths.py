@@ -74,14 +74,20 @@ def runs_of(direction: str) -> tuple[str, str]:
 
 def senders_of(ctx: ClaimContext, items: Sequence[Address | str],
                key: str = "senders") -> tuple[Address, ...]:
-    """The senders, which must be heads or MLPs."""
-    senders = ctx.resolve(items, key)
+    """The senders, which must be heads or MLPs (``attn L`` stands for layer L's heads)."""
+    senders: list[Address] = []
+    for address in ctx.resolve(items, key):
+        if address.site == "attn":
+            senders.extend(ctx.resolve([f"blocks.{address.layer}.attn.head.*"], key))
+        else:
+            senders.append(address)
     for address in senders:
         if address.site not in _SENDER_SITES:
             raise ClaimSpecError(
                 f"{key}: {address} cannot send along a path", key=key,
-                hint="senders are heads (head 0.1, blocks.0.attn.head.*) or MLPs (mlp 0)")
-    return senders
+                hint="senders are heads (head 0.1, blocks.0.attn.head.*, attn 0) or MLPs "
+                "(mlp 0)")
+    return tuple(dict.fromkeys(senders))
 
 
 def receivers_of(ctx: ClaimContext, items: Sequence[Address | str] | str,
