@@ -336,3 +336,20 @@ def test_unknown_position_names_suggest_the_right_case_and_list_the_names(
     assert "defines no position named 'end'" in info.value.message
     assert "did you mean 'END'?" in (info.value.hint or "")
     assert "END, S" in (info.value.hint or "")
+
+
+def test_run_many_out_of_memory_runs_fewer_sets_per_pass_with_the_same_values(
+        tiny_loaded: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded = tiny_loaded("gpt2")
+    rows = word_rows(4, lengths=(6,))
+    sets = [[(Address("head", 1, h), IV["mean"])] for h in range(4)]
+    expected = runner_for(loaded, rows).run_many("clean", sets)
+    runner = runner_for(loaded, rows, batch_size=16)  # 4 sets of 4 prompts in one pass
+    runner.prepare(runner.needs_for([t for s in sets for t in s]))
+    fake = _OutOfMemoryAbove(loaded.model, 8, torch.OutOfMemoryError)
+    monkeypatch.setattr(loaded.model, "forward", fake)
+    got = runner.run_many("clean", sets)
+    monkeypatch.undo()
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert fake.sizes == [16, 8, 8]  # four sets at once, then two and two

@@ -317,10 +317,7 @@ class Runner:
                 except MechcheckError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - the model's or a plugin's failure
-                    if not _is_out_of_memory(exc):
-                        raise RunError(f"{what} failed: {describe_exception(exc)}",
-                                       hint=_RUN_HINT) from exc
-                    _free_memory(self.loaded.device)
+                    self._unless_out_of_memory(exc, what)
                     if cap > 1:
                         cap = -(-cap // 2)
                         continue
@@ -526,10 +523,7 @@ class Runner:
             except MechcheckError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the model's or a plugin's failure
-                if not _is_out_of_memory(exc):
-                    raise RunError(f"{what} failed: {describe_exception(exc)}",
-                                   hint=_RUN_HINT) from exc
-                _free_memory(self.loaded.device)
+                self._unless_out_of_memory(exc, what)
                 if size == 1:
                     raise RunError(f"{what} ran out of memory on {self.loaded.device} even "
                                    f"with one prompt at a time ({type(exc).__name__})",
@@ -545,6 +539,14 @@ class Runner:
         store = {key: torch.cat([_rows_of(p[1][key], slice(0, p[2]), p[2], expand=True)
                                  for p in pieces]) for key in pieces[0][1]}
         return logits, store
+
+    def _unless_out_of_memory(self, exc: Exception, what: str) -> None:
+        """Raise ``exc`` as the RunError of ``what`` unless it is an out-of-memory error
+        (then free the device's cache, for a retry with fewer prompts)."""
+        if not _is_out_of_memory(exc):
+            raise RunError(f"{what} failed: {describe_exception(exc)}",
+                           hint=_RUN_HINT) from exc
+        _free_memory(self.loaded.device)
 
     def _forward_part(self, run: str, rows: np.ndarray, part: slice, record: Sequence[Site],
                       layers: Sequence[int],
