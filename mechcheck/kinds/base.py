@@ -131,6 +131,11 @@ MEAN_BY = KeySpec(name="mean_by", parse=as_str,
                   "mean over the rows sharing the row's value")
 
 
+RATIO_METHODS = {"robust": "robust", "t": "fieller", "bootstrap": "bootstrap"}
+"""``test:`` -> the ratio rule's method (:func:`mechcheck.stats.test_ratio`), for the
+kinds that decide a recovery or faithfulness ratio."""
+
+
 def keys(*specs: KeySpec) -> dict[str, KeySpec]:
     """A kind's ``keys`` table from its KeySpecs."""
     return {spec.name: spec for spec in specs}

@@ -20,6 +20,7 @@ from mechcheck.kinds.base import (
     AT,
     MEAN_BY,
     METRIC,
+    RATIO_METHODS,
     Criterion,
     Measurement,
     all_of,
@@ -58,13 +59,6 @@ def as_count_at_least_1(value: Any) -> int:
     number = as_int(value)
     if number < 1:
         raise ValueError(f"got {number}; give 1 or more")
-    return number
-
-
-def _fraction(value: Any) -> float:
-    number = as_number(value)
-    if not 0 < number:
-        raise ValueError(f"got {value!r}, which is not positive")
     return number
 
 
@@ -176,10 +170,10 @@ class Circuit:
                     "F(C)/F(M), e.g. 0.8"),
             KeySpec(name="faithfulness_gap", parse=as_positive,
                     expected="the largest |F(M) - F(C)|, in the metric's units"),
-            KeySpec(name="completeness", parse=_fraction,
+            KeySpec(name="completeness", parse=as_positive,
                     expected="c: for every K, |F(C\\K) - F(M\\K)| <= c * |F(M)| (c * "
                     "|F(M) - F(empty)| with relative_to: empty), e.g. 0.2"),
-            KeySpec(name="minimality", parse=_fraction,
+            KeySpec(name="minimality", parse=as_positive,
                     expected="m: every component moves F(C\\K) by >= m * |F(M)| for some "
                     "K, e.g. 0.01"),
             KeySpec(name="k_sets", parse=as_k_sets, default=("random", "greedy"),
@@ -276,7 +270,7 @@ class _Study:
                 hint="add relative_to: empty (the share of F(M) - F(empty) the circuit "
                 "keeps), or use a metric that is positive when the model works "
                 "(logit_diff)")
-        method = {"robust": "robust", "t": "fieller", "bootstrap": "bootstrap"}.get(
+        method = RATIO_METHODS.get(
             claim.test, "robust")
         decision = ctx.stats_call("faithfulness", test_ratio, num, den, share,
                                   alpha=claim.alpha, seed=claim.seed,

@@ -10,6 +10,7 @@ from mechcheck.kinds.base import (
     COMPONENTS,
     MEAN_BY,
     METRIC,
+    RATIO_METHODS,
     Measurement,
     as_min_drop,
     as_positive,
@@ -106,7 +107,7 @@ class Sufficient:
         corrupt, patched, label = ctx.metric_pair(claim.params["patch"], base="corrupt")
         clean = ctx.metric_values("clean")
         threshold = claim.params["min_recovery"]
-        method = {"robust": "robust", "t": "fieller", "bootstrap": "bootstrap"}[claim.test]
+        method = RATIO_METHODS[claim.test]
         decision = ctx.stats_call("min_recovery", test_ratio, patched - corrupt,
                                   clean - corrupt, threshold, alpha=claim.alpha,
                                   seed=claim.seed, n_resamples=ctx.n_resamples, method=method)

@@ -8,7 +8,15 @@ import numpy as np
 
 from mechcheck.engine.paths import DIRECTIONS, FREEZE, LOGITS, path_needs, path_patch
 from mechcheck.errors import ClaimSpecError
-from mechcheck.kinds.base import AT, METRIC, Measurement, as_min_drop, as_positive, keys
+from mechcheck.kinds.base import (
+    AT,
+    METRIC,
+    RATIO_METHODS,
+    Measurement,
+    as_min_drop,
+    as_positive,
+    keys,
+)
 from mechcheck.spec.schema import KeySpec, as_choice, as_components, as_number
 
 if TYPE_CHECKING:
@@ -127,7 +135,7 @@ def _decide(ctx: ClaimContext, criterion: str, base: np.ndarray,
     ctx.require_test(("robust", "t", "bootstrap"), "a path claim with min_recovery takes "
                      "test: robust, t or bootstrap (as sufficient does)")
     clean = ctx.metric_values("clean")
-    method = {"robust": "robust", "t": "fieller", "bootstrap": "bootstrap"}[claim.test]
+    method = RATIO_METHODS[claim.test]
     decision = ctx.stats_call("min_recovery", test_ratio, patched - base, clean - base,
                               value, alpha=claim.alpha, seed=claim.seed,
                               n_resamples=ctx.n_resamples, method=method)
