@@ -190,6 +190,7 @@ def _result(item: _Measured, p_adjusted: float, correction: str) -> ClaimResult:
         xfail=spec.xfail, device=loaded.device, dtype=loaded.dtype,
         versions=library_versions(), per_prompt=item.per_prompt,
         criteria=[c.record() for c in m.criteria],
+        profile=[dict(point) for point in m.profile],
     )
     return result if label == "pass" else replace(result, message=format_failure(result))
 

@@ -18,7 +18,7 @@ import torch
 
 from mechcheck.addresses import Address
 from mechcheck.engine.attention import attention_score
-from mechcheck.engine.runner import Needs, PatchSpec, Runner, unknown_position
+from mechcheck.engine.runner import Needs, PatchSpec, Runner, position_mask, unknown_position
 from mechcheck.engine.runs import Placed, RunResult
 from mechcheck.errors import ClaimSpecError, DataError, MechcheckError, describe_exception
 
@@ -216,6 +216,35 @@ class ClaimContext:
         (concrete,) = self._expand(address)
         self._runner().prepare(self.record_needs(run, [concrete]))
         return self.shared(run).activations(concrete)
+
+    def text_activations(self, texts: Sequence[str], address: Address | str, *,
+                         key: str) -> list[torch.Tensor]:
+        """Per text, ``address``'s activation ``[pos, width]`` when the model reads
+        ``texts`` (prompts that are not the claim's data rows, such as a steering
+        contrast set); errors are located at the claim key ``key``."""
+        (concrete,) = self._expand(address)
+        empty = [i for i, t in enumerate(texts) if not str(t).strip()]
+        if not texts or empty:
+            raise DataError(f"{key}: {'no prompts' if not texts else f'prompt {empty[0]} is empty'}",
+                            key=key, hint="give at least one non-empty prompt")
+        try:
+            return self._runner().record_texts(list(texts), [concrete],
+                                               what=f"the run on {key}'s prompts")[concrete]
+        except MechcheckError as exc:
+            raise exc.located(key=exc.key or key) from None
+
+    def positions_of(self, row: int, at: Sequence[int | str] | None, *,
+                     key: str = "at") -> list[int]:
+        """Row ``row``'s token indices named by ``at`` (``last``, indices, names from
+        the data; None: every position), in order, without repeats."""
+        length = len(self.dataset.prompts[row])
+        if at is None:
+            return list(range(length))
+        try:
+            mask = position_mask(self.dataset, np.asarray([row]), length, at)
+        except DataError as exc:
+            raise exc.located(key=key) from None
+        return [int(i) for i in torch.nonzero(mask[0]).flatten()]
 
     def pattern(self, layer: int, head: int) -> list[torch.Tensor]:
         """Per row, head ``layer.head``'s clean attention pattern ``[query, key]``."""

@@ -403,6 +403,35 @@ class Runner:
             out[address] = [rows_out[int(i)] for i in np.argsort(order)]
         return out
 
+    def record_texts(self, texts: Sequence[str], addresses: Sequence[Address], *,
+                     what: str) -> dict[Address, list[torch.Tensor]]:
+        """Per address, one ``[pos, width]`` activation per text of the clean model on
+        ``texts`` (prompts outside the dataset, e.g. a steering contrast set), tokenized
+        as the data's prompts are; texts of one length share a pass."""
+        tokenizer = self.loaded.tokenizer
+        ids = [tuple(int(i) for i in tokenizer(str(t))["input_ids"]) for t in texts]
+        adapter = self.loaded.adapter
+        sites = sorted({adapter.site(a) for a in addresses}, key=lambda s: (s.module, s.when))
+        out: dict[Address, list[Any]] = {a: [None] * len(texts) for a in addresses}
+        by_length: dict[int, list[int]] = {}
+        for i, row in enumerate(ids):
+            by_length.setdefault(len(row), []).append(i)
+        for _, members in sorted(by_length.items()):
+            for start in range(0, len(members), self._max_rows):
+                part = members[start:start + self._max_rows]
+                batch = torch.tensor([ids[i] for i in part], dtype=torch.long)
+                try:
+                    with hooked(adapter, record=sites) as store:
+                        self._forward(batch.to(self.loaded.device), sites)
+                except Exception as exc:  # noqa: BLE001 - the model's failure, named
+                    raise RunError(f"{what} failed: {describe_exception(exc)}",
+                                   hint=_RUN_HINT) from exc
+                for address in addresses:
+                    values = store[adapter.site(address)][..., adapter.columns(address)]
+                    for j, i in enumerate(part):
+                        out[address][i] = values[j].float().cpu()
+        return out
+
     def needs_for(self, targets: Iterable[tuple[Address, Any]]) -> Needs:
         """The shared-run recordings that patching ``targets`` will read."""
         needs = Needs()

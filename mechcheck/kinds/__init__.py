@@ -4,7 +4,9 @@
 protocol and the keys the kinds share; ``nodes`` the claims about components
 (necessary, negligible, sufficient), ``attention`` the attention-pattern claims and
 ``behaviour`` the claim that the model does the task at all, ``paths`` path
-patching, ``circuits`` whole circuits and ``hypotheses`` Shi et al.'s circuit tests.
+patching, ``circuits`` whole circuits, ``hypotheses`` Shi et al.'s circuit tests,
+``probes`` probes with controls and concept erasure (on ``probing``'s examples) and
+``steering`` activation addition.
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ from mechcheck.kinds.circuits import Circuit
 from mechcheck.kinds.hypotheses import Equivalent, Independent, MinimalEdges, SufficientVsRandom
 from mechcheck.kinds.nodes import Necessary, Negligible, Sufficient
 from mechcheck.kinds.paths import Path
+from mechcheck.kinds.probes import Erasure, Probe
+from mechcheck.kinds.steering import Steers
 
 BUILTIN_KINDS = (Necessary(), Sufficient(), Negligible(), Attends(), Performs(), Path(), Circuit(),
-                 Equivalent(), Independent(), MinimalEdges(), SufficientVsRandom())
+                 Equivalent(), Independent(), MinimalEdges(), SufficientVsRandom(), Probe(),
+                 Erasure(), Steers())
 
-__all__ = ["BUILTIN_KINDS", "Attends", "Circuit", "ClaimKind", "Equivalent", "Independent",
-           "MinimalEdges", "SufficientVsRandom", "Measurement", "Necessary",
-           "Negligible", "Path", "Performs", "Sufficient"]
+__all__ = ["BUILTIN_KINDS", "Attends", "Circuit", "ClaimKind", "Equivalent", "Erasure",
+           "Independent", "Measurement", "MinimalEdges", "Necessary", "Negligible", "Path",
+           "Performs", "Probe", "Steers", "Sufficient", "SufficientVsRandom"]

@@ -65,7 +65,10 @@ class Measurement:
 
     ``criteria`` lists the claim's separate conditions when it makes several (each
     must hold; ``decision`` is then the one with the largest p-value, see
-    :func:`all_of`)."""
+    :func:`all_of`).  ``profile`` holds described, not decided, points for the
+    report's curve (e.g. a probe's selectivity per layer, a steering shift per scale):
+    one mapping each, with a ``site`` or ``scale`` label and numbers, ``ci_low`` and
+    ``ci_high`` bounding the curve's main value."""
 
     decision: Decision
     intervention: str
@@ -73,6 +76,7 @@ class Measurement:
     components: tuple[str, ...]
     expected: str  # e.g. "logprob drop > 3.0"
     criteria: tuple[Criterion, ...] = ()
+    profile: tuple[Mapping[str, Any], ...] = ()
 
 
 def all_of(criteria: Sequence[Criterion]) -> Criterion:

@@ -49,6 +49,12 @@ class ClaimResult:
     ``passed`` (its own p at most alpha), ``expected`` and ``detail`` (what decided it:
     the K set or component that broke it).  The claim's own numbers are those of the
     criterion with the largest p-value.
+
+    ``profile`` lists described (not decided) points of a curve the claim measured
+    beside its decision: a probe's ``curve:`` (one dict per site: ``site``, ``layer``,
+    ``task``, ``control``, ``selectivity``, ``ci_low``, ``ci_high``, ``chance``) or a
+    steering claim's scales (``scale``, ``shift``, ``random_shift``, ``ci_low``,
+    ``ci_high``).  The HTML and Markdown reports draw it.
     """
 
     file: str
@@ -85,6 +91,7 @@ class ClaimResult:
     baseline_effect: float | None = None
     per_prompt: dict[str, list[Any]] | None = None
     criteria: list[dict[str, Any]] = field(default_factory=list)
+    profile: list[dict[str, Any]] = field(default_factory=list)
 
     def record(self, *, per_prompt: bool = False) -> dict[str, Any]:
         """A JSON-ready dict: report fields first, NaN/inf as None.
