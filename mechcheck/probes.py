@@ -106,6 +106,15 @@ def score_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, *, probe: str 
         ValueError: bad arguments, with what to use instead.
     """
     _check(x, y, groups, probe, target, control, types)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):  # probe-sized BLAS calls are slower threaded
+        return _score_probe(x, y, groups, probe, target, folds, control, types, repeats, seed)
+
+
+def _score_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, probe: str, target: str,
+                 folds: int, control: str | None, types: np.ndarray | None, repeats: int,
+                 seed: int) -> ProbeScores:
     y = np.asarray(y, dtype=np.float64) if target == "regression" else _codes(y)
     task_sum = np.zeros(len(y))
     control_sum = np.zeros(len(y))
@@ -161,17 +170,10 @@ def _codes(y: np.ndarray) -> np.ndarray:
 
 
 def _held_out(x: np.ndarray, y: np.ndarray, fold: np.ndarray, groups: np.ndarray,
-              probe: str, target: str, chosen: list[str], seed: int) -> np.ndarray:
+              probe: str, target: str, chosen: list[str], seed: int = 0) -> np.ndarray:
     """Per example, the score of the probe fitted on the other folds."""
     scores = np.empty(len(y))
     variance = float(np.var(y)) if target == "regression" else 1.0
-    if probe == "logistic" and target == "classes":
-        from mechcheck.logistic import nested_logistic
-
-        inner = fold_of(groups, min(_INNER_FOLDS, len(np.unique(groups))), seed)
-        predicted, picks = nested_logistic(x, y, fold, inner, _CS)
-        chosen.extend(picks)
-        return (predicted == y).astype(np.float64)
     for f in np.unique(fold):
         test = fold == f
         model, choice = _fit(x[~test], y[~test], groups[~test], probe, target)

@@ -14,6 +14,7 @@ from mechcheck.errors import MechcheckError
 from mechcheck.report.html import onsets, render
 from mechcheck.report.io import write_report
 from mechcheck.report.results import ClaimResult
+from tests.test_figures import probe_profile, steering_profile
 
 STEPS = ("step5", "step10", "step20", "step40")
 EVIL = "<script>alert('x')</script>&$"
@@ -208,3 +209,68 @@ def test_a_circuits_criteria_get_a_section_of_their_own(tmp_path: Path) -> None:
     assert "least complete for K = {blocks.1.attn.head.2}" in rows[1] and "fail" in rows[1]
     plain = render(results[1:], tmp_path / "p.md").read_text()
     assert "## Criteria" not in plain
+
+
+def _profiled() -> list[ClaimResult]:
+    """A probe with a curve, a steering claim with a dose-response, a plain claim."""
+    return [
+        ClaimResult(file="claims/test_p.yaml", id="probe", model="m", kind="probe",
+                    verdict="pass", effect=0.3, ci_low=0.25, ci_high=0.35, threshold=0.1,
+                    profile=probe_profile()),
+        ClaimResult(file="claims/test_p.yaml", id="steer", model="m", kind="steers",
+                    verdict="fail", effect=3.2, ci_low=2.9, ci_high=3.5, threshold=4.0,
+                    profile=steering_profile(),
+                    criteria=[{"name": "min_shift", "effect": 3.2, "passed": False}]),
+        ClaimResult(file="claims/test_p.yaml", id="plain", model="m", verdict="pass",
+                    effect=1.0),
+    ]
+
+
+def test_profiles_get_a_plot_and_a_table_under_curves(tmp_path: Path) -> None:
+    text = render(_profiled(), tmp_path / "r.html").read_text()
+    assert text.count("<h2>Curves</h2>") == 1
+    assert text.index("<h2>Criteria</h2>") < text.index("<h2>Curves</h2>") \
+        < text.index("<h2>Messages</h2>")
+    curves = text.split("<h2>Curves</h2>", 1)[1].split("<h2>", 1)[0]
+    parts = curves.split("<h3>")[1:]
+    assert [p.split("</h3>")[0] for p in parts] == ["claims/test_p.yaml::probe",
+                                                    "claims/test_p.yaml::steer"]
+    for part in parts:
+        data = re.findall(r'<img src="data:image/png;base64,([^"]+)"', part)
+        assert len(data) == 1 and base64.b64decode(data[0]).startswith(b"\x89PNG")
+    assert ("<tr><th>site</th><th>layer</th><th>task</th><th>control</th>"
+            "<th>selectivity</th><th>CI</th><th>chance</th></tr>") in parts[0]
+    assert ("<tr><td>blocks.3.resid_post</td><td>3</td><td>0.93</td><td>0.6</td>"
+            "<td>0.33</td><td>[0.28, inf]</td><td>0.5</td></tr>") in parts[0]
+    assert "<tr><th>scale</th><th>shift</th><th>CI</th><th>random_shift</th></tr>" in parts[1]
+    assert "<tr><td>4</td><td>1.6</td><td>[1.3, 1.9]</td><td>0.12</td></tr>" in parts[1]
+    assert text.count('<img src="data:image/png;base64,') == 3  # effects + two curves
+
+
+def test_markdown_writes_each_curve_beside_the_report(tmp_path: Path) -> None:
+    text = render(_profiled(), tmp_path / "r.md").read_text()
+    section = text.split("## Curves", 1)[1].split("\n## ", 1)[0]
+    assert "### claims/test_p.yaml::probe\n\n![claims/test_p.yaml::probe](r_files/curve1.png)" \
+        in section
+    assert "![claims/test_p.yaml::steer](r_files/curve2.png)" in section
+    assert "| 8 | 3.2 | [2.9, 3.5] | 0.24 |" in section
+    for name in ("curve1.png", "curve2.png"):
+        assert (tmp_path / "r_files" / name).read_bytes().startswith(b"\x89PNG")
+    assert not (tmp_path / "r_files" / "curve3.png").exists()  # the plain claim has none
+
+
+def test_curves_are_deterministic_and_only_for_claims_with_a_profile(tmp_path: Path) -> None:
+    one = render(_profiled(), tmp_path / "one.html").read_bytes()
+    assert render(_profiled(), tmp_path / "two.html").read_bytes() == one
+    render(_profiled(), tmp_path / "r.md")
+    first = (tmp_path / "r_files" / "curve1.png").read_bytes()
+    render(_profiled(), tmp_path / "r.md")
+    assert (tmp_path / "r_files" / "curve1.png").read_bytes() == first
+    bare = [replace(r, profile=[]) for r in _profiled()]
+    for name in ("bare.html", "bare.md"):
+        text = render(bare, tmp_path / name).read_text()
+        assert "Curves" not in text and "<h3>" not in text and "curve1.png" not in text
+    assert not (tmp_path / "bare_files" / "curve1.png").exists()
+    swept = [replace(r, checkpoint=step) for r in _profiled()[:1] for step in STEPS[:2]]
+    text = render(swept, tmp_path / "s.html").read_text()
+    assert "<h3>claims/test_p.yaml::probe [step10]</h3>" in text

@@ -225,8 +225,8 @@ class ClaimContext:
         (concrete,) = self._expand(address)
         empty = [i for i, t in enumerate(texts) if not str(t).strip()]
         if not texts or empty:
-            raise DataError(f"{key}: {'no prompts' if not texts else f'prompt {empty[0]} is empty'}",
-                            key=key, hint="give at least one non-empty prompt")
+            what = "no prompts" if not texts else f"prompt {empty[0]} is empty"
+            raise DataError(f"{key}: {what}", key=key, hint="give at least one non-empty prompt")
         try:
             return self._runner().record_texts(list(texts), [concrete],
                                                what=f"the run on {key}'s prompts")[concrete]

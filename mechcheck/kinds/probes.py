@@ -76,8 +76,11 @@ def _scores(ctx: ClaimContext, ex: Examples, *, control: str | None, seed_offset
                            repeats=p["seeds"] if repeats is None else repeats,
                            seed=claim.seed + seed_offset)
     except ValueError as exc:
-        key = "folds" if "folds" in str(exc) else "label"
-        raise ClaimSpecError(str(exc), key=key) from None
+        text = str(exc)
+        key = ("folds" if "folds" in text else
+               ("control_by" if p.get("control_by") else "control")
+               if text.startswith("control_task") else "label")
+        raise ClaimSpecError(text, key=key) from None
 
 
 def _group_values(values: np.ndarray, ex: Examples) -> np.ndarray:
@@ -104,8 +107,8 @@ class Probe:
                 KeySpec(name="min_selectivity", parse=_as_fraction,
                         expected="task score minus control score, e.g. 0.2"),
                 KeySpec(name="curve", parse=as_components,
-                        expected='sites to probe the same way for the report\'s curve, e.g. '
-                        '["blocks.*.resid_post"] (described, not decided)'))
+                        expected='sites to probe the same way (one seed) for the report\'s '
+                        'curve, e.g. ["blocks.*.resid_post"] (described, not decided)'))
 
     def needs(self, claim: ClaimSpec, ctx: ClaimContext) -> Needs:
         sites = [probe_site(ctx), *ctx.resolve(claim.params.get("curve") or (), "curve")]
@@ -137,7 +140,7 @@ def _score_key(p: Any) -> str:
     if p.get("min_r2") is not None and not regression:
         raise ClaimSpecError("min_r2 applies to target: regression", key="min_r2",
                              hint="use min_accuracy for classes, or set target: regression")
-    if p.get("min_accuracy") is None and p.get("min_r2") is None and p.get("min_selectivity") is None:
+    if all(p.get(k) is None for k in ("min_accuracy", "min_r2", "min_selectivity")):
         raise ClaimSpecError("a probe claim needs a threshold", key="kind",
                              hint="add min_accuracy (or min_r2) and/or min_selectivity, "
                              "e.g. min_selectivity: 0.2")
@@ -163,7 +166,7 @@ def _probe_criteria(ctx: ClaimContext, scores: ProbeScores, ex: Examples,
         assert scores.control is not None
         control = float(scores.control.mean())
         decision = ctx.decide_greater(_group_values(scores.task - scores.control, ex),
-                                      p.get("min_selectivity"))
+                                      float(p["min_selectivity"]))
         criteria.append(Criterion(
             name="min_selectivity", decision=decision,
             expected=f"selectivity ({score_name} - {p['control']}) > {p['min_selectivity']:.4g}",
@@ -176,7 +179,7 @@ def _probe_criteria(ctx: ClaimContext, scores: ProbeScores, ex: Examples,
 def _curve_point(ctx: ClaimContext, address: Any) -> dict[str, Any]:
     """One site of the report's curve: task, control and selectivity with its interval."""
     ex = examples(ctx, address)
-    scores = _scores(ctx, ex, control=ctx.params["control"])
+    scores = _scores(ctx, ex, control=ctx.params["control"], repeats=1)
     assert scores.control is not None
     decision = ctx.decide_greater(_group_values(scores.task - scores.control, ex), 0.0)
     return {"site": str(address), "layer": address.layer,

@@ -6,7 +6,8 @@ activation at each prompt's last token over the positive set minus that over the
 negative set (activation addition, Turner et al. 2023; contrastive activation addition,
 Rimsky et al. 2024).  ``scale`` times the vector is added to the site at the positions
 ``at:`` names (every position by default).  The shift is ``metric(steered) -
-metric(clean)`` per prompt; to claim a decrease, swap the two sets.
+metric(clean)`` per prompt (``direction: decrease``: its negative, so that a steering
+that lowers the metric is claimed with a positive ``min_shift``).
 
 The control adds ``n_random`` random directions of the vector's norm (seeded); the
 claim needs the shift to beat their mean shift on the same prompts.  With a list of
@@ -84,6 +85,10 @@ class Steers:
                         expected="a non-zero number or a list of them (a dose-response)"),
                 KeySpec(name="min_shift", required=True, parse=as_number,
                         expected="the least mean shift of the metric, e.g. 1.0"),
+                KeySpec(name="direction", parse=as_choice("increase", "decrease"),
+                        default="increase",
+                        expected="increase (the default) or decrease: which way the metric "
+                        "must move"),
                 KeySpec(name="control", parse=as_choice("random_direction", "none"),
                         default="random_direction",
                         expected="random_direction (the default) or none"),
@@ -99,16 +104,17 @@ class Steers:
         vector, origin = steering_vector(ctx, site)
         clean = ctx.metric_values("clean")
         scales = p["scale"]
-        shifts = np.stack([_steered(ctx, site, s * vector, keep=s == scales[-1]) - clean
-                           for s in scales])
+        sign = 1.0 if p["direction"] == "increase" else -1.0
+        shifts = sign * np.stack([_steered(ctx, site, s * vector, keep=s == scales[-1]) - clean
+                                  for s in scales])
         top = shifts[-1]
         metric = ctx.metric()
         criteria = [Criterion(name="min_shift", decision=ctx.decide_greater(top, p["min_shift"]),
-                              expected=f"{metric.name} shift at scale {scales[-1]:g} > "
-                              f"{p['min_shift']:.4g}",
+                              expected=f"{metric.name} {p['direction']} at scale "
+                              f"{scales[-1]:g} > {p['min_shift']:.4g}",
                               detail=f"vector {origin}, norm {float(vector.norm()):.4g}; "
                               f"mean shift {top.mean():.4g}")]
-        random = _random_shifts(ctx, site, vector, scales, clean) \
+        random = sign * _random_shifts(ctx, site, vector, scales, clean) \
             if p["control"] == "random_direction" else None
         if random is not None:
             criteria.append(Criterion(
@@ -136,8 +142,8 @@ def steering_vector(ctx: ClaimContext, site: Any) -> tuple[torch.Tensor, str]:
                              hint="give vector: FILE, or contrast: {positive: P, negative: N}")
     width = ctx.activations("clean", site)[0].shape[-1]
     if p.get("vector") is not None:
-        vector = _read_vector(ctx, p.get("vector"), p.get("vector_key"))
-        origin = p.get("vector")
+        origin = str(p["vector"])
+        vector = _read_vector(ctx, origin, p.get("vector_key"))
     else:
         means = []
         for side in ("positive", "negative"):

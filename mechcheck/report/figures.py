@@ -15,8 +15,8 @@ from typing import Any
 
 from mechcheck.report.results import ClaimResult
 
-__all__ = ["CHANGE_COLOURS", "VERDICT_COLOURS", "effects_grid", "forest", "heatmap",
-           "shown_verdict"]
+__all__ = ["CHANGE_COLOURS", "PROFILE_COLOURS", "VERDICT_COLOURS", "effects_grid", "forest",
+           "heatmap", "profile_figure", "shown_verdict"]
 
 # The verdict as the report shows it: an expected failure is `xfail`; a claim expected
 # to fail that passed is `xpass` (strict: it fails the run).
@@ -29,6 +29,18 @@ CHANGE_COLOURS: dict[str, str] = {
     "regression": "#d73027", "drift": "#f1a340", "fixed": "#1a9850", "missing": "#969696",
     "new": "#4393c3",
 }
+# A profile's curves, by key: the value with an interval blue, the task teal, the
+# controls grey, chance dark grey (dashed); other keys take OTHER_COLOURS in turn.
+PROFILE_COLOURS: dict[str, str] = {
+    "selectivity": "#2166ac", "shift": "#2166ac", "task": "#35978f", "control": "#969696",
+    "random_shift": "#969696", "chance": "#555555",
+}
+OTHER_COLOURS = ("#8c510a", "#c51b7d", "#01665e", "#762a83")
+PROFILE_X = ("layer", "scale")  # the x axis: the first key every point gives as a number
+BOUNDS = ("ci_low", "ci_high")  # the interval of the first of MAIN_KEYS present
+MAIN_KEYS = ("selectivity", "shift")
+DASHED = ("chance",)
+Y_LABELS = {"selectivity": "held-out score", "shift": "metric shift"}
 MISSING_COLOUR = "#ffffff"
 NO_CHECKPOINT = "-"
 DPI = 100
@@ -224,4 +236,114 @@ def forest(results: Sequence[ClaimResult]) -> bytes:
         _forest_row(axes, result)
     _legend(rows[0], {shown_verdict(r) for r in results})
     figure.subplots_adjust(hspace=1.2)
+    return _png(figure)
+
+
+def _number(point: dict[str, Any], key: str) -> float:
+    """``point[key]`` as a float; NaN when missing or not a number."""
+    value = point.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return math.nan
+    return float(value)
+
+
+def _profile_x(points: Sequence[dict[str, Any]]) -> tuple[str, list[float], list[str]]:
+    """The x key, each point's x and, when x is the point's index, its tick labels.
+
+    x is ``layer`` or ``scale`` when every point gives it as a number and no two
+    points share it (two sites of one layer fall back to the index), else the index,
+    labelled by ``site``.
+    """
+    for key in PROFILE_X:
+        xs = [_number(p, key) for p in points]
+        if all(math.isfinite(x) for x in xs) and len(set(xs)) == len(xs):
+            return key, xs, []
+    names = [plain_text(str(p.get("site", i))) for i, p in enumerate(points)]
+    return "site" if any("site" in p for p in points) else "point", \
+        [float(i) for i in range(len(points))], names
+
+
+def _profile_keys(points: Sequence[dict[str, Any]], x_key: str) -> tuple[str | None,
+                                                                            list[str]]:
+    """The key of the value with an interval (``None`` without bounds) and the keys of
+    the other numeric values, in order of first appearance."""
+    keys = [k for k in dict.fromkeys(k for p in points for k in p)
+            if k not in (x_key, *PROFILE_X, *BOUNDS)
+            and any(math.isfinite(_number(p, k)) for p in points)]
+    has_bounds = any(b in p for p in points for b in BOUNDS)
+    main = next((k for k in MAIN_KEYS if k in keys), None) if has_bounds else None
+    return main, [k for k in keys if k != main]
+
+
+def _profile_band(axes: Any, points: Sequence[dict[str, Any]], xs: Sequence[float],
+                  main: str, colour: str) -> None:
+    """The main value's interval as a shaded band; an unbounded side (infinite, or
+    ``None`` as JSON writes it) reaches the edge of the plot."""
+    low_edge, high_edge = axes.get_ylim()
+    lows, highs, shown = [], [], []
+    for point in points:
+        low, high = _number(point, BOUNDS[0]), _number(point, BOUNDS[1])
+        shown.append(math.isfinite(_number(point, main)))
+        lows.append(low_edge if not math.isfinite(low) else low)
+        highs.append(high_edge if not math.isfinite(high) else high)
+    axes.fill_between(xs, lows, highs, where=shown, color=colour, alpha=0.18, linewidth=0,
+                      zorder=1, label=f"{main} interval")
+    axes.set_ylim(low_edge, high_edge)
+
+
+def _profile_limits(points: Sequence[dict[str, Any]], keys: Sequence[str]) -> tuple[
+        float, float]:
+    """A y range holding zero, every value and every finite bound."""
+    values = [0.0] + [v for p in points for k in (*keys, *BOUNDS)
+                      if math.isfinite(v := _number(p, k))]
+    low, high = min(values), max(values)
+    pad = 0.08 * (high - low) or 0.5
+    return low - pad, high + pad
+
+
+def _profile_lines(axes: Any, points: Sequence[dict[str, Any]], xs: Sequence[float],
+                   main: str | None, others: Sequence[str]) -> None:
+    """The main value (thick, with its band) and the other values (``chance`` dashed),
+    each in its :data:`PROFILE_COLOURS` colour; NaN leaves a gap."""
+    spare = iter(OTHER_COLOURS * (1 + len(others)))
+    for key in [*([main] if main else []), *others]:
+        colour = PROFILE_COLOURS.get(key) or next(spare)
+        if key == main:
+            _profile_band(axes, points, xs, key, colour)
+        dashed = key in DASHED
+        axes.plot(xs, [_number(p, key) for p in points], color=colour, zorder=2,
+                  linestyle="--" if dashed else "-", marker="" if dashed else "o",
+                  markersize=4, linewidth=2.0 if key == main else 1.3,
+                  label=plain_text(key))
+
+
+def profile_figure(result: ClaimResult) -> bytes:
+    """A claim's ``profile`` (points measured beside its decision) as a line plot.
+
+    x is the points' ``layer`` or ``scale`` (else their index, labelled by ``site``).
+    The value named by ``ci_low``/``ci_high`` (``selectivity`` or ``shift``) is drawn
+    with its interval as a band, ``chance`` dashed, every other number as a line, and
+    zero as a thin grey line.  The title is the claim id (and checkpoint) and its
+    verdict as the report shows it.
+    """
+    x_key, xs, names = _profile_x(result.profile)
+    order = sorted(range(len(xs)), key=xs.__getitem__)
+    points, xs = [result.profile[i] for i in order], [xs[i] for i in order]
+    main, others = _profile_keys(points, x_key)
+    figure = _figure(6.4, 3.4)
+    axes = figure.add_subplot()
+    axes.axhline(0.0, color="#bbbbbb", linewidth=0.8, zorder=0)
+    axes.set_ylim(*_profile_limits(points, [*others, *([main] if main else [])]))
+    _profile_lines(axes, points, xs, main, others)
+    if names:
+        _sparse_ticks(axes, names)
+    elif x_key == "layer":
+        from matplotlib.ticker import MaxNLocator
+
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_xlabel(x_key)
+    axes.set_ylabel(Y_LABELS.get(main or "", "value"))
+    where = f" [{result.checkpoint}]" if result.checkpoint else ""
+    axes.set_title(plain_text(f"{result.id}{where}: {shown_verdict(result)}"), fontsize=10)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
     return _png(figure)

@@ -14,6 +14,8 @@ effect over the checkpoints and the onsets; a run without checkpoints gets a plo
 each claim's effect, interval and threshold instead.  Both list every claim with its
 expected inequality, and the message of every claim that did not pass.  A claim that
 failed as expected shows as ``xfail``, one expected to fail that passed as ``xpass``.
+Claims with a ``profile`` (a probe's curve over sites, a steering claim's shift over
+scales) get a plot and a table of its points each, under "Curves".
 
 The same input gives the same bytes: nothing depends on the time or the machine,
 and PNG metadata is stripped.
@@ -31,6 +33,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from mechcheck.errors import MechcheckError
@@ -41,6 +44,7 @@ from mechcheck.report.figures import (
     effects_grid,
     forest,
     heatmap,
+    profile_figure,
     shown_verdict,
 )
 from mechcheck.report.results import ClaimResult, format_p
@@ -89,6 +93,7 @@ class _Section:
     rows: tuple[tuple[str, ...], ...] = ()
     blocks: tuple[tuple[str, str], ...] = ()  # (title, preformatted text)
     warning: str = ""
+    level: int = 2  # the heading's level: 3 for a part of the section before it
 
 
 # -- grouping ----------------------------------------------------------------------
@@ -237,6 +242,45 @@ def _criteria_section(results: Sequence[ClaimResult]) -> _Section | None:
                             "threshold", "p", "decided by"), rows=tuple(rows))
 
 
+def _point_cell(value: object) -> str:
+    """One value of a profile's point for a table cell: numbers as :func:`_num`."""
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        return _num(value)
+    return str(value)
+
+
+def _profile_table(points: Sequence[dict[str, Any]]) -> tuple[tuple[str, ...],
+                                                              tuple[tuple[str, ...], ...]]:
+    """A profile's keys, in order of first appearance, ``ci_low``/``ci_high`` as one
+    ``CI`` column, and one row per point."""
+    keys = list(dict.fromkeys(k for p in points for k in p))
+    header = tuple("CI" if k in ("ci_low", "ci_high") else k
+                   for k in keys if k != "ci_high" or "ci_low" not in keys)
+    rows = tuple(tuple(f"[{_point_cell(p.get('ci_low'))}, {_point_cell(p.get('ci_high'))}]"
+                       if h == "CI" else _point_cell(p.get(h)) for h in header)
+                 for p in points)
+    return header, rows
+
+
+def _curves_sections(results: Sequence[ClaimResult]) -> list[_Section]:
+    """A plot and a table of each claim's ``profile``; none when no claim has one."""
+    profiled = [r for r in results if r.profile]
+    if not profiled:
+        return []
+    sections = [_Section(title="Curves", text="Points measured beside a claim's decision, "
+                         "described but not decided: a probe's held-out scores at each "
+                         "site (its selectivity, task minus control, with the interval "
+                         "shaded; dashed: chance), or a steering claim's metric shift at "
+                         "each scale (interval shaded; grey: random directions and zero).")]
+    for i, r in enumerate(profiled):
+        header, rows = _profile_table(r.profile)
+        where = f" [{r.checkpoint}]" if r.checkpoint else ""
+        sections.append(_Section(title=f"{r.file}::{r.id}{where}", level=3,
+                                 image=(f"curve{i + 1}.png", profile_figure(r)),
+                                 header=header, rows=rows))
+    return sections
+
+
 def _claims_section(results: Sequence[ClaimResult]) -> _Section:
     """One row per claim: where it is and what it expects."""
     first = [cells[next(iter(cells))] for cells in _by_claim(results).values()]
@@ -286,6 +330,7 @@ def _sections(results: Sequence[ClaimResult], baseline: Sequence[ClaimResult] | 
     criteria = _criteria_section(results)
     if criteria is not None:
         sections.append(criteria)
+    sections += _curves_sections(results)
     if baseline is not None:
         sections.append(_baseline_section(results, baseline, max_drift))
     if sweep or not results:
@@ -322,7 +367,7 @@ def _to_html(title: str, sections: Sequence[_Section]) -> str:
              f"<title>{html.escape(title)}</title>", f"<style>{_css()}</style>", "</head>",
              "<body>", f"<h1>{html.escape(title)}</h1>"]
     for section in sections:
-        lines.append(f"<h2>{html.escape(section.title)}</h2>")
+        lines.append(f"<h{section.level}>{html.escape(section.title)}</h{section.level}>")
         if section.warning:
             lines.append(f'<p class="warn">{html.escape(section.warning)}</p>')
         if section.text:
@@ -349,7 +394,7 @@ def _to_markdown(title: str, sections: Sequence[_Section], folder: Path,
     """Markdown text; images are written into ``folder`` and linked as ``link/name``."""
     lines = [f"# {_md(title)}", ""]
     for section in sections:
-        lines += [f"## {_md(section.title)}", ""]
+        lines += [f"{'#' * section.level} {_md(section.title)}", ""]
         if section.warning:
             lines += [f"> **{_md(section.warning)}**", ""]
         if section.text:

@@ -11,7 +11,8 @@ with three names unrelated to the prompt's (IO, first S and second S each replac
 different random name), with the same token count.  ``positions`` names the tokens IO,
 S1, S1+1, S2 and END (the last prompt token), found by tokenizing, so they count a BOS
 token the tokenizer may prepend.  ``template`` (e.g. ``"baba-3"``) groups rows for
-per-template mean ablation (``mean_by: template``).
+per-template mean ablation (``mean_by: template``); ``order`` (``abba`` when the indirect
+object comes first, else ``baba``) is the label a probe of "which name is the IO" reads.
 
 Byte-level BPE tokenizers (GPT-2) read the prompts as ordinary text; names, places and
 objects are kept only when they are one token after a space.  A word-level tokenizer
@@ -268,7 +269,7 @@ def _try_row(rng: random.Random, tokenizer: Any, pools: IOIPools,
     positions = {"IO": where[io_slot], "S1": where[s1_slot], "S1+1": where[s1_slot] + 1,
                  "S2": where["{S2}"], "END": len(ids) - 1}
     return {"prompt": prompt, "answer": " " + io, "wrong": " " + s, "corrupt": corrupt_text,
-            "positions": positions, "template": f"{form}-{index}"}
+            "positions": positions, "template": f"{form}-{index}", "order": form}
 
 
 def ioi_row(rng: random.Random, tokenizer: Any, pools: IOIPools, *,

@@ -2,8 +2,10 @@
 
 ``zoo:<name>`` in a claim file resolves here; ``zoo:<name>@<checkpoint>`` picks a
 checkpoint saved during training.  Each model has a deterministic recipe in its own
-module, run by ``mechcheck zoo build NAME``; the built weights (safetensors) live under
-``mechcheck/zoo/weights/<name>/``, so claims need neither training nor network.
+module (or its own function of one: the two ``planted-feature-*`` models share
+:mod:`~mechcheck.zoo.planted_feature`), run by ``mechcheck zoo build NAME``; the built
+weights (safetensors) live under ``mechcheck/zoo/weights/<name>/``, so claims need
+neither training nor network.
 """
 
 from __future__ import annotations
@@ -23,10 +25,13 @@ __all__ = ["BUILTIN_ZOO", "PACKAGED", "WEIGHTS", "ZooModel", "build", "checkpoin
 
 WEIGHTS = Path(__file__).parent / "weights"
 
-# name -> module holding its recipe (a ``build(out_dir, ...)`` function)
+# name -> its recipe: a module holding a ``build(out_dir, ...)`` function, or
+# ``module:function`` for a module whose functions build several models
 _RECIPES = {
     "induction-2l": "mechcheck.zoo.induction",
     "ioi-small": "mechcheck.zoo.ioi",
+    "planted-feature-read": "mechcheck.zoo.planted_feature:build_read",
+    "planted-feature-unread": "mechcheck.zoo.planted_feature:build_unread",
     "planted-prevtoken": "mechcheck.zoo.planted",
 }
 
@@ -170,6 +175,7 @@ def build(name: str, out_dir: str | Path | None = None, *, steps: int | None = N
         raise ModelLoadError(f"zoo:{name} is a pretrained model, not built from a recipe",
                              key="model", hint=f"it is converted from {PACKAGED[name]} on "
                              "first use; nothing to build")
-    module = importlib.import_module(_RECIPES[name])
+    module_name, _, function = _RECIPES[name].partition(":")
+    recipe = getattr(importlib.import_module(module_name), function or "build")
     extra = {"steps": steps} if steps is not None else {}
-    return module.build(Path(out_dir) if out_dir else WEIGHTS / name, **extra)
+    return recipe(Path(out_dir) if out_dir else WEIGHTS / name, **extra)

@@ -97,6 +97,7 @@ def check_row(tok: Any, row: dict[str, Any]) -> None:
     assert _word(tok, ids[pos["END"]]) == row["prompt"].split()[-1]
     io_first = row["template"].startswith("abba-")
     assert (pos["IO"] < pos["S1"]) == io_first and pos["S1"] < pos["S2"]
+    assert row["order"] == ("abba" if pos["IO"] < pos["S1"] else "baba")
     for answer in (row["answer"], row["wrong"]):
         assert len(tok(answer, add_special_tokens=False)["input_ids"]) == 1
     corrupt = _ids(tok, row["corrupt"])
@@ -195,4 +196,5 @@ def test_strategy_rows_are_valid_bpe(row: dict[str, Any]) -> None:
 def test_strategy_rows_are_valid_word_level(row: dict[str, Any]) -> None:
     assert row["template"].startswith("abba-")
     check_row(tokenizer("word"), row)
+
 
