@@ -4,15 +4,41 @@ Every eraser is an affine map ``r(x) = x - L R (x - mean)`` with ``L`` ``[d, r]`
 ``R`` ``[r, d]``, fitted in float64 on ``[n, d]`` activations and class labels (or a
 numeric target):
 
-- ``leace`` (Belrose et al. 2023): ``L R = W^+ P W`` with ``W = Cov(X)^(-1/2)`` and ``P``
-  the projection onto ``col(W Cov(X, Z))``. On the fitting data ``Cov(r(X), Z) = 0``, so
-  the class means of ``r(X)`` coincide, and no other such affine eraser moves ``X`` less
-  (mean squared edit).
+- ``leace`` (Belrose et al. 2023): ``L R = W^+ P W`` with ``W = Sigma^(-1/2)`` and ``P``
+  the projection onto ``col(W Cov(X, Z))``, where ``Cov(X, Z)`` is the sample
+  cross-covariance and ``Sigma`` an estimate of ``Cov(X)``:
+
+  - ``shrinkage=True`` (the ``concept-erasure`` package's default):
+    ``Sigma = a S + (1 - a) (tr S / d) I``, the optimal linear shrinkage of the sample
+    covariance ``S = Xc^T Xc / n`` toward the scaled identity with the same trace
+    (Bodnar, Gupta & Parolya 2014, "On the strong convergence of the optimal linear
+    shrinkage estimator for large dimensional covariance matrix", J. Multivariate
+    Anal. 132, arXiv:1308.2608; the same family as Ledoit & Wolf 2004). With that target
+    the weight is ``a = 1 - (tr S)^2 / (n ||S - (tr S / d) I||_F^2)``, the
+    Frobenius-optimal one as ``d, n -> inf`` with ``d / n`` bounded; it is clipped to
+    ``[0, 1]`` (the package leaves it unclipped; the two agree whenever ``a >= 0``, and
+    at ``a = 0`` LEACE becomes ``mean_projection``).
+  - ``shrinkage=False`` (the default: the paper's closed form): ``Sigma = S`` with
+    Bessel's correction, pseudo-inverted on its null space: plain LEACE.  Shrinkage did
+    not make held-out erasure better in any case measured (tests/test_erasure.py).
+
+  Either way ``Cov(r(X), Z) = 0`` exactly on the fitting data (only ``Cov(X)`` is
+  shrunk, and ``Cov(X, Z)`` lies in ``col(Sigma)``), so the class means of ``r(X)``
+  coincide; and ``r`` is the affine eraser with that property that moves ``X`` least in
+  the ``Sigma``-weighted mean squared edit. That is the sample mean squared edit only
+  for plain LEACE; with shrinkage the in-sample edit can be somewhat larger.
 - ``mean_projection``: orthogonal projection removing the span of the class-mean
   differences (for a numeric target, the direction of ``Cov(X, z)``).
 - ``inlp`` (Ravfogel et al. 2020): repeatedly fit a logistic regression and project out
   its weights until held-out accuracy is within 0.01 of the majority rate.
 - ``random_subspace``: the control, projecting out a uniformly random ``rank``-subspace.
+
+The three fitted methods leave every feature that is constant on the fitting data
+exactly as it is (zero rows of ``L``, zero columns of ``R``), which is also their exact
+value in exact arithmetic. Floating-point round-off there would otherwise write a copy
+of the concept, scaled by ~1e-17, into a feature whose variance is ~0, and a probe that
+standardizes its features (as :mod:`mechcheck.probes` does) reads that copy back
+perfectly.
 """
 
 from __future__ import annotations
@@ -92,6 +118,7 @@ def fit_eraser(
     rank: int | None = None,
     max_iter: int = 20,
     target: Literal["classes", "regression"] = "classes",
+    shrinkage: bool = False,
 ) -> Eraser:
     """Fit a concept eraser on activations ``x`` and their concept ``labels``.
 
@@ -107,6 +134,14 @@ def fit_eraser(
             zero-covariance guarantee needs ``rank >= k - 1``).
         max_iter: most ``inlp`` iterations.
         target: ``"classes"`` (default) or ``"regression"``.
+        shrinkage: ``leace`` only (the other methods ignore it): estimate ``Cov(X)`` by
+            the optimal linear shrinkage toward a scaled identity that the
+            ``concept-erasure`` package uses by default (Bodnar, Gupta & Parolya 2014,
+            arXiv:1308.2608): ``a S + (1 - a) (tr S / d) I`` with ``S = Xc^T Xc / n``
+            and ``a = 1 - (tr S)^2 / (n ||S - (tr S / d) I||_F^2)`` clipped to
+            ``[0, 1]``. ``False`` gives plain LEACE (sample covariance, pseudo-inverse),
+            the least-squares-minimal eraser on the fitting data. Both zero the sample
+            cross-covariance with the concept on the fitting data exactly.
 
     Returns:
         The fitted :class:`Eraser`.
@@ -126,25 +161,41 @@ def fit_eraser(
     xs = _check_inputs(method, x, rank, max_iter, target)
     n, d = xs.shape
     mean = xs.mean(axis=0)
-    xc = xs - mean
     if method == "random_subspace":
         assert rank is not None
         basis, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((d, rank)))
         left, right = basis, basis.T
-    elif target == "regression":
-        if method == "inlp":
-            msg = "inlp fits classifiers, so it needs class labels; for a numeric target use "
-            raise ValueError(msg + "method='leace' or 'mean_projection' (target='regression')")
-        z = _regression_target(labels, n)
-        left, right = _cross_cov_eraser(xc, z - z.mean(axis=0), method == "leace", rank)
     else:
-        codes, k = _class_codes(labels, n)
-        if method == "inlp":
-            basis = _inlp(xc, codes, seed=seed, rank=rank, max_iter=max_iter)
-            left, right = basis, basis.T
-        else:  # k - 1 indicator columns span the same cross-covariance as all k
+        # Features constant on the fitting data are left exactly as they are (see the
+        # module docstring): fit on the others, embed with zeros.
+        active = np.ptp(xs, axis=0) > 0
+        xc = np.where(active, xs - mean, 0.0)
+        if target == "regression":
+            if method == "inlp":
+                msg = "inlp fits classifiers, so it needs class labels; for a numeric target "
+                raise ValueError(msg + "method='leace' or 'mean_projection' (target='regression')")
+            z = _regression_target(labels, n)
+            zc = z - z.mean(axis=0)
+            codes = None
+        else:
+            codes, k = _class_codes(labels, n)
+            # k - 1 indicator columns span the same cross-covariance as all k
             z = (codes[:, None] == np.arange(k - 1)[None, :]).astype(np.float64)
-            left, right = _cross_cov_eraser(xc, z - z.mean(axis=0), method == "leace", rank)
+            zc = z - z.mean(axis=0)
+        if not active.any():  # every feature constant: nothing can carry the concept
+            left_a, right_a = np.zeros((0, 0)), np.zeros((0, 0))
+        elif method == "inlp":
+            assert codes is not None
+            basis = _inlp(xc[:, active], codes, seed=seed, rank=rank, max_iter=max_iter)
+            left_a, right_a = basis, basis.T
+        else:
+            sigma = None
+            if method == "leace":  # shrink over all d features (as the package does)
+                sigma = _covariance(xc, shrinkage)[np.ix_(active, active)]
+            left_a, right_a = _cross_cov_eraser(xc[:, active], zc, sigma, rank)
+        left = np.zeros((d, left_a.shape[1]))
+        right = np.zeros((left_a.shape[1], d))
+        left[active], right[:, active] = left_a, right_a
     return Eraser(
         method=method,
         rank=int(left.shape[1]),
@@ -216,14 +267,50 @@ def _regression_target(labels: Any, n: int) -> _Floats:
     return z
 
 
-def _cross_cov_eraser(
-    xc: _Floats, zc: _Floats, whiten: bool, rank: int | None
-) -> tuple[_Floats, _Floats]:
-    """``(L, R)`` with ``L R = W^+ P W`` (``W = I`` unless ``whiten``), both centred."""
+def _covariance(xc: _Floats, shrinkage: bool) -> _Floats:
+    """``[d, d]`` estimate of ``Cov(X)`` from centred ``xc``: the sample covariance, or
+    its optimal linear shrinkage toward ``(tr S / d) I`` (see :func:`_shrinkage_weight`)."""
     n, d = xc.shape
-    if whiten:
-        sigma = xc.T @ xc / (n - 1)
-        lam, v = np.linalg.eigh((sigma + sigma.T) / 2)
+    s = xc.T @ xc / n
+    s = (s + s.T) / 2
+    if not shrinkage:
+        return s * (n / (n - 1))  # Bessel's correction (LEACE is scale-invariant anyway)
+    a, level = _shrinkage_weight(s, n)
+    out = a * s
+    out[np.diag_indices(d)] += (1 - a) * level
+    return out
+
+
+def _shrinkage_weight(s: _Floats, n: int) -> tuple[float, float]:
+    """``(a, m)`` with ``a S + (1 - a) m I`` the optimal linear shrinkage of the
+    (``1 / n``-normalised) sample covariance ``S`` of ``n`` rows toward ``m I``,
+    ``m = tr S / d`` (Bodnar, Gupta & Parolya 2014, arXiv:1308.2608, with the target
+    ``Sigma_0 = m I``): ``a = 1 - (tr S)^2 / (n ||S - m I||_F^2)``, clipped to ``[0, 1]``.
+
+    The general formula, ``a = 1 - (tr S)^2 ||T||^2 / (n (||S||^2 ||T||^2 - tr(S T)^2))``
+    and ``b = (1 - a) tr(S T) / ||T||^2`` for a target ``T``, reduces to this for
+    ``T = m I`` (where ``b = 1 - a``, so the trace is kept); ``||S - m I||_F^2`` is
+    ``||S||_F^2 - (tr S)^2 / d`` computed without the cancellation.
+    """
+    d = s.shape[0]
+    trace = float(np.trace(s))
+    level = trace / d
+    spread = s.copy()
+    spread[np.diag_indices(d)] -= level
+    dispersion = float(np.sum(spread * spread))
+    if trace <= 0 or dispersion <= 0:  # S = m I already: shrinking changes nothing
+        return 1.0, level
+    return float(np.clip(1 - trace * trace / (n * dispersion), 0.0, 1.0)), level
+
+
+def _cross_cov_eraser(
+    xc: _Floats, zc: _Floats, sigma: _Floats | None, rank: int | None
+) -> tuple[_Floats, _Floats]:
+    """``(L, R)`` with ``L R = W^+ P W``, ``W = sigma^(-1/2)`` (``I`` if ``sigma`` is None)
+    and ``P`` the projection onto ``col(W Cov(X, Z))``, for centred ``xc`` and ``zc``."""
+    n, d = xc.shape
+    if sigma is not None:
+        lam, v = np.linalg.eigh(sigma)
         keep = lam > max(lam[-1], 0.0) * d * _EPS  # pseudo-inverse on the null space
         v, root = v[:, keep], np.sqrt(lam[keep])
         w, w_pinv = (v / root) @ v.T, (v * root) @ v.T

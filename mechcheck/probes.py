@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CONTROLS", "PROBES", "ProbeScores", "control_task", "fold_of", "group_means",
-           "score_probe"]
+__all__ = ["CONTROLS", "PROBES", "ProbeScores", "control_task", "fit_and_score", "fold_of",
+           "group_means", "score_probe"]
 
 PROBES = ("logistic", "linear", "mlp")
 CONTROLS = ("control_task", "shuffled", "majority")
@@ -141,6 +141,22 @@ def _score_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, probe: str, t
                        groups=np.asarray(groups), chance=chance, fold_task=tuple(fold_task),
                        fold_control=tuple(fold_control),
                        complexity=_complexity(probe, target, x.shape[1], y, chosen))
+
+
+def fit_and_score(x_train: np.ndarray, y_train: np.ndarray, groups_train: np.ndarray,
+                  x_test: np.ndarray, y_test: np.ndarray, *, probe: str = "logistic",
+                  target: str = "classes") -> np.ndarray:
+    """Per test example, the score of one probe fitted on the training examples (its
+    regularisation chosen by a grouped inner cross-validation on them)."""
+    y = np.concatenate([y_train, y_test])
+    y = np.asarray(y, dtype=np.float64) if target == "regression" else _codes(y)
+    train, test = y[:len(y_train)], y[len(y_train):]
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        model, _ = _fit(x_train, train, groups_train, probe, target)
+        variance = float(np.var(y)) if target == "regression" else 1.0
+        return _score(model, x_test, test, target, variance)
 
 
 def _check(x: np.ndarray, y: np.ndarray, groups: np.ndarray, probe: str, target: str,

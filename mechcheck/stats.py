@@ -171,6 +171,33 @@ def test_greater(
     return _decision(rule, effect, x.size, threshold, "greater", test, seed, alpha)
 
 
+def test_proportion(values: ArrayLike, threshold: float, *, alpha: float = 0.05,
+                    seed: int = 0) -> Decision:
+    """Exact one-sided binomial test that the success rate of 0/1 ``values`` (one per
+    prompt, e.g. a probe's held-out correctness) exceeds ``threshold``, with one-sided
+    Clopper-Pearson bounds: level at most alpha at every n and threshold, where a t-test
+    on 0/1 values near 1 is not.
+
+    Raises:
+        ValueError: a value other than 0 or 1, fewer than 2 values, or a threshold
+            outside (0, 1).
+    """
+    from scipy import stats as st
+
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 1 or len(x) < 2 or not np.isin(x, (0.0, 1.0)).all():
+        raise ValueError("test_proportion takes at least 2 values, each 0 or 1")
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold {threshold!r} must lie strictly between 0 and 1")
+    n, k = len(x), int(x.sum())
+    p = float(st.binomtest(k, n, threshold, alternative="greater").pvalue)
+    low = float(st.beta.ppf(alpha, k, n - k + 1)) if k > 0 else 0.0
+    high = float(st.beta.ppf(1 - alpha, k + 1, n - k)) if k < n else 1.0
+    return Decision(effect=k / n, ci_low=low, ci_high=high, confidence_level=1 - 2 * alpha,
+                    n=n, p_value=p, threshold=float(threshold), alternative="greater",
+                    method="binomial", seed=seed, alpha=alpha)
+
+
 def test_inside(
     values: ArrayLike,
     margin: float,

@@ -1,9 +1,12 @@
-"""Tests for mechcheck.erasure: LEACE against the concept-erasure package and a closed
-form, the zero-covariance guarantee, probes at the majority rate after erasure, the
-least-squares optimality of LEACE, and the random-subspace control."""
+"""Tests for mechcheck.erasure: LEACE (plain and with covariance shrinkage) against the
+concept-erasure package and a closed form, the zero-covariance guarantee, probes at the
+majority rate after erasure (in sample and on held-out folds), the least-squares
+optimality of LEACE, constant features left exactly alone, and the random-subspace
+control."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import cache
 
 import numpy as np
@@ -40,11 +43,12 @@ def _cross_cov(x: np.ndarray, z: np.ndarray) -> np.ndarray:
     return (x - x.mean(0)).T @ (z - z.mean(0)) / (len(x) - 1)
 
 
-def _closed_form_leace(x: np.ndarray, z: np.ndarray) -> np.ndarray:
+def _closed_form_leace(x: np.ndarray, z: np.ndarray, sigma: np.ndarray | None = None) -> np.ndarray:
     """r(X) from the oblique-projection form of the LEACE optimum:
-    M = C (C^T S^+ C)^+ C^T S^+ with S = Cov(X), C = Cov(X, Z)."""
+    M = C (C^T S^+ C)^+ C^T S^+ with S = Cov(X) (or ``sigma``), C = Cov(X, Z)."""
     mu = x.mean(0)
-    s_pinv = np.linalg.pinv(np.cov(x.T), hermitian=True, rtol=1e-10)
+    s = np.cov(x.T) if sigma is None else sigma
+    s_pinv = np.linalg.pinv(s, hermitian=True, rtol=1e-10)
     c = _cross_cov(x, z)
     m = c @ np.linalg.pinv(c.T @ s_pinv @ c, hermitian=True, rtol=1e-10) @ c.T @ s_pinv
     return x - (x - mu) @ m.T
@@ -69,7 +73,7 @@ def test_leace_matches_concept_erasure_package(n: int, d: int, k: int, rank: int
     xt, zt = torch.tensor(x), torch.tensor(_one_hot(labels, k))
     # The package's defaults add shrinkage and a trace constraint; plain LEACE has neither.
     theirs = LeaceEraser.fit(xt, zt, shrinkage=False, constrain_cov_trace=False, svd_tol=1e-9)
-    ours = fit_eraser("leace", xt, labels)
+    ours = fit_eraser("leace", xt, labels, shrinkage=False)
     assert ours.rank == k - 1
     x_new, _ = _data(50, d, k, seed=n + d + k, rank=rank)  # same subspace, fresh draws
     scale = np.abs(x).max()
@@ -82,16 +86,24 @@ def test_leace_matches_concept_erasure_package(n: int, d: int, k: int, rank: int
 def test_leace_matches_closed_form(n: int, d: int, k: int, rank: int | None) -> None:
     x, labels = _data(n, d, k, seed=7 * n + d, rank=rank)
     expected = _closed_form_leace(x, _one_hot(labels, k))
-    got = fit_eraser("leace", x, labels.tolist())(torch.tensor(x)).numpy()
+    got = fit_eraser("leace", x, labels.tolist(), shrinkage=False)(torch.tensor(x)).numpy()
     np.testing.assert_allclose(got, expected, atol=1e-6 * np.abs(x).max())
 
 
 @pytest.mark.parametrize(("n", "d", "k", "rank"), CASES)
-@pytest.mark.parametrize("method", ["leace", "mean_projection"])
-def test_cross_covariance_is_zeroed(n: int, d: int, k: int, rank: int | None, method: str) -> None:
+@pytest.mark.parametrize(
+    ("method", "shrinkage"), [("leace", True), ("leace", False), ("mean_projection", True)]
+)
+def test_cross_covariance_is_zeroed(
+    n: int, d: int, k: int, rank: int | None, method: str, shrinkage: bool
+) -> None:
+    # The in-sample guarantee holds exactly with shrinkage too, and for the *sample*
+    # cross-covariance: only Cov(X) is shrunk, and Cov(X, Z) lies in the column space
+    # of the (shrunk or sample) covariance estimate, so (I - W^+ P W) Cov(X, Z) = 0.
     x, labels = _data(n, d, k, seed=n * k + d, rank=rank)
     names = np.array(["cat", "dog", "eel", "fox"])[labels]  # any hashable labels
-    erased = fit_eraser(method, torch.tensor(x), names)(torch.tensor(x)).numpy()
+    eraser = fit_eraser(method, torch.tensor(x), names, shrinkage=shrinkage)
+    erased = eraser(torch.tensor(x)).numpy()
     z = _one_hot(labels, k)
     before = np.abs(_cross_cov(x, z)).max()
     assert before > 0.1
@@ -141,7 +153,7 @@ def test_leace_edit_is_least_squares_minimal() -> None:
     def cost(erased: np.ndarray) -> float:
         return float(np.mean(np.sum((erased - x) ** 2, axis=1)))
 
-    leace = cost(fit_eraser("leace", x, labels)(torch.tensor(x)).numpy())
+    leace = cost(fit_eraser("leace", x, labels, shrinkage=False)(torch.tensor(x)).numpy())
     rivals = {"mean_projection": fit_eraser("mean_projection", x, labels)(torch.tensor(x)).numpy()}
     rng = np.random.default_rng(0)
     m_opt = c @ np.linalg.pinv(c.T @ np.linalg.inv(sigma) @ c, rtol=1e-10) @ c.T
@@ -165,7 +177,9 @@ def test_leace_regression_target() -> None:
     rng = np.random.default_rng(4)
     x, _ = _data(400, 16, 2, seed=4)
     target = x @ rng.normal(size=16) + rng.normal(size=400)
-    eraser = fit_eraser("leace", torch.tensor(x), torch.tensor(target), target="regression")
+    eraser = fit_eraser(
+        "leace", torch.tensor(x), torch.tensor(target), target="regression", shrinkage=False
+    )
     assert eraser.rank == 1
     erased = eraser(torch.tensor(x)).numpy()
     before = np.abs(_cross_cov(x, target[:, None])).max()
@@ -187,10 +201,297 @@ def test_leace_regression_target() -> None:
     np.testing.assert_allclose(erased, theirs(torch.tensor(x)).numpy(), atol=1e-6 * np.abs(x).max())
     two = np.stack([target, x[:, 0] - x[:, 1]], axis=1)
     np.testing.assert_allclose(
-        fit_eraser("leace", x, two, target="regression")(torch.tensor(x)).numpy(),
+        fit_eraser("leace", x, two, target="regression", shrinkage=False)(torch.tensor(x)).numpy(),
         _closed_form_leace(x, two),
         atol=1e-6 * np.abs(x).max(),
     )
+
+
+# --- LEACE with covariance shrinkage --------------------------------------------------
+
+
+def _shrinkage_weight(x: np.ndarray) -> float:
+    """The unclipped weight ``a`` of Bodnar, Gupta & Parolya's optimal linear shrinkage
+    ``a S + b T`` toward ``T = (tr S / d) I``, from their general formula
+    ``a = 1 - (tr S)^2 ||T||^2 / (n (||S||^2 ||T||^2 - tr(S T)^2))`` (written out here
+    independently of mechcheck.erasure, which uses the simplified form)."""
+    n, d = x.shape
+    xc = x - x.mean(0)
+    s = xc.T @ xc / n
+    t = np.trace(s) / d * np.eye(d)
+    t2, s2, st = np.sum(t * t), np.sum(s * s), np.trace(s @ t)
+    return float(1 - np.trace(s) ** 2 * t2 / (n * (s2 * t2 - st**2)))
+
+
+def _shrunk_cov(x: np.ndarray) -> np.ndarray:
+    """``a S + b T`` with ``a`` clipped to [0, 1] and ``b = (1 - a) tr(S T) / ||T||^2``."""
+    n, d = x.shape
+    xc = x - x.mean(0)
+    s = xc.T @ xc / n
+    t = np.trace(s) / d * np.eye(d)
+    a = min(max(_shrinkage_weight(x), 0.0), 1.0)
+    return a * s + (1 - a) * np.trace(s @ t) / np.sum(t * t) * t
+
+
+def _near_isotropic(n: int, d: int, k: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Features of similar variance: the shrinkage weight is far from 1 (0.6-0.75)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, k, size=n)
+    x = rng.normal(size=(n, d)) * rng.uniform(0.5, 1.5, size=d)
+    return x + 0.5 * rng.normal(size=(k, d))[labels] + 3.0, labels
+
+
+TOKENS, POSITIONS, FA, FB = range(4, 36), range(44, 54), 72, 73
+
+
+def _token_position_feature(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows shaped like the last position of ``blocks.0.resid_post`` in
+    mechcheck.zoo.planted_feature: d = 128, one-hot blocks (value 8) for a random token
+    (32 dims), a random position (10 dims) and the binary feature (FA for label 1, FB
+    for label 0). The other 84 coordinates are 0 and lie between the blocks, as in the
+    zoo model: that layout is what made LAPACK's round-off reach them (see below)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.arange(n) % 2)
+    x = np.zeros((n, 128))
+    rows = np.arange(n)
+    x[rows, TOKENS[0] + rng.integers(0, len(TOKENS), n)] = 8.0
+    x[rows, POSITIONS[0] + rng.integers(0, len(POSITIONS), n)] = 8.0
+    x[rows, np.where(labels == 1, FA, FB)] = 8.0
+    return x, labels
+
+
+SHRINK_CASES = [  # (features, n, d, k); the shrinkage weight a measured on each
+    ("anisotropic", 200, 16, 2),  # a = 0.965
+    ("anisotropic", 100, 64, 3),  # a = 0.938
+    ("rank 10", 250, 16, 4),  # a = 0.976, rank-deficient sample covariance
+    ("near-isotropic", 120, 48, 2),  # a = 0.601
+    ("near-isotropic", 200, 32, 4),  # a = 0.733
+    ("one-hot", 160, 128, 2),  # a = 0.904: as large as a training split of the scenario below
+    ("regression", 150, 24, 1),  # a = 0.955, a numeric target
+]
+
+
+def _shrink_case(kind: str, n: int, d: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    seed = n + d + k
+    if kind == "one-hot":
+        return _token_position_feature(n, seed)
+    if kind == "near-isotropic":
+        return _near_isotropic(n, d, k, seed=seed)
+    if kind == "regression":
+        x, _ = _data(n, d, 2, seed=seed)
+        rng = np.random.default_rng(seed)
+        return x, x @ rng.normal(size=d) + 10 * rng.normal(size=n)
+    return _data(n, d, k, seed=seed, rank=10 if kind == "rank 10" else None)
+
+
+@pytest.mark.parametrize(("kind", "n", "d", "k"), SHRINK_CASES)
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the package's torch.jit use
+def test_shrunk_leace_matches_concept_erasure_package(kind: str, n: int, d: int, k: int) -> None:
+    LeaceEraser = pytest.importorskip("concept_erasure").LeaceEraser  # dev extra
+
+    x, labels = _shrink_case(kind, n, d, k)
+    assert 0.5 < _shrinkage_weight(x) < 0.99  # unclipped, and shrinking visibly
+    target = "regression" if kind == "regression" else "classes"
+    z = labels[:, None] if target == "regression" else _one_hot(labels, k)
+    xt = torch.tensor(x)
+    # The package's defaults throughout: shrinkage on, its trace constraint (inactive on
+    # these cases: erasing does not raise tr Cov) and svd_tol=0.01 (cuts nothing here).
+    theirs = LeaceEraser.fit(xt, torch.tensor(z))
+    ours = fit_eraser("leace", xt, labels, target=target, shrinkage=True)  # type: ignore[arg-type]
+    assert ours.rank == (1 if target == "regression" else k - 1)
+    scale = np.abs(x).max()
+    fresh = _shrink_case(kind, n + 1, d, k)[0][:50]  # other draws of the same kind
+    for data in (xt, torch.tensor(fresh)):
+        np.testing.assert_allclose(ours(data).numpy(), theirs(data).numpy(), atol=1e-6 * scale)
+    np.testing.assert_allclose(ours.matrix.numpy(), theirs.P.numpy(), atol=1e-6)
+    plain = fit_eraser("leace", x, labels, target=target, shrinkage=False)  # type: ignore[arg-type]
+    assert (ours.matrix - plain.matrix).abs().max() > 1e-3  # shrinkage changes the eraser
+
+
+@pytest.mark.parametrize(("n", "d", "k", "rank"), CASES)
+def test_shrunk_leace_matches_closed_form(n: int, d: int, k: int, rank: int | None) -> None:
+    # LEACE is the oblique-projection optimum for whatever Cov(X) estimate it whitens with;
+    # with shrinkage that is a S + (1 - a) (tr S / d) I (full rank even when S is not).
+    x, labels = _data(n, d, k, seed=7 * n + d, rank=rank)
+    expected = _closed_form_leace(x, _one_hot(labels, k), _shrunk_cov(x))
+    got = fit_eraser("leace", x, labels.tolist(), shrinkage=True)(torch.tensor(x)).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-6 * np.abs(x).max())
+
+
+def test_shrunk_leace_is_minimal_in_the_shrunk_metric_not_the_sample_one() -> None:
+    # What shrinkage gives up: plain LEACE has the least in-sample mean squared edit among
+    # erasers with Cov(r(X), Z) = 0 (test_leace_edit_is_least_squares_minimal); shrunk
+    # LEACE has the least *expected* edit tr(M Sigma M^T) under its own estimate Sigma.
+    x, labels = _near_isotropic(150, 20, 3, seed=31)
+    z = _one_hot(labels, 3)
+    mu, c, sigma = x.mean(0), _cross_cov(x, z), _shrunk_cov(x)
+    shrunk = fit_eraser("leace", x, labels, shrinkage=True)
+    plain = fit_eraser("leace", x, labels, shrinkage=False)
+
+    def edits(m: np.ndarray) -> tuple[float, float]:  # (in-sample, shrunk-metric) edit
+        assert np.abs(m @ c - c).max() < 1e-8 * np.abs(c).max()  # a zero-covariance eraser
+        return float(np.mean(np.sum(((x - mu) @ m.T) ** 2, axis=1))), float(
+            np.trace(m @ sigma @ m.T)
+        )
+
+    m_shrunk, m_plain = (np.eye(20) - e.matrix.numpy() for e in (shrunk, plain))
+    sample_shrunk, metric_shrunk = edits(m_shrunk)
+    sample_plain, metric_plain = edits(m_plain)
+    assert sample_plain < sample_shrunk * (1 - 1e-3)  # strictly: shrinkage edits more here
+    assert metric_shrunk < metric_plain * (1 - 1e-3)
+    rng = np.random.default_rng(1)
+    for _ in range(20):  # oblique projections onto col(C): rivals in both metrics
+        b = rng.normal(size=(20, 3))
+        m = c @ np.linalg.pinv(b.T @ c, rtol=1e-10) @ b.T
+        assert metric_shrunk <= edits(m)[1] * (1 + 1e-9)
+        assert sample_plain <= edits(m)[0] * (1 + 1e-9)
+
+
+def test_shrinkage_weight_is_clipped_at_zero() -> None:
+    # For white features the formula's weight scatters around 0 and can be negative (here
+    # -0.048, n = d = 100); the package uses it unclipped, mechcheck clips it to 0, where
+    # the estimate is (tr S / d) I and LEACE becomes the orthogonal projection:
+    # mean_projection.
+    x = np.random.default_rng(3).normal(size=(100, 100))
+    labels = np.arange(100) % 2
+    assert _shrinkage_weight(x) < -0.02
+    shrunk = fit_eraser("leace", x, labels, shrinkage=True).matrix.numpy()
+    np.testing.assert_allclose(
+        shrunk, fit_eraser("mean_projection", x, labels).matrix.numpy(), atol=1e-10
+    )
+    plain = fit_eraser("leace", x, labels, shrinkage=False).matrix.numpy()
+    assert np.abs(shrunk - plain).max() > 0.01
+
+
+def _held_out_erased(
+    x: np.ndarray, labels: np.ndarray, folds: list, method: str, shrinkage: bool = True
+) -> np.ndarray:
+    """Each fold's rows erased by the eraser fitted on the other folds."""
+    out = np.empty_like(x)
+    for train, test in folds:
+        eraser = fit_eraser(method, x[train], labels[train], shrinkage=shrinkage)
+        out[test] = eraser(torch.tensor(x[test])).numpy()
+    return out
+
+
+def _fresh_probe(x: np.ndarray, labels: np.ndarray, seed: int) -> float:
+    """5-fold cross-validated accuracy of a fresh logistic regression on standardized
+    features, the way mechcheck.probes (and so the erasure claim's fresh probe) fits."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
+    cv = StratifiedKFold(5, shuffle=True, random_state=seed + 1)
+    return float(cross_val_score(probe, x, labels, cv=cv).mean())
+
+
+def _feature_gap(x: np.ndarray, labels: np.ndarray, folds: list) -> float:
+    """Class-mean difference of FA - FB (16 before erasure) within each held-out fold,
+    averaged over the folds. (Pooled over folds it also picks up each fold's own offset,
+    ``8 (2 mean(z_train) - 1)`` for plain LEACE, through the folds' class imbalance.)"""
+    diff = x[:, FA] - x[:, FB]
+    gaps = [diff[t][labels[t] == 1].mean() - diff[t][labels[t] == 0].mean() for _, t in folds]
+    return float(np.mean(gaps))
+
+
+ERASERS_OUT_OF_SAMPLE = [("leace", True), ("leace", False), ("mean_projection", True)]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_held_out_erasure_leaves_no_readable_concept(seed: int) -> None:
+    """The reported failure: erasers fitted on 4 of 5 folds (160 rows) of the
+    token/position/feature rows, applied to the 5th, and a fresh probe on the held-out
+    erased rows pooled over the folds.
+
+    Measured, fresh probe accuracy for seeds 0, 1, 2 (chance 0.5):
+    - before erasure 1.0;
+    - mechcheck before this fix (plain LEACE; round-off in the constant coordinates,
+      amplified by the probe's standardization): 0.99, 0.995, 0.82 (on the zoo model's
+      own 200 rows, 0.77-0.99 over 8 fold seeds: the 0.935 that was reported);
+    - now, leace with shrinkage (the default): 0.42, 0.37, 0.285; plain leace
+      (shrinkage=False): 0.425, 0.375, 0.31; mean_projection: 0.375, 0.56, 0.42.
+    Covariance shrinkage is not what fixed it: concept-erasure's own LeaceEraser, whose
+    round-off reaches the constant coordinates too, reads 0.99, 0.995, 0.99 with its
+    default shrinkage and 0.99, 0.99, 0.985 without. Held-out accuracy below chance is
+    the usual cross-validation artefact once a fold's own rows no longer carry the label
+    (each held-out fold was erased with its training folds' statistics), so the bound
+    is one-sided, like the erasure claim's: accuracy <= chance + 0.1.
+    """
+    from sklearn.model_selection import KFold
+
+    x, labels = _token_position_feature(200, seed)
+    folds = list(KFold(5, shuffle=True, random_state=seed).split(x))  # random, like fold_of
+    assert _fresh_probe(x, labels, seed) > 0.95
+    const = np.ptp(x, axis=0) == 0
+    for method, shrinkage in ERASERS_OUT_OF_SAMPLE:
+        erased = _held_out_erased(x, labels, folds, method, shrinkage)
+        accuracy = _fresh_probe(erased, labels, seed)
+        assert accuracy <= 0.5 + 0.1, (method, shrinkage, accuracy)
+        assert np.array_equal(erased[:, const], x[:, const])  # left exactly alone
+        if method == "leace":  # FA - FB no longer differs between the classes
+            gap = _feature_gap(erased, labels, folds)
+            assert abs(gap) < (1e-9 if not shrinkage else 0.01 * 16), (shrinkage, gap)
+
+    # The probe's power against what this guards: the same erasers with round-off-sized
+    # (1e-16) entries in the constant coordinates' rows of L, as before the fix (signed
+    # by the read-out's, which the SVD leaves arbitrary per fold).
+    noise = 1e-16 * np.random.default_rng(seed).normal(size=int(const.sum()))
+    out = np.empty_like(x)
+    for train, test in folds:
+        eraser = fit_eraser("leace", x[train], labels[train], shrinkage=False)
+        left = eraser.left.numpy().copy()
+        right = eraser.right.numpy()
+        left[const, 0] += noise * np.sign(right[0, FA] - right[0, FB])
+        noisy = replace(eraser, left=torch.from_numpy(left))
+        out[test] = noisy(torch.tensor(x[test])).numpy()
+    assert _fresh_probe(out, labels, seed) > 0.9
+
+
+def test_balanced_folds_expose_the_shrinkage_residual() -> None:
+    """With balanced folds (stratified: 20 + 20 rows each) plain LEACE is exact out of
+    sample here and shrunk LEACE is not.
+
+    The label is an exact linear function of these features, so plain LEACE's read-out
+    ``R (x - mean)`` equals ``z - mean(z)`` on held-out rows too and FA - FB is the same
+    on every held-out row. Shrinkage's whitening is not that exact read-out: it leaves a
+    class difference of ~0.02 in FA - FB (of 16), in coordinates that erasure otherwise
+    made constant, and with nothing else varying there (random folds add a per-fold
+    offset that masks it) a standardizing probe reads it. Measured, fresh probe accuracy
+    with data and fold seeds 0, 1, 2, 3 (this test runs seed 0): leace with shrinkage
+    0.69, 0.78, 0.79, 0.635; plain leace 0.345, 0.345, 0.215, 0.31; mean_projection (for
+    which FA - FB keeps a class difference of ~0.35) 0.705, 0.74, 0.765, 0.67; inlp 0.69,
+    0.74, 0.65, 0.58: recorded here, not asserted. Asserted: plain LEACE's exactness and
+    its fresh-probe bound, and the shrinkage residual's size.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    x, labels = _token_position_feature(200, 0)
+    folds = list(StratifiedKFold(5, shuffle=True, random_state=0).split(x, labels))
+    plain = _held_out_erased(x, labels, folds, "leace", shrinkage=False)
+    assert np.ptp(plain[:, FA] - plain[:, FB]) < 1e-9
+    assert _fresh_probe(plain, labels, 0) <= 0.5 + 0.1
+    shrunk = _held_out_erased(x, labels, folds, "leace", shrinkage=True)
+    assert 1e-3 < abs(_feature_gap(shrunk, labels, folds)) < 0.01 * 16
+
+
+@pytest.mark.parametrize(
+    ("method", "shrinkage"),
+    [("leace", True), ("leace", False), ("mean_projection", True), ("inlp", True)],
+)
+def test_constant_features_are_left_exactly_alone(method: str, shrinkage: bool) -> None:
+    x, labels = _token_position_feature(160, 5)
+    x[:, 0] = 3.7  # a non-zero constant, whose float mean need not be exact
+    eraser = fit_eraser(method, x, labels, shrinkage=shrinkage)
+    const = np.ptp(x, axis=0) == 0
+    assert const.sum() >= 84 and eraser.rank >= 1
+    assert not eraser.left.numpy()[const].any() and not eraser.right.numpy()[:, const].any()
+    fresh, _ = _token_position_feature(40, 6)
+    fresh[:, 0] = 3.7
+    out = eraser(torch.tensor(fresh)).numpy()
+    assert np.array_equal(out[:, const], fresh[:, const])
+    assert fit_eraser(method, np.ones((10, 4)), [0, 1] * 5, shrinkage=shrinkage).rank == 0
 
 
 def test_mean_projection_is_orthogonal_and_removes_mean_differences() -> None:
@@ -281,11 +582,19 @@ def test_shapes_and_dtypes(method: str, lead: list[int], dtype: torch.dtype, see
 
 
 @settings(max_examples=30, deadline=None)
-@given(n=st.integers(3, 60), d=st.integers(1, 10), k=st.integers(2, 4), seed=st.integers(0, 999))
-def test_leace_zeroes_cross_covariance_property(n: int, d: int, k: int, seed: int) -> None:
+@given(
+    n=st.integers(3, 60),
+    d=st.integers(1, 10),
+    k=st.integers(2, 4),
+    seed=st.integers(0, 999),
+    shrinkage=st.booleans(),
+)
+def test_leace_zeroes_cross_covariance_property(
+    n: int, d: int, k: int, seed: int, shrinkage: bool
+) -> None:
     x, labels = _data(n, d, k, seed=seed)
     labels[:2] = [0, 1]  # at least two classes
-    erased = fit_eraser("leace", x, labels)(torch.tensor(x)).numpy()
+    erased = fit_eraser("leace", x, labels, shrinkage=shrinkage)(torch.tensor(x)).numpy()
     z = _one_hot(labels, k)
     scale = max(np.abs(_cross_cov(x, z)).max(), 1e-300)
     assert np.abs(_cross_cov(erased, z)).max() <= 1e-7 * scale

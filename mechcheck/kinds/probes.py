@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from mechcheck.engine.runner import Needs
     from mechcheck.probes import ProbeScores
     from mechcheck.spec.schema import ClaimSpec
+    from mechcheck.stats import Decision
 
 __all__ = ["Erasure", "Probe"]
 
@@ -159,7 +160,7 @@ def _probe_criteria(ctx: ClaimContext, scores: ProbeScores, ex: Examples,
     threshold = p.get("min_accuracy") if p.get("min_r2") is None else p.get("min_r2")
     if threshold is not None:
         key = "min_accuracy" if p.get("min_r2") is None else "min_r2"
-        decision = ctx.decide_greater(_group_values(scores.task, ex), threshold)
+        decision = _decide_score(ctx, scores.task, ex, threshold)
         criteria.append(Criterion(name=key, decision=decision, detail=detail,
                                   expected=f"probe {score_name} > {threshold:.4g}"))
     if p.get("min_selectivity") is not None:
@@ -174,6 +175,20 @@ def _probe_criteria(ctx: ClaimContext, scores: ProbeScores, ex: Examples,
             f"{task - control:.3f}; control per fold "
             f"{', '.join(f'{v:.3f}' for v in scores.fold_control)}; {detail}"))
     return criteria
+
+
+def _decide_score(ctx: ClaimContext, task: np.ndarray, ex: Examples,
+                  threshold: float) -> Decision:
+    """The held-out score's decision: with one example per group and 0/1 scores (one
+    seed), the exact binomial test (a t-test on 0/1 values near 1 rejects too often);
+    otherwise the claim's rule on the group means."""
+    from mechcheck.stats import test_proportion
+
+    values = _group_values(task, ex)
+    binary = len(values) == len(task) and bool(np.isin(values, (0.0, 1.0)).all())
+    if binary and 0.0 < threshold < 1.0:
+        return test_proportion(values, threshold, alpha=ctx.claim.alpha, seed=ctx.claim.seed)
+    return ctx.decide_greater(values, threshold)
 
 
 def _curve_point(ctx: ClaimContext, address: Any) -> dict[str, Any]:
@@ -205,8 +220,8 @@ class Erasure:
                 KeySpec(name="min_drop", required=True, parse=as_min_drop,
                         expected="a number, e.g. 1.0, or a share of the clean mean, '40%'"),
                 KeySpec(name="chance_margin", parse=as_positive, default=0.1,
-                        expected="how far above chance a fresh probe may stay after "
-                        "erasure (default 0.1)"),
+                        expected="how far a fresh probe after erasure may be from the "
+                        "majority-class baseline on the same rows (default 0.1)"),
                 PROBE, KeySpec(name="seeds", parse=_as_seeds, default=1,
                                expected="seeds of the fresh probe after erasure (default 1)"))
 
@@ -298,19 +313,45 @@ def _erased_metric(ctx: ClaimContext, site: Any, erasers: list[Any], row_fold: d
 
 def _fresh_probe(ctx: ClaimContext, ex: Examples, erasers: list[Any],
                  fold: np.ndarray) -> Criterion:
-    """A new probe on the held-out erased activations must be near chance."""
-    from dataclasses import replace
+    """A fresh probe, fitted on each fold's training rows as its eraser erased them,
+    must be near chance on that fold's erased held-out rows."""
 
-    x = np.empty_like(ex.x)
+    from mechcheck.probes import fit_and_score
+
+    p = ctx.params
+    scores = np.empty(len(ex.labels))
+    base = np.empty(len(ex.labels))  # the training folds' majority class (or mean)
     for f, eraser in enumerate(erasers):
         held = fold == f
-        x[held] = eraser(torch.from_numpy(ex.x[held])).double().numpy()
-    before = _scores(ctx, ex, control=None, repeats=1)
-    after = _scores(ctx, replace(ex, x=x), control=None, seed_offset=7)
-    margin = ctx.params["chance_margin"]
-    headroom = after.chance + margin - _group_values(after.task, ex)
-    name = "R^2" if ctx.params["target"] == "regression" else "accuracy"
-    return Criterion(name="erased", decision=ctx.decide_greater(headroom, 0.0),
-                     expected=f"a fresh probe's {name} after erasure < chance + {margin:g}",
-                     detail=f"fresh probe {float(after.task.mean()):.3f} after erasure, "
-                     f"{float(before.task.mean()):.3f} before; chance {after.chance:.3f}")
+        erased = eraser(torch.from_numpy(ex.x)).double().numpy()
+        try:
+            scores[held] = fit_and_score(erased[~held], ex.labels[~held], ex.groups[~held],
+                                         erased[held], ex.labels[held], probe=p["probe"],
+                                         target=p["target"])
+        except ValueError as exc:
+            raise ClaimSpecError(str(exc), key="label") from None
+        base[held] = _baseline(ex.labels[~held], ex.labels[held], ex.labels, p["target"])
+    margin = p["chance_margin"]
+    gap = _group_values(scores - base, ex)
+    # two one-sided tests: a probe far *below* the baseline still reads the label
+    tests = (ctx.decide_greater(margin - gap, 0.0), ctx.decide_greater(gap + margin, 0.0))
+    name = "R^2" if p["target"] == "regression" else "accuracy"
+    return Criterion(name="erased", decision=max(tests, key=lambda d: d.p_value),
+                     expected=f"a fresh probe's {name} after erasure within {margin:g} of "
+                     "the training majority's",
+                     detail=f"fresh probe {scores.mean():.3f} after erasure, majority "
+                     f"{base.mean():.3f} on the same held-out rows (effect: the distance "
+                     "to the nearer edge of the band)")
+
+
+def _baseline(train: np.ndarray, test: np.ndarray, labels: np.ndarray,
+              target: str) -> np.ndarray:
+    """Held-out scores of predicting the training majority class (regression: the
+    training mean, scored as the probes are, ``1 - (y - mean)^2 / var``)."""
+    if target == "regression":
+        y = np.asarray(test, dtype=np.float64)
+        variance = max(float(np.var(np.asarray(labels, dtype=np.float64))), 1e-300)
+        return 1.0 - (y - np.asarray(train, dtype=np.float64).mean()) ** 2 / variance
+    values, counts = np.unique(np.asarray([str(v) for v in train]), return_counts=True)
+    majority = values[np.argmax(counts)]
+    return np.asarray([str(v) == majority for v in test], dtype=np.float64)
