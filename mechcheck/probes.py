@@ -63,18 +63,26 @@ class ProbeScores:
     complexity: str
 
 
-def fold_of(groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
+def fold_of(groups: np.ndarray, folds: int, seed: int,
+            strata: np.ndarray | None = None) -> np.ndarray:
     """Per example, its fold: the distinct groups shuffled (seeded) and dealt out to
-    ``folds`` folds in turn, so each group lies in one fold.
+    ``folds`` folds in turn, so each group lies in one fold.  With ``strata`` (e.g. the
+    class labels) the groups are dealt out stratum by stratum (a group's stratum is
+    that of its first example), so every fold has about the same class balance: a
+    probe that learned nothing then scores chance, not below it (with unbalanced folds
+    the training majority is the held-out minority).
 
     Raises:
         ValueError: fewer groups than folds.
     """
-    unique = np.unique(groups)
+    unique, first = np.unique(groups, return_index=True)
     if len(unique) < folds:
         raise ValueError(f"{len(unique)} groups cannot be split into {folds} folds; use "
                          f"folds: {max(2, len(unique))} or fewer, or more rows")
     order = np.random.default_rng(seed).permutation(len(unique))
+    if strata is not None:
+        keys = np.asarray([str(v) for v in np.asarray(strata, dtype=object)[first]])
+        order = order[np.argsort(keys[order], kind="stable")]
     fold = np.empty(len(unique), dtype=np.int64)
     fold[order] = np.arange(len(unique)) % folds
     lookup = dict(zip(unique.tolist(), fold.tolist()))
@@ -122,7 +130,8 @@ def _score_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, probe: str, t
     fold_control: list[float] = []
     chosen: list[str] = []
     for r in range(repeats):
-        fold = fold_of(groups, folds, seed + r)
+        strata = None if target == "regression" else y
+        fold = fold_of(groups, folds, seed + r, strata)
         rng = np.random.default_rng([seed, r, 1])
         task = _held_out(x, y, fold, groups, probe, target, chosen, seed + r)
         task_sum += task
@@ -268,6 +277,8 @@ def _control_scores(x: np.ndarray, y: np.ndarray, fold: np.ndarray, groups: np.n
     else:
         assert types is not None
         labels = control_task(y, types, rng, regression=target == "regression")
+    if target != "regression":  # folds balanced for the control's own labels
+        fold = fold_of(groups, len(np.unique(fold)), seed, strata=labels)
     return _held_out(x, labels, fold, groups, probe, target, [], seed)
 
 

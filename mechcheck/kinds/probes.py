@@ -238,7 +238,8 @@ class Erasure:
             raise ClaimSpecError("the label has one value on every example", key="label",
                                  hint="choose a label that varies")
         try:
-            fold = fold_of(ex.groups, p["folds"], claim.seed)
+            strata = ex.labels if p["target"] == "classes" else None
+            fold = fold_of(ex.groups, p["folds"], claim.seed, strata)
         except ValueError as exc:
             raise ClaimSpecError(str(exc), key="folds") from None
         erasers, controls = _fit_erasers(ctx, ex, fold)
