@@ -222,8 +222,9 @@ class Erasure:
                 KeySpec(name="chance_margin", parse=as_positive, default=0.1,
                         expected="how far a fresh probe after erasure may be from the "
                         "majority-class baseline on the same rows (default 0.1)"),
-                PROBE, KeySpec(name="seeds", parse=_as_seeds, default=1,
-                               expected="seeds of the fresh probe after erasure (default 1)"))
+                KeySpec(name="probe", parse=as_choice("logistic", "linear", "mlp"),
+                        default="logistic", expected="the fresh probe of the erased check: "
+                        "logistic (the default), linear or mlp"))
 
     def needs(self, claim: ClaimSpec, ctx: ClaimContext) -> Needs:
         return ctx.record_needs("clean", [probe_site(ctx)])
