@@ -23,6 +23,7 @@ does not hang on one split.  scikit-learn does the fitting (imported on first us
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -238,7 +239,11 @@ def _fit(x: np.ndarray, y: np.ndarray, groups: np.ndarray, probe: str,
         return pipeline, "default (too few groups to tune)"
     search = GridSearchCV(pipeline, {f"{pipeline.steps[-1][0]}__{k}": v for k, v in grid.items()},
                           cv=GroupKFold(n_splits=inner), refit=True)
-    search.fit(x, y, groups=groups)
+    with warnings.catch_warnings():
+        # an inner split with a class missing fails that one C, which then cannot win;
+        # lbfgs stopping at max_iter on a strongly regularised fit changes no prediction
+        warnings.filterwarnings("ignore", module=r"sklearn\.")
+        search.fit(x, y, groups=groups)
     (name, value), = search.best_params_.items()
     return search.best_estimator_, f"{name.rsplit('__', 1)[1]}={value:g}"
 

@@ -25,7 +25,7 @@ ALL_ROWS = [json.loads(line) for line in
 ROWS = ALL_ROWS[:100]
 BASE = {"components": ["blocks.0.resid_post"], "at": ("END",), "label": "group_prev",
         "target": "classes", "folds": 5, "metric": "logit_diff", "eraser": "leace",
-        "control": "random_subspace", "min_drop": 5.0, "chance_margin": 0.1,
+        "control": "random_subspace", "min_drop": 5.0, "min_excess": 0.0, "chance_margin": 0.1,
         "probe": "logistic"}
 
 

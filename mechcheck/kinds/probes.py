@@ -219,6 +219,9 @@ class Erasure:
                         expected="random_subspace (the default) or none"),
                 KeySpec(name="min_drop", required=True, parse=as_min_drop,
                         expected="a number, e.g. 1.0, or a share of the clean mean, '40%'"),
+                KeySpec(name="min_excess", parse=as_number, default=0.0,
+                        expected="how much more than the random subspace's the drop must "
+                        "be (default 0: any significant excess)"),
                 KeySpec(name="chance_margin", parse=as_positive, default=0.1,
                         expected="how far a fresh probe after erasure may be from the "
                         "majority-class baseline on the same rows (default 0.1)"),
@@ -259,9 +262,11 @@ class Erasure:
                               f"{drop.mean():.4g}")]
         if controls:
             random_drop = sign * (clean - _erased_metric(ctx, site, controls, row_fold))
+            excess = float(p["min_excess"])
             criteria.append(Criterion(
-                name="control", decision=ctx.decide_greater(drop - random_drop, 0.0),
-                expected=f"drop exceeds a random rank-{rank} subspace's",
+                name="control", decision=ctx.decide_greater(drop - random_drop, excess),
+                expected=f"drop exceeds a random rank-{rank} subspace's"
+                + (f" by more than {excess:.4g}" if excess else ""),
                 detail=f"random subspace drop {random_drop.mean():.4g}"))
         criteria.append(_fresh_probe(ctx, ex, erasers, fold))
         return Measurement(decision=all_of(criteria).decision,
