@@ -318,5 +318,5 @@ def _complexity(probe: str, target: str, width: int, y: np.ndarray,
     else:
         params = (width + 1) * outputs
         shape = f"{probe} {width}->{outputs}"
-    picks = sorted(set(chosen), key=list(chosen).count, reverse=True)
+    picks = sorted(set(chosen), key=lambda c: (-list(chosen).count(c), c))  # no set order
     return f"{shape}, {params} parameters; chosen by nested CV: {', '.join(picks[:3])}"
