@@ -646,3 +646,20 @@ def test_stratified_folds_balance_each_class() -> None:
     spread = [max(np.ptp(np.bincount(fold_of(groups, 5, s)[labels == "a"], minlength=5))
                   for _ in range(1)) for s in range(5)]
     assert max(spread) > 1
+
+
+def test_the_probe_detail_does_not_depend_on_the_hash_seed() -> None:
+    """The regularisation picks are listed by count, ties by value: not in set order,
+    which changes with PYTHONHASHSEED (two reports of one run differed by it)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import numpy as np; from mechcheck.probes import _complexity; print(_complexity("
+            "'logistic', 'classes', 4, np.array([0, 1]), "
+            "['C=1', 'C=0.1', 'C=0.1', 'C=1', 'C=0.01']))")
+    outputs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env={**os.environ, "PYTHONHASHSEED": str(seed)},
+                              check=True).stdout for seed in range(6)}
+    assert outputs == {"logistic 4->1, 5 parameters; chosen by nested CV: C=0.1, C=1, "
+                       "C=0.01\n"}
