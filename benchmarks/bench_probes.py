@@ -13,7 +13,7 @@ as ratios, and writes the claim's JSON report (``--report``), from which
 docs/probes.md's curve is drawn (``--figure``).
 
     python benchmarks/bench_probes.py                       # ~3 minutes on 2 cores
-    python benchmarks/bench_probes.py --report /tmp/p.json --figure docs/probes-curve.png
+    python benchmarks/bench_probes.py --report probes-report.json --figure docs/probes-curve.png
 """
 
 from __future__ import annotations
