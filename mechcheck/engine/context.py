@@ -18,6 +18,7 @@ import torch
 
 from mechcheck.addresses import Address
 from mechcheck.engine.attention import attention_score
+from mechcheck.engine.lens import Lens
 from mechcheck.engine.runner import Needs, PatchSpec, Runner, position_mask, unknown_position
 from mechcheck.engine.runs import Placed, RunResult
 from mechcheck.errors import ClaimSpecError, DataError, MechcheckError, describe_exception
@@ -72,6 +73,16 @@ class ClaimContext:
     def model(self) -> LoadedModel:
         """The claim's loaded model, its tokenizer and adapter."""
         return self._runner().loaded
+
+    @property
+    def lens(self) -> Lens:
+        """The model's final norm and unembedding (:class:`~mechcheck.engine.lens.Lens`):
+        the logit lens, and the norm as an affine map for direct effects."""
+        adapter = self.model.adapter
+        cached = vars(adapter).get("_lens")  # one per model: the norm map is read once
+        if cached is None:
+            cached = vars(adapter)["_lens"] = Lens(adapter)
+        return cached
 
     def components(self, key: str = "components") -> tuple[Address, ...]:
         """The addresses of the claim key ``key``, expanded and checked."""
