@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -118,8 +118,8 @@ class Lens:
 
     def __init__(self, adapter: ModelAdapter) -> None:
         self.adapter = adapter
-        self._norm_module = adapter.module(adapter.site(Address(site="ln_final")).module)
-        self._unembed = adapter.module(adapter.site(Address(site="unembed")).module)
+        self._norm_module: Any = adapter.module(adapter.site(Address(site="ln_final")).module)
+        self._unembed: Any = adapter.module(adapter.site(Address(site="unembed")).module)
         self._norm: NormMap | None = None
 
     @property
