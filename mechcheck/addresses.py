@@ -9,6 +9,8 @@ Canonical addresses are lowercase, dot-separated and zero-based::
     blocks.{L}.attn | blocks.{L}.attn.head.{H}
     blocks.{L}.attn.head.{H}.q | .k | .v | .pattern   (a head's inputs and pattern)
     blocks.{L}.mlp  | blocks.{L}.mlp.neuron.{N}
+    blocks.{L}.{resid_pre|resid_mid|resid_post|attn|mlp}.sae.{NAME}.{F} | ... .sae.{NAME}.error
+        (feature F of the claim file's SAE NAME reading that site; its error term)
 
 ``*`` in place of any index makes a pattern (``blocks.*.attn.head.*``) that
 :meth:`Address.expand` turns into concrete addresses for a given model.
@@ -35,6 +37,7 @@ __all__ = [
     "LAYER_SITES",
     "SITES",
     "WILDCARD",
+    "SAE_SITES",
     "Address",
     "ModelDims",
     "Site",
@@ -59,6 +62,8 @@ Site = Literal[
     "pattern",
     "mlp",
     "neuron",
+    "feature",
+    "sae_error",
 ]
 Index = int | str | None
 
@@ -76,7 +81,11 @@ HEAD_SITES: tuple[str, ...] = ("head", *HEAD_INPUT_SITES)
 
 _INDEXED_SITES: tuple[str, ...] = (*HEAD_SITES, "neuron")
 SITES: tuple[str, ...] = GLOBAL_SITES + LAYER_SITES + _INDEXED_SITES
-"""Every site an :class:`Address` can name."""
+"""Every site an :class:`Address` can name (besides the SAE sites)."""
+
+SAE_SITES: tuple[str, ...] = ("feature", "sae_error")
+"""A sparse autoencoder's feature activation (indexed) and its reconstruction error,
+read from one whole-layer site (``sae_site``) by the SAE named ``sae``."""
 
 # Sort ranks: where a site sits in the forward pass.
 _STAGE = {"embed": 0, "pos_embed": 1, "ln_final": 3, "unembed": 4}
@@ -102,6 +111,8 @@ _CANONICAL_HEAD = re.compile(r"blocks\." + _NUM + r"\.attn\.head\." + _NUM
 _CANONICAL_NEURON = re.compile(r"blocks\." + _NUM + r"\.mlp\.neuron\." + _NUM)
 _SHORT_INDEXED = re.compile(r"(head|neuron)\s+" + _NUM + r"\." + _NUM, re.IGNORECASE)
 _SHORT_LAYER = re.compile(r"(attn|mlp|resid_pre|resid_mid|resid_post)\s+" + _NUM, re.IGNORECASE)
+_CANONICAL_SAE = re.compile(r"blocks\." + _NUM + r"\.(resid_pre|resid_mid|resid_post|attn|mlp)"
+                            r"\.sae\.([A-Za-z_][A-Za-z0-9_-]*)\.(0|[1-9][0-9]*|\*|error)")
 _LH_STYLE = re.compile(r"[lL]([0-9]+)[hH]([0-9]+)")
 
 ACCEPTED_FORMS = (
@@ -191,7 +202,11 @@ class Address:
     Attributes:
         site: what kind of component.
         layer: block index, ``"*"``, or None for embed/pos_embed/ln_final/unembed.
-        index: head or neuron index, ``"*"``, or None for other sites.
+        index: head, neuron or SAE feature index, ``"*"``, or None for other sites.
+        sae: for ``feature`` and ``sae_error``: the name of the SAE (the claim file's
+            ``saes:`` key); None otherwise.
+        sae_site: for ``feature`` and ``sae_error``: the whole-layer site the SAE reads
+            (``resid_post`` ...); None otherwise.
 
     Raises:
         AddressError: if the fields do not fit together (e.g. a head without an
@@ -201,15 +216,19 @@ class Address:
     site: Site
     layer: int | str | None = None
     index: int | str | None = None
+    sae: str | None = None
+    sae_site: str | None = None
 
     def __post_init__(self) -> None:
-        if self.site not in SITES:
+        if self.site not in SITES and self.site not in SAE_SITES:
             raise AddressError(
                 f"unknown site {self.site!r}",
-                hint=f"use one of {', '.join(SITES)}",
+                hint=f"use one of {', '.join(SITES + SAE_SITES)}",
             )
         _check_field(self, "layer", self.layer, needed=self.site not in GLOBAL_SITES)
-        _check_field(self, "index", self.index, needed=self.site in _INDEXED_SITES)
+        _check_field(self, "index", self.index,
+                     needed=self.site in _INDEXED_SITES or self.site == "feature")
+        _check_sae(self)
 
     # -- parsing and printing ------------------------------------------------
 
@@ -246,6 +265,9 @@ class Address:
             return f"blocks.{self.layer}.attn.head.{self.index}.{self.site}"
         if self.site == "neuron":
             return f"blocks.{self.layer}.mlp.neuron.{self.index}"
+        if self.site in SAE_SITES:
+            tail = "error" if self.site == "sae_error" else self.index
+            return f"blocks.{self.layer}.{self.sae_site}.sae.{self.sae}.{tail}"
         return f"blocks.{self.layer}.{self.site}"
 
     # -- structure -----------------------------------------------------------
@@ -294,6 +316,10 @@ class Address:
                 f"{self} does not exist in this model: it is attention-only (no MLP layers)",
                 hint="drop MLP components from the claim",
             )
+        if self.site in SAE_SITES:  # the SAE's size is checked by the model's adapter
+            if _out_of_range(self.layer, dims.n_layers):
+                raise self._range_error(dims, None)
+            return self
         limit = _index_limit(self.site, dims)
         layer_bad = _out_of_range(self.layer, dims.n_layers)
         index_bad = limit is not None and _out_of_range(self.index, limit)
@@ -319,6 +345,10 @@ class Address:
         self.check(dims)
         if not self.is_pattern:
             return [self]
+        if self.site in SAE_SITES:
+            raise AddressError(
+                f"{self}: an SAE address with * is expanded by the model's adapter, which "
+                "knows the SAE's size", hint="resolve it with ModelAdapter.resolve")
         layers = _values(self.layer, dims.n_layers)
         limit = _index_limit(self.site, dims)
         indices = [None] if limit is None else _values(self.index, limit)
@@ -341,6 +371,8 @@ class Address:
             self.site,
             _clamp(self.layer, dims.n_layers),
             self.index if limit is None else _clamp(self.index, limit),
+            self.sae,
+            self.sae_site,
         )
         found = [str(clamped)]
         if limit is not None:
@@ -353,14 +385,19 @@ class Address:
 
     # -- ordering (forward-pass order; fields mix int, "*" and None) ---------
 
-    def _sort_key(self) -> tuple[int, tuple[int, int], int, tuple[int, int]]:
+    def _sort_key(self) -> tuple[int, tuple[int, int], int, tuple[int, int], str]:
         if self.site in GLOBAL_SITES:
-            return (_STAGE[self.site], (0, 0), 0, (0, 0))
+            return (_STAGE[self.site], (0, 0), 0, (0, 0), "")
+        if self.site in SAE_SITES:  # after the site the SAE reads; error after features
+            index = (2, 0) if self.site == "sae_error" else _index_key(self.index)
+            return (_BLOCK_STAGE, _index_key(self.layer), _IN_BLOCK[str(self.sae_site)],
+                    index, str(self.sae))
         return (
             _BLOCK_STAGE,
             _index_key(self.layer),
             _IN_BLOCK[self.site],
             _index_key(self.index),
+            "",
         )
 
     def __lt__(self, other: object) -> bool:
@@ -430,7 +467,25 @@ def _check_field(address: Address, name: str, value: object, *, needed: bool) ->
         )
 
 
+def _check_sae(address: Address) -> None:
+    if address.site not in SAE_SITES:
+        if address.sae is not None or address.sae_site is not None:
+            raise AddressError(f"{address.site} takes no SAE, got {address.sae!r}")
+        return
+    if not isinstance(address.sae, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*",
+                                                             address.sae):
+        raise AddressError(f"{address.site} needs an SAE name (letters, digits, _ and -), "
+                           f"got {address.sae!r}")
+    if address.sae_site not in LAYER_SITES:
+        raise AddressError(f"an SAE reads a whole-layer site ({', '.join(LAYER_SITES)}), "
+                           f"got {address.sae_site!r}")
+
+
 def _match(text: str) -> Address | None:
+    if m := _CANONICAL_SAE.fullmatch(text):
+        if m[4] == "error":
+            return Address("sae_error", _as_index(m[1]), None, m[3], m[2])
+        return Address("feature", _as_index(m[1]), _as_index(m[4]), m[3], m[2])
     if text in GLOBAL_SITES:
         return Address(text)  # type: ignore[arg-type]
     if m := _CANONICAL_LAYER.fullmatch(text):
@@ -476,6 +531,12 @@ def _malformed(text: str) -> AddressError:
             f"{text!r} has a negative index; indices count from 0; " + ACCEPTED_FORMS,
             hint="count from the start, e.g. the last of 12 layers is blocks.11",
         )
+    if ".sae." in text:
+        return AddressError(
+            f"{text!r} is not an SAE address: write blocks.L.SITE.sae.NAME.F (feature F, "
+            "from 0, or *) or blocks.L.SITE.sae.NAME.error, where SITE is resid_pre, "
+            "resid_mid, resid_post, attn or mlp and NAME a key of the file's saes:",
+            hint='e.g. "blocks.3.resid_post.sae.res3.17"')
     message = f"{text!r} is not a component address; " + ACCEPTED_FORMS
     suggestions = _near_misses(text)
     if suggestions:

@@ -7,6 +7,7 @@
     mechcheck check PATH [--report R]  # evaluate claim files, print the table
     mechcheck compare OLD.json NEW.json [--max-drift X]  # regressions, exit 1 if any
     mechcheck report RESULTS.json -o report.html [--baseline OLD.json]  # or .md
+    mechcheck lens train CLAIMS.yaml --claim ID --out T.safetensors  # a tuned lens
 """
 
 from __future__ import annotations
@@ -61,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--title", default="mechcheck report")
     report.add_argument("--allow-incomplete", action="store_true",
                         help='render reports of runs that stopped early ("complete": false)')
+    from mechcheck.tuned_lens import add_lens_parser
+
+    add_lens_parser(commands)
+    from mechcheck.sae_train import add_sae_parser
+
+    add_sae_parser(commands)
     return parser
 
 
@@ -258,11 +265,20 @@ def _finish(args: argparse.Namespace, results: list[Any], seconds: float, *,
     return FAILED if any(o in FAILING for o in outcomes) else OK
 
 
+def _sae(args: argparse.Namespace) -> int:
+    from mechcheck.sae_train import sae_command
+
+    return sae_command(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = _parser().parse_args(argv)
     try:
-        handlers = {"zoo": _zoo, "check": _check, "compare": _compare, "report": _report}
+        from mechcheck.tuned_lens import lens_command
+
+        handlers = {"zoo": _zoo, "check": _check, "compare": _compare, "report": _report,
+                    "lens": lens_command, "sae": _sae}
         return handlers[args.command](args)
     except MechcheckError as exc:
         print(f"mechcheck: {exc}", file=sys.stderr)

@@ -69,6 +69,7 @@ class Session:
         self._model: LoadedModel | None = None
         self._model_errors: dict[str, MechcheckError] = {}
         self._runners: dict[tuple[Any, ...], Runner] = {}
+        self._saes: dict[tuple[str, str], Any] = {}  # (model key, SAE path) -> SAE
 
     def model(self, source: ModelSource | str, base_dir: str = ".") -> LoadedModel:
         """The loaded model for a claim's source (or a ``model:`` value, read against
@@ -109,6 +110,7 @@ class Session:
         """Drop the current model and every runner built on it."""
         self._model = None
         self._runners.clear()
+        self._saes.clear()
         gc.collect()
 
     def runner(self, claim: ClaimSpec) -> Runner:
@@ -121,6 +123,7 @@ class Session:
             raise MechcheckError("no model given", key="model",
                                  hint="add model: to the claim or the top of the file")
         loaded = self.model(claim.source)
+        loaded.adapter.saes = self.saes(claim, loaded)
         key = (loaded.key, self._data_key(claim), claim.n)
         if key not in self._runners:
             try:
@@ -130,6 +133,33 @@ class Session:
             self._runners[key] = Runner(loaded, dataset, batch_size=self.batch_size,
                                         progress=self.progress)
         return self._runners[key]
+
+    def saes(self, claim: ClaimSpec, loaded: LoadedModel) -> dict[str, Any]:
+        """The claim's SAEs (``saes:``, paths relative to its file) by name, loaded once
+        per model and checked against its width.
+
+        Raises:
+            DataError: a missing or unreadable SAE, or one of the wrong width, at ``saes``.
+        """
+        from mechcheck.sae import load_sae
+
+        out: dict[str, Any] = {}
+        for name, written in (claim.saes or {}).items():
+            path = Path(written)
+            path = (path if path.is_absolute() else Path(claim.base_dir) / path).resolve()
+            key = (loaded.key, str(path))
+            if key not in self._saes:
+                sae = load_sae(path)
+                try:
+                    loaded.adapter.resolve([sae.site])  # the site exists in this model
+                except MechcheckError as exc:
+                    raise DataError(f"saes: SAE {name!r} ({path}) reads {sae.site}, which "
+                                    f"this model lacks: {exc.message}", key="saes",
+                                    hint=exc.hint) from None
+                sae.check_model(loaded.adapter.dims.d_model, name=name)
+                self._saes[key] = sae
+            out[name] = self._saes[key]
+        return out
 
     def _data_key(self, claim: ClaimSpec) -> str:
         if claim.data is not None and claim.task is not None:

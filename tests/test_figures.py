@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,3 +93,63 @@ def test_json_nones_and_odd_points_still_draw() -> None:
               {"site": "ln_final", "layer": None, "task": 0.8, "note": "x"}]
     png = profile_figure(_result(points, id="odd $id$"))
     assert _pixels(png).shape[0] > 250
+
+
+# -- 2-D profiles: causal tracing's layers x positions, one heatmap per site ------------------
+def tracing_profile() -> list[dict]:
+    """A tracing sweep: three sites x four layers x two positions; the MLP's effect peaks
+    at layer 1 of the subject's last token, attention's at layer 3 of the last position."""
+    peaks = {("mlp", "subject_last"): 1, ("attn", "last"): 3, ("resid", "subject_last"): 0}
+    points = []
+    for site in ("resid", "mlp", "attn"):
+        for layer in range(4):
+            for position in ("subject_last", "last"):
+                peak = peaks.get((site, position))
+                effect = 0.4 if peak == layer else 0.01
+                points.append({"site": site, "layer": layer, "position": position,
+                               "effect": effect, "ci_low": effect - 0.02,
+                               "ci_high": effect + 0.02})
+    return points
+
+
+def test_a_grid_profile_is_told_apart_from_curves() -> None:
+    from mechcheck.report.figures import is_grid
+
+    assert is_grid(tracing_profile())
+    assert not is_grid(probe_profile()) and not is_grid(steering_profile())
+    assert not is_grid([{"site": "embed", "layer": None, "position": "last", "effect": 0.1}])
+    assert not is_grid([])
+
+
+def test_a_grid_profile_draws_one_heatmap_per_site_in_its_colours() -> None:
+    from matplotlib import colormaps
+
+    from mechcheck.report.figures import GRID_COLOURMAPS, grid_figure
+
+    png = grid_figure(_result(tracing_profile(), id="heat"))
+    assert png == grid_figure(_result(tracing_profile(), id="heat"))  # same bytes
+    pixels = _pixels(png)
+    assert pixels.shape[1] > 300
+    for site in ("resid", "mlp", "attn"):  # each site's peak cell, at its map's top colour
+        top = colormaps[GRID_COLOURMAPS[site]](1.0)
+        colour = "#" + "".join(f"{round(255 * c):02x}" for c in top[:3])
+        assert _count(pixels, colour, tolerance=3) > 300, site
+    one_site = [p for p in tracing_profile() if p["site"] == "mlp"]
+    assert _pixels(grid_figure(_result(one_site))).shape[0] < pixels.shape[0]  # one panel
+
+
+def test_the_report_shows_a_grid_as_a_heatmap_and_a_table_and_curves_as_before(
+        tmp_path: Path) -> None:
+    from mechcheck.report.html import render
+
+    grid = _result(tracing_profile(), id="heat")
+    curve = _result(probe_profile(), id="probe")
+    render([curve, grid], tmp_path / "r.md")
+    text = (tmp_path / "r.md").read_text()
+    assert "| site | layer | subject_last | last |" in text
+    assert "| mlp | 1 | 0.4 [0.38, 0.42] | 0.01 [-0.01, 0.03] |" in text
+    files = tmp_path / "r_files"
+    assert (files / "curve1.png").read_bytes() == profile_figure(curve)  # unchanged
+    from mechcheck.report.figures import grid_figure
+
+    assert (files / "curve2.png").read_bytes() == grid_figure(grid)

@@ -47,12 +47,21 @@ def _with_post_activation(output: Any, new: torch.Tensor) -> Any:
 def _site_hook(
     site: Site, patch: Patch | None, record: dict[Any, torch.Tensor] | None
 ) -> Callable[..., Any]:
-    """One hook doing, in order, recording (of the unpatched value) and patching."""
+    """One hook doing, in order, recording (of the unpatched value) and patching.
+
+    At an SAE's virtual site (``site.sae`` set) both act on ``[f, x - x_hat]`` computed
+    from the activation ``x``; a patch's changes are written back into ``x`` by
+    :meth:`mechcheck.sae.SAE.merge` (nothing changed: ``x`` exactly)."""
 
     def apply(act: torch.Tensor) -> torch.Tensor | None:
+        sae = site.sae
+        value = act if sae is None else sae.split(act)
         if record is not None:
-            record[site] = act.detach().clone()
-        return None if patch is None else patch(act)
+            record[site] = value.detach().clone()
+        if patch is None:
+            return None
+        new = patch(value)
+        return new if sae is None else sae.merge(act, value, new)
 
     if site.when == "pre":
 
@@ -107,7 +116,10 @@ def hooked(
     store: dict[Any, torch.Tensor] = {}
     wanted = set(record)
     with ExitStack() as stack:
-        for site in sorted(set(patches) | wanted, key=lambda s: (s.module, s.when)):
+        # a module's own site before SAE sites on it (each SAE reads what came before)
+        for site in sorted(set(patches) | wanted,
+                           key=lambda s: (s.module, s.when, s.sae is not None,
+                                          "" if s.sae is None else s.sae.source)):
             module = adapter.module(site.module)
             hook = _site_hook(site, patches.get(site), store if site in wanted else None)
             if site.when == "pre":

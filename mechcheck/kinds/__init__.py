@@ -15,16 +15,22 @@ from mechcheck.kinds.attention import Attends
 from mechcheck.kinds.base import ClaimKind, Measurement
 from mechcheck.kinds.behaviour import Performs
 from mechcheck.kinds.circuits import Circuit
+from mechcheck.kinds.features import Activates
+from mechcheck.kinds.direct import DirectEffect
 from mechcheck.kinds.hypotheses import Equivalent, Independent, MinimalEdges, SufficientVsRandom
+from mechcheck.kinds.lens import Decodes
 from mechcheck.kinds.nodes import Necessary, Negligible, Sufficient
 from mechcheck.kinds.paths import Path
 from mechcheck.kinds.probes import Erasure, Probe
 from mechcheck.kinds.steering import Steers
+from mechcheck.kinds.tracing import Traced
 
 BUILTIN_KINDS = (Necessary(), Sufficient(), Negligible(), Attends(), Performs(), Path(), Circuit(),
                  Equivalent(), Independent(), MinimalEdges(), SufficientVsRandom(), Probe(),
-                 Erasure(), Steers())
+                 Erasure(), Steers(), Decodes(), DirectEffect(), Traced(),
+                 Activates())
 
-__all__ = ["BUILTIN_KINDS", "Attends", "Circuit", "ClaimKind", "Equivalent", "Erasure",
+__all__ = ["BUILTIN_KINDS", "Activates", "Attends", "Circuit", "ClaimKind", "Decodes", "DirectEffect",
+           "Equivalent", "Erasure",
            "Independent", "Measurement", "MinimalEdges", "Necessary", "Negligible", "Path",
-           "Performs", "Probe", "Steers", "Sufficient", "SufficientVsRandom"]
+           "Performs", "Probe", "Steers", "Sufficient", "SufficientVsRandom", "Traced"]

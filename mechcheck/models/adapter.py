@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mechcheck.addresses import Address, ModelDims
 from mechcheck.errors import AddressError, ModelLoadError
@@ -72,10 +72,16 @@ class ArchMap:
 
 @dataclass(frozen=True, slots=True)
 class Site:
-    """A place in the forward pass: a module's input (``pre``) or output (``post``)."""
+    """A place in the forward pass: a module's input (``pre``) or output (``post``).
+
+    With ``sae`` set (a :class:`mechcheck.sae.SAE`), the virtual site of that SAE's
+    features and error term ``[f, x - x_hat]`` computed from the activation at
+    ``module``/``when`` (the hooks record and patch it, see :mod:`mechcheck.sae`).
+    """
 
     module: str
     when: str  # "pre" | "post" | "pattern" (attention weights, recorded only)
+    sae: Any = None
 
 
 class ModelAdapter:
@@ -100,13 +106,25 @@ class ModelAdapter:
         self._has_resid_mid = arch.resid_mid is not None and not (
             arch.resid_mid_unless and getattr(config, arch.resid_mid_unless, False)
         )
+        # The SAEs that SAE addresses name (the claim file's ``saes:``), by name; the
+        # session sets them for each claim.
+        self.saes: dict[str, Any] = {}
 
     # -- addresses ------------------------------------------------------------
     def resolve(self, items: Sequence[object]) -> tuple[Address, ...]:
         """Parse, expand and check component addresses against this model."""
-        from mechcheck.addresses import parse_components
+        from mechcheck.addresses import SAE_SITES, parse_components
 
-        addresses = parse_components(items, self.dims)
+        if isinstance(items, (str, Address)):
+            items = [items]
+        found: dict[Address, None] = {}
+        for item in items:
+            parsed = Address.parse(item)
+            concrete = (self._sae_addresses(parsed) if parsed.site in SAE_SITES
+                        else parse_components([parsed], self.dims))
+            for address in concrete:
+                found.setdefault(address, None)
+        addresses = tuple(found)
         for address in addresses:
             if address.site in ("q", "k", "v"):
                 self._check_inputs(address)
@@ -117,6 +135,51 @@ class ModelAdapter:
                     hint=f"use blocks.{address.layer}.resid_pre or blocks.{address.layer}.attn",
                 )
         return addresses
+
+    def sae_of(self, address: Address) -> Any:
+        """The SAE an SAE address names (one of :attr:`saes`), checked against it.
+
+        Raises:
+            AddressError: the name is not one of the claim file's SAEs, or the address's
+                site is not the one the SAE reads.
+        """
+        sae = self.saes.get(str(address.sae))
+        if sae is None:
+            from mechcheck.errors import closest
+
+            known = sorted(self.saes)
+            near = closest(str(address.sae), known)
+            guess = f"did you mean {' or '.join(repr(n) for n in near)}? " if near else ""
+            listing = (f"the file's saes: {', '.join(known)}" if known else
+                       "the claim file has no saes: (add saes: {NAME: path/to/sae.safetensors})")
+            raise AddressError(f"{address}: no SAE named {address.sae!r}",
+                               hint=f"{guess}{listing}")
+        base = Address(address.sae_site, address.layer)  # type: ignore[arg-type]
+        if base != sae.site:
+            raise AddressError(
+                f"{address}: SAE {address.sae!r} reads {sae.site}, not {base}",
+                hint=f"write {sae.site}.sae.{address.sae}."
+                f"{'error' if address.site == 'sae_error' else address.index}")
+        return sae
+
+    def _sae_addresses(self, address: Address) -> list[Address]:
+        """An SAE address, checked; ``*`` expanded to every feature."""
+        if address.layer == "*":
+            raise AddressError(f"{address}: an SAE reads one layer, so its address names "
+                               "the layer", hint="write the layer the SAE reads, e.g. "
+                               "blocks.6.resid_post.sae.NAME.3")
+        address.check(self.dims)
+        sae = self.sae_of(address)
+        if address.site == "sae_error":
+            return [address]
+        if address.index == "*":
+            return [Address("feature", address.layer, f, address.sae, address.sae_site)
+                    for f in range(sae.d_sae)]
+        if int(address.index) >= sae.d_sae:  # type: ignore[arg-type]
+            raise AddressError(f"{address} does not exist: SAE {address.sae!r} has "
+                               f"{sae.d_sae} features (0-{sae.d_sae - 1})",
+                               hint=f"use a feature from 0 to {sae.d_sae - 1}")
+        return [address]
 
     def _check_inputs(self, address: Address) -> None:
         arch = self.arch
@@ -140,6 +203,10 @@ class ModelAdapter:
         """
         arch, layer = self.arch, address.layer
         block = f"{arch.blocks}.{layer}"
+        if address.sae is not None:
+            sae = self.sae_of(address)
+            base = self.site(sae.site)
+            return Site(base.module, base.when, sae)
         if address.site in ("q", "k", "v"):
             self._check_inputs(address)
             module = arch.qkv or getattr(arch, address.site)
@@ -175,8 +242,11 @@ class ModelAdapter:
         if address.site == "head":
             start = int(address.index) * self.d_head  # type: ignore[arg-type]
             return slice(start, start + self.d_head)
-        if address.site == "neuron":
+        if address.site in ("neuron", "feature"):
             return slice(int(address.index), int(address.index) + 1)  # type: ignore[arg-type]
+        if address.site == "sae_error":  # [f, error]: the error follows the features
+            sae = self.sae_of(address)
+            return slice(sae.d_sae, sae.d_sae + sae.d_in)
         return slice(None)
 
     def _input_columns(self, which: str, head: int) -> slice:

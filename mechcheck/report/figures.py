@@ -15,8 +15,9 @@ from typing import Any
 
 from mechcheck.report.results import ClaimResult
 
-__all__ = ["CHANGE_COLOURS", "PROFILE_COLOURS", "VERDICT_COLOURS", "effects_grid", "forest",
-           "heatmap", "profile_figure", "shown_verdict"]
+__all__ = ["CHANGE_COLOURS", "GRID_COLOURMAPS", "PROFILE_COLOURS", "VERDICT_COLOURS",
+           "effects_grid", "forest", "grid_figure", "heatmap", "is_grid", "profile_figure",
+           "shown_verdict"]
 
 # The verdict as the report shows it: an expected failure is `xfail`; a claim expected
 # to fail that passed is `xpass` (strict: it fails the run).
@@ -346,4 +347,67 @@ def profile_figure(result: ClaimResult) -> bytes:
     where = f" [{result.checkpoint}]" if result.checkpoint else ""
     axes.set_title(plain_text(f"{result.id}{where}: {shown_verdict(result)}"), fontsize=10)
     axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
+    return _png(figure)
+
+
+# A 2-D profile (causal tracing's layers x positions per site), one colour map per site as
+# in Meng et al.'s figures: the residual stream purple, MLPs green, attention red.
+GRID_KEYS = ("layer", "position", "effect")
+GRID_COLOURMAPS: dict[str, str] = {"resid": "Purples", "mlp": "Greens", "attn": "Reds"}
+GRID_TITLES = {"resid": "residual stream (resid_post)", "mlp": "MLP", "attn": "attention"}
+
+
+def is_grid(points: Sequence[dict[str, Any]]) -> bool:
+    """Whether a profile is a 2-D grid: every point gives a numeric ``layer``, a
+    ``position`` and an ``effect`` (causal tracing's cells; a ``site`` key splits it
+    into panels).  Such profiles are drawn by :func:`grid_figure`, others by
+    :func:`profile_figure`."""
+    return bool(points) and all(
+        all(k in p for k in GRID_KEYS) and math.isfinite(_number(p, "layer"))
+        for p in points)
+
+
+def grid_cells(points: Sequence[dict[str, Any]]) -> tuple[list[str], list[str], list[int]]:
+    """A grid profile's sites, positions (each in order of first appearance) and layers
+    (sorted)."""
+    sites = list(dict.fromkeys(str(p.get("site", "")) for p in points))
+    positions = list(dict.fromkeys(str(p["position"]) for p in points))
+    layers = sorted({int(_number(p, "layer")) for p in points})
+    return sites, positions, layers
+
+
+def grid_figure(result: ClaimResult) -> bytes:
+    """A grid profile as heatmaps: one panel per site, layers across, positions down,
+    each cell coloured by its ``effect`` (white at 0; a missing cell is blank) with a
+    colour bar per panel; the title is the claim id (and checkpoint) and its verdict."""
+    import numpy as np
+
+    points = result.profile
+    sites, positions, layers = grid_cells(points)
+    figure = _figure(max(4.0, 1.5 + 0.22 * len(layers)), 0.9 + (0.55 + 0.32 * len(positions))
+                     * len(sites))
+    panels = figure.subplots(len(sites), 1, squeeze=False)[:, 0]
+    for axes, site in zip(panels, sites):
+        grid = np.full((len(positions), len(layers)), np.nan)
+        for p in points:
+            if str(p.get("site", "")) == site:
+                grid[positions.index(str(p["position"])),
+                     layers.index(int(_number(p, "layer")))] = _number(p, "effect")
+        finite = grid[np.isfinite(grid)]
+        top = float(max(finite.max(initial=0.0), 1e-9))
+        low = float(min(finite.min(initial=0.0), 0.0))
+        image = axes.imshow(grid, aspect="auto", cmap=GRID_COLOURMAPS.get(site, "Blues"),
+                            vmin=low, vmax=top, interpolation="nearest")
+        axes.set_yticks(range(len(positions)), [plain_text(x) for x in positions])
+        step = max(1, math.ceil(len(layers) / 30))
+        axes.set_xticks(range(0, len(layers), step), [str(la) for la in layers][::step])
+        axes.tick_params(axis="x", labelsize=7)
+        axes.tick_params(axis="y", labelsize=8)
+        axes.set_title(plain_text(GRID_TITLES.get(site, site)), fontsize=9)
+        bar = figure.colorbar(image, ax=axes, fraction=0.04, pad=0.01)
+        bar.ax.tick_params(labelsize=7)
+    panels[-1].set_xlabel("layer restored")
+    where = f" [{result.checkpoint}]" if result.checkpoint else ""
+    figure.suptitle(plain_text(f"{result.id}{where}: {shown_verdict(result)}"), fontsize=10)
+    figure.tight_layout()
     return _png(figure)

@@ -15,7 +15,9 @@ each claim's effect, interval and threshold instead.  Both list every claim with
 expected inequality, and the message of every claim that did not pass.  A claim that
 failed as expected shows as ``xfail``, one expected to fail that passed as ``xpass``.
 Claims with a ``profile`` (a probe's curve over sites, a steering claim's shift over
-scales) get a plot and a table of its points each, under "Curves".
+scales) get a plot and a table of its points each, under "Curves"; a profile over
+layers x positions (causal tracing's cells, :func:`~mechcheck.report.figures.is_grid`)
+gets a heatmap per site and a table with one column per position.
 
 The same input gives the same bytes: nothing depends on the time or the machine,
 and PNG metadata is stripped.
@@ -43,7 +45,10 @@ from mechcheck.report.figures import (
     VERDICT_COLOURS,
     effects_grid,
     forest,
+    grid_cells,
+    grid_figure,
     heatmap,
+    is_grid,
     profile_figure,
     shown_verdict,
 )
@@ -273,12 +278,33 @@ def _curves_sections(results: Sequence[ClaimResult]) -> list[_Section]:
                          "shaded; dashed: chance), or a steering claim's metric shift at "
                          "each scale (interval shaded; grey: random directions and zero).")]
     for i, r in enumerate(profiled):
-        header, rows = _profile_table(r.profile)
+        grid = is_grid(r.profile)
+        header, rows = _grid_table(r.profile) if grid else _profile_table(r.profile)
         where = f" [{r.checkpoint}]" if r.checkpoint else ""
         sections.append(_Section(title=f"{r.file}::{r.id}{where}", level=3,
-                                 image=(f"curve{i + 1}.png", profile_figure(r)),
+                                 image=(f"curve{i + 1}.png",
+                                        grid_figure(r) if grid else profile_figure(r)),
                                  header=header, rows=rows))
     return sections
+
+
+def _grid_table(points: Sequence[dict[str, Any]]) -> tuple[tuple[str, ...],
+                                                           tuple[tuple[str, ...], ...]]:
+    """A grid profile (causal tracing) as a table: one row per site and layer, one
+    column per position, each cell ``effect [ci_low, ci_high]``."""
+    sites, positions, layers = grid_cells(points)
+    cells = {(str(p.get("site", "")), int(p["layer"]), str(p["position"])): p for p in points}
+    rows = []
+    for site in sites:
+        for layer in layers:
+            row = [site or "-", str(layer)]
+            for position in positions:
+                p = cells.get((site, layer, position))
+                row.append("-" if p is None else
+                           f"{_point_cell(p.get('effect'))} [{_point_cell(p.get('ci_low'))}, "
+                           f"{_point_cell(p.get('ci_high'))}]")
+            rows.append(tuple(row))
+    return ("site", "layer", *positions), tuple(rows)
 
 
 def _claims_section(results: Sequence[ClaimResult]) -> _Section:

@@ -65,7 +65,7 @@ _MAX_LISTED = 20
 _FILE_ONLY = frozenset({"claims", "correction", "checkpoints"})
 _PROMPT_SOURCES = frozenset({"data", "task"})
 _SPEC_FIELDS = ("model", "data", "task", "alpha", "seed", "n", "test", "xfail", "description",
-                "skip_if_unavailable", "xfail_before")
+                "skip_if_unavailable", "xfail_before", "saes")
 
 
 # ---------------------------------------------------------------------------

@@ -132,6 +132,7 @@ class ClaimSpec:
     xfail_before: str | None = None
     checkpoint: str | None = None
     description: str | None = None
+    saes: Mapping[str, str] | None = None  # SAE name -> path as written (see as_saes)
     params: Mapping[str, Any] = field(default_factory=dict)
     key_lines: Mapping[str, int] = field(default_factory=dict)
     source: ModelSource | None = None
@@ -292,6 +293,22 @@ def as_components(value: Any) -> tuple[str, ...]:
     return tuple(items)
 
 
+def as_saes(value: Any) -> dict[str, str]:
+    """``{NAME: path}``: sparse autoencoders by name (letters, digits, ``_``, ``-``), each a
+    ``.safetensors`` file or a SAELens folder, relative to the claim file."""
+    import re
+
+    if not isinstance(value, dict) or not value:
+        raise ValueError(f"got {value!r}")
+    for name, path in value.items():
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", name):
+            raise ValueError(f"the SAE name {name!r} is not a name (letters, digits, _ and -, "
+                             "not starting with a digit)")
+        if not isinstance(path, str) or not path.strip():
+            raise ValueError(f"the path of SAE {name!r} must be text, got {path!r}")
+    return dict(value)
+
+
 def as_task(value: Any) -> dict[str, Any]:
     """``{name: ..., n: ..., seed: ..., <task parameters>}``: ``n`` at least 2, ``seed``
     0 or more."""
@@ -364,6 +381,9 @@ COMMON_KEYS: Mapping[str, KeySpec] = {
         KeySpec(name="xfail_before", parse=as_str,
                 expected="a checkpoint name: on the checkpoints listed before it the claim is "
                 "expected to fail (strict xfail), e.g. before a phase change"),
+        KeySpec(name="saes", parse=as_saes,
+                expected="a mapping of SAE names to .safetensors files or SAELens folders "
+                "next to the claim file, e.g. {res6: sae_l6.safetensors}"),
         KeySpec(name="skip_if_unavailable", parse=as_bool, default=False,
                 expected="true or false: skip (not fail) when an hf: model is neither in "
                 "the local HF cache nor reachable"),
@@ -374,7 +394,8 @@ COMMON_KEYS: Mapping[str, KeySpec] = {
 # are defaults that a claim may override.
 FILE_KEYS: Mapping[str, KeySpec] = {
     **{k: COMMON_KEYS[k] for k in ("model", "data", "task", "alpha", "seed", "n", "test",
-                                   "description", "skip_if_unavailable", "xfail_before")},
+                                   "description", "skip_if_unavailable", "xfail_before",
+                                   "saes")},
     "metric": KeySpec(name="metric", expected="a metric such as logit_diff, logprob, prob, "
                       "accuracy or kl", parse=as_str),
     "correction": KeySpec(name="correction", expected="one of holm, bh, none",
