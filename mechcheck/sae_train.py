@@ -11,7 +11,9 @@ alone), fitted in float32 on the CPU with Adam from a seeded initialisation:
   ``b_dec = 0`` (SAELens's default initialisation);
 * each step a seeded minibatch, loss ``mean ||x - x_hat||^2 / mean ||x - mean||^2``
   (normalised MSE) plus, for L1, ``l1 * mean sum_j f_j ||W_dec[j]||``; for top-k the
-  decoder rows are renormalised to unit norm after each step.
+  decoder rows are renormalised to unit norm after each step;
+* features that stay dead are re-initialised towards badly reconstructed vectors every
+  250 steps in the first three quarters of training.
 
 The same seed and inputs give the same file, bit for bit.  The file is one
 ``.safetensors`` with SAELens's tensor names and the config (site, architecture, k,
@@ -36,7 +38,8 @@ __all__ = ["add_sae_parser", "collect_activations", "sae_command", "train_sae"]
 
 def train_sae(acts: torch.Tensor, *, site: str, features: int, k: int | None = None,
               l1: float | None = None, steps: int = 2000, seed: int = 0, lr: float = 1e-3,
-              batch_size: int = 256) -> tuple[SAE, dict[str, float]]:
+              batch_size: int = 256,
+              decoder_bias: bool = True) -> tuple[SAE, dict[str, float]]:
     """Fit an SAE to activations ``[n, d]``.
 
     Args:
@@ -49,6 +52,8 @@ def train_sae(acts: torch.Tensor, *, site: str, features: int, k: int | None = N
         seed: seeds the initialisation and the minibatches.
         lr: Adam's learning rate.
         batch_size: vectors per step.
+        decoder_bias: train ``b_dec``; False keeps it at 0 (for activations that are
+            sums of non-negative directions, where a learnt bias mixes them).
 
     Returns:
         The SAE and its fit on all of ``acts``: ``fvu`` (the unexplained share of the
@@ -72,10 +77,10 @@ def train_sae(acts: torch.Tensor, *, site: str, features: int, k: int | None = N
     mean = x.mean(dim=0)
     params = {"W_enc": W_dec.t().clone(), "b_enc": torch.zeros(features),
               "W_dec": W_dec.clone(), "b_dec": torch.zeros(d)}
-    for p in params.values():
-        p.requires_grad_(True)
+    for name, p in params.items():
+        p.requires_grad_(name != "b_dec" or decoder_bias)
     scale = float(((x - mean) ** 2).sum(dim=1).mean().clamp_min(1e-12))
-    optim = torch.optim.Adam(list(params.values()), lr=lr)
+    optim = torch.optim.Adam([p for p in params.values() if p.requires_grad], lr=lr)
     architecture = "topk" if k is not None else "standard"
 
     def encode(batch: torch.Tensor) -> torch.Tensor:
@@ -106,11 +111,17 @@ def train_sae(acts: torch.Tensor, *, site: str, features: int, k: int | None = N
 
 def _fit(params: dict[str, torch.Tensor], optim: torch.optim.Optimizer, x: torch.Tensor,
          g: torch.Generator, encode: Any, *, steps: int, batch_size: int, scale: float,
-         l1: float | None, unit_decoder: bool) -> None:
-    """Adam on seeded minibatches of ``x`` (see the module docstring for the loss)."""
+         l1: float | None, unit_decoder: bool, resample_every: int = 250) -> None:
+    """Adam on seeded minibatches of ``x`` (see the module docstring for the loss).
+
+    Every ``resample_every`` steps in the first three quarters of training, features
+    that were never active since the last check are re-initialised towards the
+    training vectors worst reconstructed (Bricken et al. 2023's resampling, simplified):
+    decoder row and encoder column the unit residual direction, ``b_enc`` 0."""
     n = len(x)
+    counts = torch.zeros(params["b_enc"].shape[0])
     with torch.enable_grad():
-        for _ in range(steps):
+        for step in range(1, steps + 1):
             rows = torch.randint(0, n, (min(batch_size, n),), generator=g)
             batch = x[rows]
             f = encode(batch)
@@ -121,9 +132,31 @@ def _fit(params: dict[str, torch.Tensor], optim: torch.optim.Optimizer, x: torch
             optim.zero_grad()
             loss.backward()
             optim.step()
+            counts += (f.detach() > 0).sum(dim=0)
             if unit_decoder:
                 with torch.no_grad():
                     params["W_dec"] /= params["W_dec"].norm(dim=1, keepdim=True).clamp_min(1e-8)
+            if step % resample_every == 0 and step <= 3 * steps // 4:
+                _resample(params, optim, x, g, encode, counts == 0)
+                counts.zero_()
+
+
+def _resample(params: dict[str, torch.Tensor], optim: torch.optim.Optimizer, x: torch.Tensor,
+              g: torch.Generator, encode: Any, dead: torch.Tensor) -> None:
+    """Point the ``dead`` features at the worst-reconstructed of a seeded sample."""
+    if not bool(dead.any()):
+        return
+    with torch.no_grad():
+        sample = x[torch.randint(0, len(x), (min(1024, len(x)),), generator=g)]
+        residual = sample - (encode(sample) @ params["W_dec"] + params["b_dec"])
+        worst = torch.argsort(residual.norm(dim=1), descending=True, stable=True)
+        chosen = residual[worst[: int(dead.sum())]]
+        directions = chosen / chosen.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        index = torch.nonzero(dead).flatten()[: len(directions)]
+        params["W_dec"][index] = directions[: len(index)]
+        params["W_enc"][:, index] = directions[: len(index)].t()
+        params["b_enc"][index] = 0.0
+    optim.state.clear()  # fresh moments for every parameter, as at the start
 
 
 def collect_activations(loaded: Any, rows: Sequence[dict[str, Any]], site: str, *,
@@ -164,6 +197,9 @@ def add_sae_parser(commands: Any) -> None:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--batch-size", type=int, default=256)
+    train.add_argument("--no-decoder-bias", action="store_true",
+                       help="keep b_dec at 0 (activations that are sums of non-negative "
+                       "directions, such as the planted zoo models')")
     train.add_argument("--dtype", choices=("float32", "float16", "bfloat16"),
                        default="float32", help="the stored weights' dtype")
     train.add_argument("--out", required=True, help="the .safetensors file to write")
@@ -192,12 +228,14 @@ def sae_command(args: argparse.Namespace) -> int:
     acts = collect_activations(loaded, rows, args.site, source=source)
     sae, fit = train_sae(acts, site=args.site, features=args.features, k=args.k, l1=args.l1,
                          steps=args.steps, seed=args.seed, lr=args.lr,
-                         batch_size=args.batch_size)
+                         batch_size=args.batch_size,
+                         decoder_bias=not args.no_decoder_bias)
     dtype = {"float32": torch.float32, "float16": torch.float16,
              "bfloat16": torch.bfloat16}[args.dtype]
     training = {"model": args.model, "prompts": source, "n_vectors": int(len(acts)),
                 "steps": args.steps, "seed": args.seed, "lr": args.lr,
-                "batch_size": args.batch_size, **({"l1": args.l1} if args.l1 else {}), **fit}
+                "batch_size": args.batch_size, "decoder_bias": not args.no_decoder_bias,
+                **({"l1": args.l1} if args.l1 else {}), **fit}
     out.parent.mkdir(parents=True, exist_ok=True)
     save_sae(out, sae, dtype=dtype, extra={"training": training})
     print(f"trained a {sae.architecture} SAE ({sae.d_in} -> {sae.d_sae}) on {len(acts)} "

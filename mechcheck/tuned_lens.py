@@ -102,7 +102,7 @@ class _Head:
         return torch.log_softmax(logits, dim=-1)
 
 
-def _examples(ctx: ClaimContext, site: Address, rows: Sequence[int],
+def _examples(ctx: ClaimContext, site: Address, rows: Sequence[int] | np.ndarray,
               final: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Every position of ``rows``: the site's vectors ``[m, d]`` and the model's final
     log-probabilities there ``[m, vocab]``."""
@@ -152,7 +152,8 @@ def train_translator(ctx: ClaimContext, sites: Sequence[Address], *, steps: int 
     return Translator(maps=maps, train_rows=translator.train_rows, meta=meta)
 
 
-def held_out_kl(ctx: ClaimContext, translator: Translator, rows: Sequence[int], *,
+def held_out_kl(ctx: ClaimContext, translator: Translator,
+                rows: Sequence[int] | np.ndarray, *,
                 final: list[torch.Tensor] | None = None,
                 head: _Head | None = None) -> dict[str, dict[str, float]]:
     """Per site, the mean KL from the model's final distribution, over every position of

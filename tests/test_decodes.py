@@ -45,7 +45,7 @@ def final_norm(model: Any) -> Any:
 def hand_norm(module: Any, x: torch.Tensor) -> torch.Tensor:
     """The final norm written out: LayerNorm (with bias) or RMSNorm, in float64."""
     weight = module.weight.detach().double()
-    eps = getattr(module, "eps", None) or getattr(module, "variance_epsilon")
+    eps = getattr(module, "eps", None) or module.variance_epsilon
     if isinstance(module, torch.nn.LayerNorm):
         centred = x - x.mean(-1, keepdim=True)
         var = centred.pow(2).mean(-1, keepdim=True)
@@ -107,7 +107,7 @@ def models(tiny_loaded: Callable[..., Any]) -> Callable[[str], tuple[Any, Any]]:
     return get
 
 
-# -- (1) the lens's scores equal the hand-written lens ----------------------------------------------
+# -- (1) the lens's scores equal the hand-written lens ---------------------------------------
 @pytest.mark.parametrize("arch", ["gpt2", "neox", "llama"])
 @pytest.mark.parametrize(("site", "at"), [("resid_post", "S"), ("resid_pre", 3),
                                           ("resid_post", "last")])

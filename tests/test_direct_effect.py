@@ -134,7 +134,8 @@ def hand_direct_effects(loaded: Any, arch: str, rows: list[dict[str, Any]],
         direction = unembed[vocab[row["answer"]]] - unembed[vocab[row["wrong"]]]
         x = seen["final"][p]
 
-        def effect(c: torch.Tensor) -> float:
+        def effect(c: torch.Tensor, x: torch.Tensor = x,
+                   direction: torch.Tensor = direction) -> float:
             return float(hand_norm_linear(model, arch, c, x) @ direction)
 
         terms = {"embeddings": effect(seen["embeddings"][p])}
@@ -444,8 +445,8 @@ def test_gemma_style_heads_are_refused() -> None:
 
     from mechcheck.errors import ClaimSpecError
     from mechcheck.kinds.direct import component_output
-    from mechcheck.models.archs.gpt2 import GPT2
     from mechcheck.models.adapter import ModelAdapter
+    from mechcheck.models.archs.gpt2 import GPT2
     from mechcheck.zoo import planted
 
     adapter = ModelAdapter(dataclasses.replace(GPT2, attn_out="ln_2", mlp_out="ln_2"),

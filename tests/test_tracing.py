@@ -320,7 +320,7 @@ def test_the_same_seed_gives_the_same_numbers_and_another_seed_other_noise(
     assert first["corrupt"] != more["corrupt"]  # a third draw moves the average
 
 
-# -- (5) located errors ------------------------------------------------------------------------------
+# -- (5) located errors ---------------------------------------------------------------
 ERRORS = """\
 model: {model}
 data: rows.jsonl

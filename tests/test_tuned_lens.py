@@ -208,3 +208,18 @@ def test_split_is_seeded_and_disjoint() -> None:
     assert split_rows(11, 0.5, seed=3)[1].tolist() != held.tolist()
     with pytest.raises(ValueError, match="strictly between 0 and 1"):
         split_rows(10, 1.0, seed=0)
+
+
+def test_train_command_errors(trained: tuple[Path, dict[str, Any]],
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    from mechcheck.cli import main
+
+    folder, _ = trained
+    claims = str(folder / "test_tuned.yaml")
+    out = str(folder / "never.safetensors")
+    assert main(["lens", "train", claims, "--claim", "nope", "--out", out]) == 2
+    assert "no claim 'nope' (claims: early, early_tuned" in capsys.readouterr().err
+    assert main(["lens", "train", claims, "--claim", "early", "--out", out,
+                 "--holdout", "1.5"]) == 2
+    assert "holdout must lie strictly between 0 and 1" in capsys.readouterr().err
+    assert not Path(out).exists()

@@ -15,8 +15,8 @@ from mechcheck.kinds.attention import Attends
 from mechcheck.kinds.base import ClaimKind, Measurement
 from mechcheck.kinds.behaviour import Performs
 from mechcheck.kinds.circuits import Circuit
-from mechcheck.kinds.features import Activates
 from mechcheck.kinds.direct import DirectEffect
+from mechcheck.kinds.features import Activates
 from mechcheck.kinds.hypotheses import Equivalent, Independent, MinimalEdges, SufficientVsRandom
 from mechcheck.kinds.lens import Decodes
 from mechcheck.kinds.nodes import Necessary, Negligible, Sufficient
@@ -30,7 +30,7 @@ BUILTIN_KINDS = (Necessary(), Sufficient(), Negligible(), Attends(), Performs(),
                  Erasure(), Steers(), Decodes(), DirectEffect(), Traced(),
                  Activates())
 
-__all__ = ["BUILTIN_KINDS", "Activates", "Attends", "Circuit", "ClaimKind", "Decodes", "DirectEffect",
-           "Equivalent", "Erasure",
+__all__ = ["BUILTIN_KINDS", "Activates", "Attends", "Circuit", "ClaimKind", "Decodes",
+           "DirectEffect", "Equivalent", "Erasure",
            "Independent", "Measurement", "MinimalEdges", "Necessary", "Negligible", "Path",
            "Performs", "Probe", "Steers", "Sufficient", "SufficientVsRandom", "Traced"]

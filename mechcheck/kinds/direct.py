@@ -43,8 +43,7 @@ from mechcheck.kinds.base import (
     as_positive,
     keys,
 )
-from mechcheck.spec.schema import KeySpec, as_choice, as_components, as_number, \
-    as_positions, as_str
+from mechcheck.spec.schema import KeySpec, as_choice, as_components, as_number, as_positions, as_str
 
 if TYPE_CHECKING:
     from mechcheck.engine.context import ClaimContext
@@ -111,7 +110,8 @@ def component_output(adapter: ModelAdapter, address: Address | str,
     if address.site not in ("head", "neuron"):
         return values
     module = _projection(adapter, address)
-    weight = module.weight.detach().double().cpu()  # type: ignore[union-attr]
+    weight: torch.Tensor = module.weight  # type: ignore[assignment]
+    weight = weight.detach().double().cpu()
     cols = adapter.columns(address)
     if isinstance(module, torch.nn.Linear):
         return values @ weight[:, cols].T
@@ -379,19 +379,19 @@ class DirectEffect:
                 expected=f"direct effect on {unit} > {p['min_effect']:.4g}", detail=detail))
         if p.get("max_effect") is not None:
             criteria.append(_negligible(claim, ctx, direct, p["max_effect"], unit, detail))
-        label = f"direct effect at {where} (final norm's clean scale frozen)"
+        label = f"direct logit attribution at {where} (final norm's clean scale frozen)"
         extra: dict[str, np.ndarray] = {}
         if p.get("relative_to") == "total":
             clean, total = total_effects(ctx, components, p["ablation"], at=at, target=target)
             criteria.append(_share(claim, ctx, direct, total))
-            label += f"; total effect: {p['ablation']} ablation at every position"
+            label += f" against {p['ablation']} ablation at every position"
             ctx.keep("clean", clean)
             ctx.keep("_base", clean)
             ctx.keep("patched", clean - total)
             extra["total_effect"] = total
         ctx.keep("score", direct)
         profile = _profile(ctx, p.get("curve"), at, target)
-        return Measurement(decision=all_of(criteria).decision, intervention=label,
+        return Measurement(decision=all_of(criteria).decision, intervention=label + " of",
                            metric=target, components=ctx.component_names(),
                            expected="; ".join(c.expected for c in criteria),
                            criteria=tuple(criteria), profile=profile)
@@ -467,11 +467,17 @@ def _profile(ctx: ClaimContext, curve: Sequence[str] | None, at: Sequence[int | 
     if not curve:
         return ()
     points = []
-    effects = direct_effects(ctx, list(curve), at=at, target=target, key="curve")
-    for name, values in effects.items():
+    addresses = sorted(set(ctx.resolve(list(curve), "curve")))  # in forward-pass order
+    effects = direct_effects(ctx, addresses, at=at, target=target, key="curve")
+    layers = [a.layer for a in addresses]
+    by_layer = None not in layers and len(set(layers)) == len(layers)
+    for address, (name, values) in zip(addresses, effects.items()):
         mean, n = float(values.mean()), len(values)
         half = float(student.ppf(1 - ctx.claim.alpha, n - 1) * values.std(ddof=1)
                      / np.sqrt(n)) if n > 1 else float("nan")
-        points.append({"site": name, "direct_effect": mean, "ci_low": mean - half,
-                       "ci_high": mean + half})
+        point: dict[str, Any] = {"site": name}
+        if by_layer:  # one component per layer: the report's x axis is the layer
+            point["layer"] = int(address.layer)  # type: ignore[arg-type]
+        point.update({"direct_effect": mean, "ci_low": mean - half, "ci_high": mean + half})
+        points.append(point)
     return tuple(points)

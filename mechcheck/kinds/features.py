@@ -168,8 +168,28 @@ def feature_marks(ctx: ClaimContext, column: str) -> list[set[int]]:
             raise DataError(f"marks: {dataset.row_label(row)} gives {value!r}", key="marks",
                             hint=f"give position names, last or token indices, or one 0/1 "
                             f"flag per token ({length} tokens, <bos> included)")
-        out.append(set(ctx.positions_of(row, list(items), key="marks")) if items else set())
+        out.append({_mark(ctx, row, length, item) for item in items})
     return out
+
+
+def _mark(ctx: ClaimContext, row: int, length: int, item: int | str) -> int:
+    """The token index of one ``marks`` entry: a name, ``last`` or an index."""
+    from mechcheck.engine.runner import unknown_position
+
+    dataset = ctx.dataset
+    if item == "last":
+        return length - 1
+    if isinstance(item, str):
+        named = dataset.positions[row] or {}
+        if item not in named:
+            raise unknown_position(dataset, row, item, key="marks")
+        return int(named[item])
+    index = item + length if item < 0 else item
+    if not 0 <= index < length:
+        raise DataError(f"marks: position {item} is outside {dataset.row_label(row)}'s "
+                        f"{length} tokens", key="marks",
+                        hint=f"use an index from {-length} to {length - 1}")
+    return index
 
 
 def _position_names(ctx: ClaimContext) -> list[dict[int, tuple[str, ...]]]:

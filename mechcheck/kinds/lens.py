@@ -33,6 +33,7 @@ rows the translator did not train on.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -154,7 +155,7 @@ class Decodes:
         for site in [*decided, *(s for s in curve if s not in decided)]:
             scores = lens_scores(ctx, site, score_name, rows=rows, translator=translator,
                                  positions=positions)
-            point = _point(ctx, rule, site, scores)
+            point = _point(ctx, rule, site, scores, decided=site in decided)
             if site in decided:
                 criterion = _criterion(ctx, rule, site, scores)
                 criteria.append(criterion)
@@ -224,7 +225,7 @@ def _residual(ctx: ClaimContext, addresses: tuple[Address, ...], key: str) -> li
     return list(addresses)
 
 
-def _order(point: dict[str, Any]) -> tuple[int, int]:
+def _order(point: Mapping[str, Any]) -> tuple[int, int]:
     return (int(point["layer"]), RESIDUAL_SITES.index(Address.parse(point["site"]).site))
 
 
@@ -366,9 +367,11 @@ def _criterion(ctx: ClaimContext, rule: _Rule, site: Address, scores: np.ndarray
                      detail=f"{site}: {verdict}; {detail} over {len(scores)} prompts")
 
 
-def _point(ctx: ClaimContext, rule: _Rule, site: Address, scores: np.ndarray) -> dict[str, Any]:
+def _point(ctx: ClaimContext, rule: _Rule, site: Address, scores: np.ndarray, *,
+           decided: bool) -> dict[str, Any]:
     """One point of the layer curve: the score (for max_rank: the top-R share) with its
-    interval, and the claim's threshold."""
+    interval, and the claim's threshold where the site is decided (None on a curve
+    site, which the figure leaves as a gap)."""
     p = ctx.params
     if rule.key == "max_rank":
         values, threshold, binary = _indicator(ctx, rule, scores), p["min_fraction"], True
@@ -379,7 +382,7 @@ def _point(ctx: ClaimContext, rule: _Rule, site: Address, scores: np.ndarray) ->
     decision = _greater(ctx, rule.key, values, bound_at, binary)
     return {"site": str(site), "layer": int(site.layer),  # type: ignore[arg-type]
             "score": decision.effect, "ci_low": decision.ci_low, "ci_high": decision.ci_high,
-            "threshold": float(threshold)}
+            "threshold": float(threshold) if decided else None}
 
 
 def _where(ctx: ClaimContext) -> str:

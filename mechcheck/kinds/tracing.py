@@ -29,8 +29,9 @@ residual stream.
 What is decided:
 
 - without ``layers:``: the ``components`` restored *together* at the positions of
-  ``at`` (together): ``min_effect`` on the per-prompt IE, or ``min_share`` on
-  ``IE - min_share * TE`` (IE's share of TE exceeds ``min_share``);
+  ``at`` (together): ``min_effect`` on the per-prompt IE (the claim's ``test:``), or
+  ``min_share`` on the ratio ``mean(IE) / mean(TE)`` (the ratio rule of ``sufficient``,
+  Fieller's test and its bootstrap twin);
 - with ``layers:`` and ``site:`` (one site or a list; ``at`` one position or a list):
   a sweep, each cell (site, layer, position) restored alone.  Every cell is reported
   in the claim's profile (the report draws layers x positions as a heatmap, one panel
@@ -46,7 +47,6 @@ What is decided:
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -57,7 +57,7 @@ import torch
 from mechcheck.addresses import Address
 from mechcheck.engine.runs import Placed
 from mechcheck.errors import ClaimSpecError, DataError
-from mechcheck.kinds.base import Criterion, Measurement, all_of, keys
+from mechcheck.kinds.base import RATIO_METHODS, Criterion, Measurement, all_of, keys
 from mechcheck.spec.schema import KeySpec, as_components, as_int, as_number, as_positions
 
 if TYPE_CHECKING:
@@ -302,7 +302,7 @@ def _plan(ctx: ClaimContext) -> _Plan:
     cells = []
     for site in plan.sites:
         for layer in layers:
-            base = Address("resid_post" if site == "resid" else site, layer)
+            base = Address.parse(f"blocks.{layer}.{'resid_post' if site == 'resid' else site}")
             restored = _windowed(base, window if site != "resid" else 1, n_layers)
             for item in plan.at:
                 cells.append((site, layer, item, restored, item))
@@ -471,13 +471,18 @@ def _criterion(ctx: ClaimContext, effect: np.ndarray, total: np.ndarray, te: str
                what: str) -> Criterion:
     p = ctx.params
     if p.get("min_share") is not None:
+        from mechcheck.stats import test_ratio
+
+        ctx.require_test(("robust", "t", "bootstrap"), "min_share is a ratio, IE / total "
+                         "effect: test: robust (the default), t (Fieller's) or bootstrap")
         share = p["min_share"]
-        mean_total = float(total.mean())
-        ratio = float(effect.mean()) / mean_total if mean_total else math.nan
-        return Criterion(name="min_share",
-                         decision=ctx.decide_greater(effect - share * total, 0.0),
-                         expected=f"IE of {what} > {share:g} x total effect",
-                         detail=f"IE {effect.mean():.4g}, share {ratio:.3g}; {te}")
+        decision = ctx.stats_call("min_share", test_ratio, effect, total, share,
+                                  alpha=ctx.claim.alpha, seed=ctx.claim.seed,
+                                  n_resamples=ctx.n_resamples,
+                                  method=RATIO_METHODS[ctx.claim.test])
+        return Criterion(name="min_share", decision=decision,
+                         expected=f"IE of {what} / total effect > {share:g}",
+                         detail=f"IE {effect.mean():.4g}; {te}")
     return Criterion(name="min_effect", decision=ctx.decide_greater(effect, p["min_effect"]),
                      expected=f"IE of {what} > {p['min_effect']:g}",
                      detail=f"IE {effect.mean():.4g}; {te}")
