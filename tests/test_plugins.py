@@ -37,7 +37,8 @@ def test_builtins_are_registered_like_any_plugin() -> None:
     assert set(registry.kinds) == {"necessary", "sufficient", "negligible", "attends",
                                    "performs", "path", "circuit", "equivalent",
                                    "independent", "minimal_edges", "sufficient_vs_random",
-                                       "probe", "erasure", "steers"}
+                                   "probe", "erasure", "steers", "decodes",
+                                   "direct_effect", "traced", "activates"}
     assert {"zero", "mean", "resample", "noise", "denoise"} <= set(registry.interventions)
     assert {"logit_diff", "logprob", "prob", "accuracy", "kl"} <= set(registry.metrics)
     assert {a.name for a in registry.archs} >= {"gpt2", "gpt_neox", "llama"}
