@@ -114,7 +114,7 @@ class SAE:
             x = x - b_dec
         pre = x @ W_enc + b_enc
         if self.architecture == "topk":
-            values, indices = torch.topk(pre, k=int(self.k or 1), dim=-1)  # type: ignore[arg-type]
+            values, indices = torch.topk(pre, k=int(self.k or 1), dim=-1)
             return torch.zeros_like(pre).scatter(-1, indices, values.relu())
         if self.architecture == "jumprelu":
             return pre.relu() * (pre > threshold).to(pre.dtype)

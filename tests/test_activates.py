@@ -98,7 +98,9 @@ def test_planted_true_feature_has_full_precision_and_recall(planted: Any) -> Non
     # the profile: mean activation per position name, counted here
     profile = {p["site"]: p for p in result.profile}
     ends = [acts[r][int(rows[r]["positions"]["END"])] for r in range(len(rows))]
-    assert profile["END"]["activation"] == pytest.approx(np.mean(ends), abs=1e-6)
+    top = max(float(a.max()) for a in acts)
+    assert profile["END"]["activation"] == pytest.approx(np.mean(ends) / top, abs=1e-6)
+    assert profile["END"]["active"] == pytest.approx(np.mean([e > 1.0 for e in ends]))
     assert profile["END"]["marked"] == pytest.approx(np.mean([
         rows[r]["group_prev"] == "A" for r in range(len(rows))]))
     assert {"PREV", "END", "other"} <= set(profile)
@@ -283,3 +285,37 @@ def test_planted_feature_ablation_has_the_constructed_effect(planted: Any) -> No
         logits = hand_logits(planted.model, ids, cut)
         assert float(logits[answer[i]] - logits[wrong[i]]) == pytest.approx(ablated[i],
                                                                             abs=1e-4)
+
+
+def test_trained_sae_on_the_planted_model(planted: Any) -> None:
+    """The shipped SAE trained by mechcheck sae train (claims/zoo/): nothing changed
+    gives the model's logits exactly; zeroing feature 44 equals the hand hook."""
+    from mechcheck.data import tokenize_rows
+    from mechcheck.engine.runner import Runner
+    from mechcheck.sae import load_sae
+    from tests.test_sae import IVS, hand_logits
+
+    root = Path(__file__).resolve().parents[1]
+    sae = load_sae(root / "claims/zoo/sae_planted_feature.safetensors")
+    planted.adapter.saes = {"planted": sae}
+    rows = after_a_rows(12, seed=3)
+    runner = Runner(planted, tokenize_rows(rows, planted.tokenizer))
+    features = planted.adapter.resolve([f"{SITE}.sae.planted.*"])
+    keep = lambda current, rows: current  # noqa: E731
+    same = runner.run("clean", [(a, keep) for a in features]).logits
+    assert torch.equal(same, runner.logits("clean"))
+    (f44,) = planted.adapter.resolve([f"{SITE}.sae.planted.44"])
+    zero = runner.patched_logits([(f44, IVS["zero"])]).double()
+    w = sae.W_dec[44].double()
+
+    def encode(h: torch.Tensor) -> torch.Tensor:  # top-3 of relu((h - b_dec) W_enc + b_enc)
+        pre = (h.double() - sae.b_dec.double()) @ sae.W_enc.double() + sae.b_enc.double()
+        kept = torch.zeros_like(pre)
+        top = torch.topk(pre, 3, dim=-1)
+        return kept.scatter(-1, top.indices, top.values.relu())
+
+    for i, r in enumerate(rows):
+        ids = hand_ids(planted.tokenizer, str(r["prompt"]))
+        hand = hand_logits(planted.model, ids, lambda h: h - encode(h)[:, 44:45] * w)
+        assert torch.allclose(zero[i], hand, atol=1e-3)
+    assert (zero - runner.logits("clean").double()).abs().max() > 0.1

@@ -114,7 +114,7 @@ def test_identity_patch_leaves_logits_and_records_the_code(arch: str, with_sae: 
     patched = runner.run("clean", [(a, keep) for a in (*features[:5], error)],
                          record=[features[7], error, Address.parse(SITE)])
     plain = runner.logits("clean")
-    assert torch.allclose(patched.logits, plain, atol=1e-5, rtol=0)
+    assert torch.equal(patched.logits, plain)  # x + 0 written back: bit for bit
     reference = [hand_logits(loaded.model, hand_ids(loaded.tokenizer, r["prompt"]))
                  for r in rows]
     assert torch.allclose(plain.double(), torch.stack(reference), atol=1e-4)
@@ -167,6 +167,15 @@ def test_feature_ablations_match_a_hand_hook(arch: str, with_sae: Any) -> None:
         expected.append(hand_logits(model, i, lambda h, fc=f_corrupt: h + (
             fc - hand_encode(sae, h)[:, feature]).unsqueeze(1) * w))
     assert torch.allclose(resample, torch.stack(expected), atol=1e-4)
+
+    # denoise (kind sufficient): the corrupt run with f_F from the clean prompt
+    denoise = runner.patched_logits([(address[0], IVS["denoise"])]).double()
+    expected = []
+    for i, c in zip(ids, corrupt):
+        f_clean = hand_encode(sae, hand_hidden(model, i).double())[:, feature]
+        expected.append(hand_logits(model, c, lambda h, fc=f_clean: h + (
+            fc - hand_encode(sae, h)[:, feature]).unsqueeze(1) * w))
+    assert torch.allclose(denoise, torch.stack(expected), atol=1e-4)
 
     # at: last only, zero
     last = runner.patched_logits([(address[0], IVS["zero"])], at=["last"]).double()
@@ -425,3 +434,46 @@ def test_saes_key_is_checked_by_the_loader(tmp_path: Path) -> None:
 
 def test_errors_are_mechcheck_errors() -> None:
     assert issubclass(DataError, MechcheckError)
+
+
+# -- (6) SAEs saved by SAELens itself --------------------------------------------------
+FIXTURE = Path(__file__).with_name("sae_lens_fixture")
+
+
+def test_loads_what_sae_lens_saved() -> None:
+    """Folders written by SAELens 6.54's ``save_model`` (tests/sae_lens_fixture/make.py)
+    encode and decode as SAELens itself did."""
+    from safetensors.torch import load_file
+
+    expected = load_file(str(FIXTURE / "expected.safetensors"))
+    x = expected["x"]
+    sites = {"standard": "blocks.0.resid_post", "topk": "blocks.1.mlp",
+             "jumprelu": "blocks.0.resid_post"}
+    for name, site in sites.items():
+        sae = load_sae(FIXTURE / name)
+        assert (sae.architecture, str(sae.site), sae.d_in, sae.d_sae) == (name, site, 32, 48)
+        f = sae.encode(x)
+        assert torch.allclose(f, expected[f"{name}.f"], atol=1e-5), name
+        assert torch.allclose(sae.decode(f), expected[f"{name}.x_hat"], atol=1e-5), name
+        assert int((f > 0).sum()) > 0, name
+    assert load_sae(FIXTURE / "topk").k == 5
+    assert int((load_sae(FIXTURE / "topk").encode(x) > 0).sum(dim=-1).max()) <= 5
+
+
+def test_sae_lens_save_model_round_trip(tmp_path: Path) -> None:
+    """With sae-lens importable: a freshly saved SAELens SAE loads and encodes alike."""
+    sae_lens = pytest.importorskip("sae_lens")
+    from sae_lens.saes.sae import SAEMetadata
+    from sae_lens.saes.standard_sae import StandardSAEConfig
+
+    theirs = sae_lens.StandardSAE(StandardSAEConfig(
+        d_in=32, d_sae=40, metadata=SAEMetadata(hook_name="blocks.0.hook_resid_pre")))
+    with torch.no_grad():
+        for param in theirs.parameters():
+            param.add_(0.2 * torch.randn_like(param))
+    theirs.save_model(tmp_path / "sae")
+    x = torch.randn(4, 32)
+    ours = load_sae(tmp_path / "sae")
+    assert str(ours.site) == "blocks.0.resid_pre"
+    with torch.no_grad():
+        assert torch.allclose(ours.encode(x), theirs.encode(x), atol=1e-5)

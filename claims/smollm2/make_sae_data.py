@@ -4,8 +4,9 @@ Run from the repository root:  python claims/smollm2/make_sae_data.py
 
 The rows are the built-in ioi task's (n=40, seed 0, templates 0, 2 and 6: each 14
 tokens for every name, so they run as one batch) for SmolLM2's tokenizer, with one
-extra column, ``names``: the positions of the three names (IO, S1 and S2), which
-``kind: activates`` reads as the positions a feature should mark.  The SAE of
+extra columns, ``names`` (the positions of the three names: IO, S1 and S2) and
+``end`` (the last position, END), which ``kind: activates`` reads as the positions a
+feature should mark.  The SAE of
 test_sae.yaml was trained on other ioi prompts (seed 1), so these are held out.
 """
 
@@ -25,7 +26,8 @@ def main() -> None:
     session = Session()
     tokenizer = session.model(MODEL).tokenizer
     task = session.registry.lookup("tasks", TASK["name"], key="task")
-    rows = [{**row, "names": ["IO", "S1", "S2"]} for row in task.rows(tokenizer, TASK)]
+    rows = [{**row, "names": ["IO", "S1", "S2"], "end": "END"}
+            for row in task.rows(tokenizer, TASK)]
     OUT.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     print(f"wrote {len(rows)} rows to {OUT}")
 

@@ -206,8 +206,11 @@ def _position_names(ctx: ClaimContext) -> list[dict[int, tuple[str, ...]]]:
 
 def _profile(labels: list[tuple[str, ...]], values: list[float], active: list[bool],
              marked: list[bool]) -> tuple[dict[str, Any], ...]:
-    """The feature's mean activation, active share and marked share per position
-    name (``last``, ``other`` for unnamed positions), in order of first appearance."""
+    """Per position name (``last``, ``other`` for unnamed positions), in order of first
+    appearance: the share of those positions where the feature is active and where
+    the column marks, and the feature's mean activation there as a share of its
+    largest activation on any counted position (so all three lie in [0, 1])."""
+    top = max(max(values), 1e-30)
     groups: dict[str, list[int]] = {}
     for i, names in enumerate(labels):
         for name in names:
@@ -216,7 +219,8 @@ def _profile(labels: list[tuple[str, ...]], values: list[float], active: list[bo
     points = []
     for name in order:
         idx = groups[name]
-        points.append({"site": name, "activation": float(np.mean([values[i] for i in idx])),
+        points.append({"site": name,
+                       "activation": float(np.mean([values[i] for i in idx]) / top),
                        "active": float(np.mean([active[i] for i in idx])),
                        "marked": float(np.mean([marked[i] for i in idx]))})
     return tuple(points)
