@@ -39,9 +39,10 @@ PROFILE_COLOURS: dict[str, str] = {
 OTHER_COLOURS = ("#8c510a", "#c51b7d", "#01665e", "#762a83")
 PROFILE_X = ("layer", "scale")  # the x axis: the first key every point gives as a number
 BOUNDS = ("ci_low", "ci_high")  # the interval of the first of MAIN_KEYS present
-MAIN_KEYS = ("selectivity", "shift")
+MAIN_KEYS = ("selectivity", "shift", "score", "direct_effect")
 DASHED = ("chance",)
-Y_LABELS = {"selectivity": "held-out score", "shift": "metric shift"}
+Y_LABELS = {"selectivity": "held-out score", "shift": "metric shift", "score": "lens score",
+            "direct_effect": "direct effect"}
 MISSING_COLOUR = "#ffffff"
 NO_CHECKPOINT = "-"
 DPI = 100
