@@ -55,14 +55,17 @@ def _digest(prompts_csv: Path) -> dict[str, dict]:
 
 
 def _close(a: object, b: object, where: str) -> list[str]:
-    """Differences between two JSON values: numbers to a relative 1e-6 (other CPUs
-    round matrix products differently), numbers inside text to 4 significant digits."""
+    """Differences between two JSON values: numbers to a relative 1e-3 or an absolute
+    1e-4, numbers inside text to 4 significant digits.  CPUs of different kinds round
+    float32 matrix products differently: two Xeon machines gave SmolLM2's per-prompt
+    values up to 2e-5 apart, their sums up to 1.5e-4 (4e-4 relative), and a difference
+    near zero tens of percent apart; a changed computation moves numbers far more."""
     if isinstance(a, bool) or isinstance(b, bool) or a is None or b is None:
         return [] if a == b else [f"{where}: {a!r} != {b!r}"]
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
         if math.isnan(a) and math.isnan(b):
             return []
-        return [] if math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9) else \
+        return [] if math.isclose(a, b, rel_tol=1e-3, abs_tol=1e-4) else \
             [f"{where}: {a!r} != {b!r}"]
     if isinstance(a, str) and isinstance(b, str):
         if NUMBER.sub("#", a) != NUMBER.sub("#", b):
@@ -123,7 +126,8 @@ def test_claim_suites_give_the_recorded_reports(tmp_path: Path) -> None:
 def test_the_comparison_sees_a_changed_number_verdict_or_message() -> None:
     base = {"effect": 1.25, "verdict": "pass", "message": "drop 1.234 > 1.0", "ci": [1, 2]}
     assert _close(base, dict(base), "r") == []
-    assert _close(base, {**base, "effect": 1.25001}, "r")
+    assert _close(base, {**base, "effect": 1.2515}, "r")
+    assert _close(base, {**base, "effect": 1.2501}, "r") == []  # another CPU's rounding
     assert _close(base, {**base, "verdict": "fail"}, "r")
     assert _close(base, {**base, "message": "drop 1.301 > 1.0"}, "r")
     assert _close(base, {**base, "message": "rise 1.234 > 1.0"}, "r")
