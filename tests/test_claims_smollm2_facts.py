@@ -54,6 +54,10 @@ def test_rows_are_valid_claim_data_with_the_subjects_last_token_marked(smollm2) 
         head = row["prompt"][:row["prompt"].index(row["subject"]) + len(row["subject"])]
         assert len(tok(head)["input_ids"]) - 1 == pos["SUBJ_LAST"]
         assert ids[:pos["SUBJ_LAST"] + 1] == tok(head)["input_ids"]
+        # SUBJ_FIRST is the subject's first token (causal tracing noises SUBJ_FIRST..LAST):
+        # the prompt before the subject is exactly the tokens before it.
+        before = row["prompt"][:row["prompt"].index(row["subject"])].rstrip(" ")
+        assert len(tok(before)["input_ids"]) == pos["SUBJ_FIRST"] <= pos["SUBJ_LAST"]
         other = by_prompt[row["corrupt"]]
         assert other["positions"] == row["positions"]
         # The corrupt prompt is another fact of the file, whose answer is this row's wrong.
