@@ -148,6 +148,17 @@ def _no_hook_left_behind() -> Any:
     assert after == before, "a test left torch hooks installed on a shared model"
 
 
+def assert_located_errors(results: dict[str, Any], expected: dict[str, tuple[str, str]]) -> None:
+    """Each claim of ``expected`` (id -> (key, text)) is an error located at that claim
+    and key whose message holds ``text`` and no traceback."""
+    for claim_id, (key, text) in expected.items():
+        result = results[claim_id]
+        assert result.verdict == "error", (claim_id, result.verdict, result.message)
+        assert f"claim '{claim_id}', key '{key}'" in result.message, result.message
+        assert text in result.message, result.message
+        assert "Traceback" not in result.message
+
+
 def claim_context(loaded: Any, rows: list[dict[str, Any]], *, kind: str = "necessary",
                   batch_size: int = 128, **params: Any) -> Any:
     """A ClaimContext for a claim of ``kind`` with ``params`` on ``loaded`` over

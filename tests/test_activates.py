@@ -21,7 +21,7 @@ from mechcheck.errors import MechcheckError
 from mechcheck.kinds.features import Activates
 from mechcheck.sae import SAE, save_sae
 from mechcheck.zoo.planted_feature import GROUP_A, feature_rows
-from tests.conftest import claim_context, word_rows
+from tests.conftest import assert_located_errors, claim_context, word_rows
 from tests.test_sae import SITE, hand_encode, hand_hidden, hand_ids, random_sae
 
 FA, FB = 72, 73  # planted-feature-read: the feature block's coordinates
@@ -225,12 +225,7 @@ def test_errors_are_located(tmp_path: Path, tiny_folder: Callable[..., Path],
                 "not_a_feature": ("components", "activates takes one SAE feature"),
                 "no_bound": ("kind", "needs min_precision, min_recall or both"),
                 "empty": ("marks", "marks none of the positions")}
-    for claim_id, (key, text) in expected.items():
-        result = results[claim_id]
-        assert result.verdict == "error", (claim_id, result.verdict, result.message)
-        assert f"claim '{claim_id}', key '{key}'" in result.message, result.message
-        assert text in result.message, result.message
-        assert "Traceback" not in result.message
+    assert_located_errors(results, expected)
 
 
 def test_bounds_are_checked_by_the_loader() -> None:

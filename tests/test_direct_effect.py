@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import claim_context, word_rows
+from tests.conftest import assert_located_errors, claim_context, word_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT / "claims" / "zoo"
@@ -430,12 +430,7 @@ def test_located_errors(tmp_path: Path, tiny_folder: Callable[..., Path]) -> Non
         "bad_ablation": ("ablation", "denoise"),
         "no_wrong": ("target", "target: logit_diff needs a 'wrong' column"),
     }
-    for claim_id, (key, text) in expected.items():
-        result = results[claim_id]
-        assert result.verdict == "error", (claim_id, result.verdict, result.message)
-        assert f"claim '{claim_id}', key '{key}'" in result.message, result.message
-        assert text in result.message, result.message
-        assert "Traceback" not in result.message
+    assert_located_errors(results, expected)
 
 
 def test_gemma_style_heads_are_refused() -> None:

@@ -28,7 +28,7 @@ import pytest
 import torch
 
 from mechcheck.probes import control_task, fold_of, group_means, score_probe
-from tests.conftest import claim_context
+from tests.conftest import assert_located_errors, claim_context
 
 # The regularisation grids the probes promise to search (mechcheck/probes.py docs):
 # logistic C, ridge alpha.  Written out here, not imported, so a change shows.
@@ -577,12 +577,7 @@ def test_probe_errors_are_located_at_their_key(tmp_path: Path,
         "too_many_folds": ("folds", "4 groups cannot be split into 5 folds"),
         "one_type": ("control_by", "every example has the same type"),
     }
-    for claim_id, (key, text) in expected.items():
-        result = results[claim_id]
-        assert result.verdict == "error", (claim_id, result.verdict, result.message)
-        assert f"claim '{claim_id}', key '{key}'" in result.message, result.message
-        assert text in result.message, result.message
-        assert "Traceback" not in result.message
+    assert_located_errors(results, expected)
 
 
 # -- the exact rule the probe kind uses for 0/1 held-out scores -------------------------------

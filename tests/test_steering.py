@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import claim_context, word_rows
+from tests.conftest import assert_located_errors, claim_context, word_rows
 
 SITE = "blocks.0.resid_post"
 SHARP = 4.0
@@ -358,9 +358,4 @@ def test_steers_claim_file_profile_and_located_errors(
         "neither": ("kind", "exactly one of vector: and contrast:"),
         "no_such_set": ("contrast", "negative 'glad' is neither a data column nor a file"),
     }
-    for claim_id, (key, text) in expected.items():
-        result = results[claim_id]
-        assert result.verdict == "error", (claim_id, result.verdict, result.message)
-        assert f"claim '{claim_id}', key '{key}'" in result.message, result.message
-        assert text in result.message, result.message
-        assert "Traceback" not in result.message
+    assert_located_errors(results, expected)

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import claim_context, word_rows
+from tests.conftest import assert_located_errors, claim_context, word_rows
 
 ARCHS = ["gpt2", "neox", "llama"]
 SHARP = 4.0
@@ -401,12 +401,7 @@ def test_bad_claims_give_located_errors(tmp_path: Path,
     }
     results = {r.id: r for r in evaluate_path(path)}
     assert results["fine"].verdict == "pass", results["fine"].message
-    for claim_id, (key, text) in expected.items():
-        result = results[claim_id]
-        assert result.verdict == "error", (claim_id, result.verdict, result.message)
-        assert f"claim '{claim_id}', key '{key}'" in result.message, result.message
-        assert text in result.message, result.message
-        assert "Traceback" not in result.message
+    assert_located_errors(results, expected)
 
 
 def test_noise_and_keys_parse() -> None:
