@@ -159,6 +159,18 @@ def assert_located_errors(results: dict[str, Any], expected: dict[str, tuple[str
         assert "Traceback" not in result.message
 
 
+def parsed(kind: Any, **raw: Any) -> dict[str, Any]:
+    """A kind's params as the loader makes them from ``raw`` claim keys: each key
+    parsed, defaults filled in (``claim_context`` takes params as they are)."""
+    params = {}
+    for name, spec in kind.keys.items():
+        if name in raw:
+            params[name] = spec.parse(raw[name])
+        elif spec.default is not None:
+            params[name] = spec.default
+    return params
+
+
 def claim_context(loaded: Any, rows: list[dict[str, Any]], *, kind: str = "necessary",
                   batch_size: int = 128, **params: Any) -> Any:
     """A ClaimContext for a claim of ``kind`` with ``params`` on ``loaded`` over

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from tests.conftest import assert_located_errors, claim_context, word_rows
+from tests.conftest import parsed as parsed_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,13 +80,7 @@ def hand_scores(logits: torch.Tensor, answer: int, wrong: int) -> dict[str, floa
 def parsed(**raw: Any) -> dict[str, Any]:
     from mechcheck.kinds.lens import Decodes
 
-    params = {}
-    for name, spec in Decodes.keys.items():
-        if name in raw:
-            params[name] = spec.parse(raw[name])
-        elif spec.default is not None:
-            params[name] = spec.default
-    return params
+    return parsed_params(Decodes, **raw)
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,7 @@ import pytest
 import torch
 
 from tests.conftest import assert_located_errors, claim_context, word_rows
+from tests.conftest import parsed as parsed_params
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT / "claims" / "zoo"
@@ -159,16 +160,9 @@ def hand_direct_effects(loaded: Any, arch: str, rows: list[dict[str, Any]],
 
 
 def parsed(**raw: Any) -> dict[str, Any]:
-    """The kind's params as the loader makes them: parsed, defaults filled in."""
     from mechcheck.kinds.direct import DirectEffect
 
-    params = {}
-    for name, spec in DirectEffect.keys.items():
-        if name in raw:
-            params[name] = spec.parse(raw[name])
-        elif spec.default is not None:
-            params[name] = spec.default
-    return params
+    return parsed_params(DirectEffect, **raw)
 
 
 # -- the decomposition sums to the logit difference ------------------------------------------

@@ -28,7 +28,7 @@ import pytest
 import torch
 
 from mechcheck.probes import control_task, fold_of, group_means, score_probe
-from tests.conftest import assert_located_errors, claim_context
+from tests.conftest import assert_located_errors, claim_context, parsed
 
 # The regularisation grids the probes promise to search (mechcheck/probes.py docs):
 # logistic C, ridge alpha.  Written out here, not imported, so a change shows.
@@ -388,16 +388,6 @@ def hf_hidden(model: Any, ids: list[int], layer: int) -> torch.Tensor:
         out = model(input_ids=torch.tensor([ids]), output_hidden_states=True)
     return out.hidden_states[layer + 1][0].double()
 
-
-def parsed(kind: Any, **raw: Any) -> dict[str, Any]:
-    """A kind's params as the loader makes them: each key parsed, defaults filled in."""
-    params = {}
-    for name, spec in kind.keys.items():
-        if name in raw:
-            params[name] = spec.parse(raw[name])
-        elif spec.default is not None:
-            params[name] = spec.default
-    return params
 
 
 @pytest.fixture(scope="module")

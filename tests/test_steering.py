@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import assert_located_errors, claim_context, word_rows
+from tests.conftest import assert_located_errors, claim_context, parsed, word_rows
 
 SITE = "blocks.0.resid_post"
 SHARP = 4.0
@@ -66,16 +66,6 @@ def steered_logprob(model: Any, ids: list[int], answer: int, layer: int,
             handle.remove()
     return float(torch.log_softmax(logits.double(), dim=-1)[answer])
 
-
-def parsed(kind: Any, **raw: Any) -> dict[str, Any]:
-    """A kind's params as the loader makes them: each key parsed, defaults filled in."""
-    params = {}
-    for name, spec in kind.keys.items():
-        if name in raw:
-            params[name] = spec.parse(raw[name])
-        elif spec.default is not None:
-            params[name] = spec.default
-    return params
 
 
 def steers_ctx(loaded: Any, rows: list[dict], base_dir: Path | None = None, **raw: Any) -> Any:

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from tests.conftest import assert_located_errors, claim_context, word_rows
+from tests.conftest import parsed as parsed_params
 
 ARCHS = ["gpt2", "neox", "llama"]
 SHARP = 4.0
@@ -121,13 +122,7 @@ def subject_rows(n: int, seed: int = 0) -> list[dict]:
 def parsed(**raw: Any) -> dict[str, Any]:
     from mechcheck.kinds.tracing import Traced
 
-    params = {}
-    for name, spec in Traced.keys.items():
-        if name in raw:
-            params[name] = spec.parse(raw[name])
-        elif spec.default is not None:
-            params[name] = spec.default
-    return params
+    return parsed_params(Traced, **raw)
 
 
 def traced(loaded: Any, rows: list[dict], seed: int = 0, **raw: Any) -> tuple[Any, Any]:
