@@ -2,10 +2,11 @@
 for tests/test_sae.py::test_loads_what_sae_lens_saved.
 
 Run with sae-lens installed (a scratch venv, not mechcheck's: it pins its own
-transformer-lens and datasets), from the repository root:
+transformer-lens and datasets; SAELENS_VENV below is any new folder), from the
+repository root:
 
-    python -m venv /tmp/saelens-venv && /tmp/saelens-venv/bin/pip install sae-lens
-    /tmp/saelens-venv/bin/python tests/sae_lens_fixture/make.py
+    python -m venv SAELENS_VENV && SAELENS_VENV/bin/pip install sae-lens
+    SAELENS_VENV/bin/python tests/sae_lens_fixture/make.py
 
 Each folder is what ``sae.save_model(folder)`` writes (sae_weights.safetensors and
 cfg.json); expected.safetensors holds the inputs ``x`` and, per SAE, SAELens's
