@@ -27,7 +27,14 @@ from mechcheck.kinds.base import (
     as_positive,
     keys,
 )
-from mechcheck.spec.schema import KeySpec, as_choice, as_components, as_int, as_number, as_str
+from mechcheck.spec.schema import (
+    KeySpec,
+    as_choice,
+    as_components,
+    as_number,
+    as_str,
+    int_at_least,
+)
 
 if TYPE_CHECKING:
     from mechcheck.engine.context import ClaimContext
@@ -55,11 +62,7 @@ def as_classes(value: Any) -> dict[str, tuple[str, ...]]:
     return {str(name): as_components(items) for name, items in value.items()}
 
 
-def as_count_at_least_1(value: Any) -> int:
-    number = as_int(value)
-    if number < 1:
-        raise ValueError(f"got {number}; give 1 or more")
-    return number
+as_count_at_least_1 = int_at_least(1, "give 1 or more")
 
 
 def as_edges(value: Any) -> tuple[str, ...]:

@@ -44,7 +44,14 @@ import torch
 from mechcheck.addresses import Address
 from mechcheck.errors import ClaimSpecError, DataError
 from mechcheck.kinds.base import AT, Criterion, Measurement, all_of, keys
-from mechcheck.spec.schema import KeySpec, as_choice, as_components, as_int, as_number, as_str
+from mechcheck.spec.schema import (
+    KeySpec,
+    as_choice,
+    as_components,
+    as_number,
+    as_str,
+    int_at_least,
+)
 
 if TYPE_CHECKING:
     from mechcheck.engine.context import ClaimContext
@@ -85,11 +92,7 @@ def _as_curve(value: Any) -> tuple[Any, ...]:
     return ("layers", *_as_layers(value))
 
 
-def _as_rank(value: Any) -> int:
-    rank = as_int(value)
-    if rank < 1:
-        raise ValueError(f"got {value!r}; rank 1 is the top token")
-    return rank
+_as_rank = int_at_least(1, "rank 1 is the top token")
 
 
 def _as_open_fraction(value: Any) -> float:

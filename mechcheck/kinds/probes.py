@@ -28,7 +28,14 @@ from mechcheck.kinds.base import (
     keys,
 )
 from mechcheck.kinds.probing import LABEL_KEYS, Examples, at_of, examples, probe_site
-from mechcheck.spec.schema import KeySpec, as_choice, as_components, as_int, as_number, as_str
+from mechcheck.spec.schema import (
+    KeySpec,
+    as_choice,
+    as_components,
+    as_number,
+    as_str,
+    int_at_least,
+)
 
 if TYPE_CHECKING:
     from mechcheck.engine.context import ClaimContext
@@ -40,11 +47,7 @@ if TYPE_CHECKING:
 __all__ = ["Erasure", "Probe"]
 
 
-def _as_seeds(value: Any) -> int:
-    n = as_int(value)
-    if n < 1:
-        raise ValueError(f"got {value!r}; at least 1")
-    return n
+_as_seeds = int_at_least(1, "at least 1")
 
 
 def _as_fraction(value: Any) -> float:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mechcheck.errors import ClaimSpecError, DataError
-from mechcheck.spec.schema import KeySpec, as_choice, as_int, as_str
+from mechcheck.spec.schema import KeySpec, as_choice, as_str, int_at_least
 
 if TYPE_CHECKING:
     from mechcheck.addresses import Address
@@ -30,11 +30,7 @@ __all__ = ["LABEL_KEYS", "Examples", "examples", "probe_site"]
 TOKEN_LABELS = ("token", "previous_token")
 
 
-def _as_folds(value: Any) -> int:
-    folds = as_int(value)
-    if folds < 2:
-        raise ValueError(f"got {value!r}; cross-validation needs at least 2 folds")
-    return folds
+_as_folds = int_at_least(2, "cross-validation needs at least 2 folds")
 
 
 LABEL_KEYS = (

@@ -28,7 +28,7 @@ import torch
 from mechcheck.errors import ClaimSpecError, DataError
 from mechcheck.kinds.base import AT, COMPONENTS, METRIC, Criterion, Measurement, all_of, keys
 from mechcheck.kinds.probing import probe_site
-from mechcheck.spec.schema import KeySpec, as_choice, as_int, as_number, as_str
+from mechcheck.spec.schema import KeySpec, as_choice, as_number, as_str, int_at_least
 
 if TYPE_CHECKING:
     from mechcheck.engine.context import ClaimContext
@@ -57,11 +57,7 @@ def _as_contrast(value: Any) -> dict[str, str]:
     return {k: as_str(v) for k, v in value.items()}
 
 
-def _as_count(value: Any) -> int:
-    n = as_int(value)
-    if n < 1:
-        raise ValueError(f"got {value!r}; at least 1")
-    return n
+_as_count = int_at_least(1, "at least 1")
 
 
 class Steers:

@@ -58,7 +58,13 @@ from mechcheck.addresses import Address
 from mechcheck.engine.runs import Placed
 from mechcheck.errors import ClaimSpecError, DataError
 from mechcheck.kinds.base import RATIO_METHODS, Criterion, Measurement, all_of, keys
-from mechcheck.spec.schema import KeySpec, as_components, as_int, as_number, as_positions
+from mechcheck.spec.schema import (
+    KeySpec,
+    as_components,
+    as_number,
+    as_positions,
+    int_at_least,
+)
 
 if TYPE_CHECKING:
     from mechcheck.engine.context import ClaimContext
@@ -114,18 +120,10 @@ def _as_sites(value: Any) -> tuple[str, ...]:
     return tuple(items)
 
 
-def _as_samples(value: Any) -> int:
-    n = as_int(value)
-    if n < 1:
-        raise ValueError(f"got {value!r}; at least 1 draw")
-    return n
+_as_samples = int_at_least(1, "at least 1 draw")
 
 
-def _as_window(value: Any) -> int:
-    n = as_int(value)
-    if n < 1:
-        raise ValueError(f"got {value!r}; a window of at least 1 layer")
-    return n
+_as_window = int_at_least(1, "a window of at least 1 layer")
 
 
 def _as_peak(value: Any) -> tuple[int, int]:

@@ -31,6 +31,7 @@ __all__ = [
     "as_choice",
     "as_components",
     "as_count",
+    "int_at_least",
     "as_int",
     "as_number",
     "as_number_or_percent",
@@ -234,6 +235,18 @@ def as_int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"got {value!r}")
     return value
+
+
+def int_at_least(minimum: int, reason: str) -> Callable[[Any], int]:
+    """A key's parser for integers of at least ``minimum``; a smaller one is refused
+    with ``got V; <reason>``."""
+    def parse(value: Any) -> int:
+        number = as_int(value)
+        if number < minimum:
+            raise ValueError(f"got {value!r}; {reason}")
+        return number
+
+    return parse
 
 
 def as_seed(value: Any) -> int:
