@@ -1,8 +1,10 @@
 """A mechcheck session: the registry, and the models, datasets and runners in use.
 
-The session keeps one model in memory at a time (loading the next releases the
-last), and one :class:`~mechcheck.engine.Runner` per model x dataset, so the clean
-and corrupt runs are computed once and shared by every claim that uses them.
+The session keeps the models it loaded while their weights fit a memory budget
+(``keep_bytes``; the newest model is always kept, the least recently used ones are
+released first), and one :class:`~mechcheck.engine.Runner` per model x dataset, so
+the clean and corrupt runs are computed once and shared by every claim that uses
+them, also when a file's claims alternate between two models.
 """
 
 from __future__ import annotations
@@ -25,7 +27,11 @@ if TYPE_CHECKING:
     from mechcheck.plugins import Registry
     from mechcheck.spec.schema import ClaimSpec
 
-__all__ = ["Session"]
+__all__ = ["KEEP_BYTES", "Session"]
+
+KEEP_BYTES = 2 * 1024**3
+"""The default budget of weights kept loaded at once (2 GiB: SmolLM2-135M in float32
+and every zoo model fit; a 7B model is kept alone)."""
 
 
 class Session:
@@ -47,13 +53,17 @@ class Session:
         progress: called with one line of text per model load, shared run and file
             evaluated (with timings), and when a batch is retried after running out
             of memory; None for silence.
+        keep_bytes: the most bytes of weights kept loaded at once (models beyond it
+            are released, least recently used first; the newest is always kept).
+            0 keeps one model at a time.
     """
 
     def __init__(self, *, registry: Registry | None = None, device: str | None = None,
                  dtype: str = "float32", batch_size: int = 128, n_resamples: int = 9999,
                  allow_pickle: bool = False, trust_remote_code: bool = False,
                  plugins: Sequence[object] = (),
-                 progress: Callable[[str], None] | None = None) -> None:
+                 progress: Callable[[str], None] | None = None,
+                 keep_bytes: int = KEEP_BYTES) -> None:
         if registry is None:
             from mechcheck.plugins import Registry, get_plugin_manager
 
@@ -66,7 +76,8 @@ class Session:
         self.allow_pickle = allow_pickle
         self.trust_remote_code = trust_remote_code
         self.progress = progress
-        self._model: LoadedModel | None = None
+        self.keep_bytes = keep_bytes
+        self._models: dict[str, LoadedModel] = {}  # by key, least recently used first
         self._model_errors: dict[str, MechcheckError] = {}
         self._runners: dict[tuple[Any, ...], Runner] = {}
         self._saes: dict[tuple[str, str], Any] = {}  # (model key, SAE path) -> SAE
@@ -80,11 +91,11 @@ class Session:
         if isinstance(source, str):
             source = parse_source(source, base_dir=base_dir)
         key = str(source)
-        if self._model is not None and self._model.key == key:
-            return self._model
+        if key in self._models:
+            self._models[key] = self._models.pop(key)  # now the most recently used
+            return self._models[key]
         if key in self._model_errors:  # a fresh copy: each claim adds its own location
             raise copy.copy(self._model_errors[key])
-        self.release()
         start = time.perf_counter()
         try:
             options = LoadOptions(archs=self.registry.archs, zoo=self.registry.zoo,
@@ -92,14 +103,33 @@ class Session:
                                   allow_pickle=self.allow_pickle,
                                   trust_remote_code=self.trust_remote_code,
                                   progress=self.progress)
-            self._model = self.registry.load_model(source, options)
+            loaded = self.registry.load_model(source, options)
         except MechcheckError as exc:
             located = exc.located(key="model")
             self._model_errors[key] = located
             raise copy.copy(located) from None
-        self.say(f"model {key} loaded on {self._model.device} ({self.dtype}) in "
+        self._models[key] = loaded
+        self._evict()
+        self.say(f"model {key} loaded on {loaded.device} ({self.dtype}) in "
                  f"{time.perf_counter() - start:.2f} s")
-        return self._model
+        return loaded
+
+    def _evict(self) -> None:
+        """Release the least recently used models until the rest fit ``keep_bytes``
+        (the newest always stays)."""
+        sizes = {k: _weight_bytes(m) for k, m in self._models.items()}
+        dropped = False
+        while len(self._models) > 1 and (self.keep_bytes <= 0 or
+                                         sum(sizes[k] for k in self._models) > self.keep_bytes):
+            self._drop(next(iter(self._models)))
+            dropped = True
+        if dropped:
+            gc.collect()
+
+    def _drop(self, key: str) -> None:
+        del self._models[key]
+        self._runners = {k: r for k, r in self._runners.items() if k[0] != key}
+        self._saes = {k: s for k, s in self._saes.items() if k[0] != key}
 
     def say(self, line: str) -> None:
         """Pass one line of progress to the ``progress`` callback, if any."""
@@ -107,8 +137,8 @@ class Session:
             self.progress(line)
 
     def release(self) -> None:
-        """Drop the current model and every runner built on it."""
-        self._model = None
+        """Drop every loaded model and every runner built on them."""
+        self._models.clear()
         self._runners.clear()
         self._saes.clear()
         gc.collect()
@@ -195,3 +225,12 @@ class Session:
             return tokenize_rows(rows, tokenizer, source=f"task {task.name}", max_length=limit)
         rows = load_rows(self._data_path(claim), n=claim.n)
         return tokenize_rows(rows, tokenizer, source=str(claim.data), max_length=limit)
+
+
+def _weight_bytes(loaded: Any) -> int:
+    """Bytes of a loaded model's parameters and buffers (0 when it has none)."""
+    model = getattr(loaded, "model", None)
+    if model is None or not hasattr(model, "parameters"):
+        return 0
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
