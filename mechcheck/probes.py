@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["CONTROLS", "PROBES", "ProbeScores", "control_task", "fit_and_score", "fold_of",
-           "group_means", "score_probe"]
+           "group_means", "probe_jobs", "score_probe"]
 
 PROBES = ("logistic", "linear", "mlp")
 CONTROLS = ("control_task", "shuffled", "majority")
@@ -200,12 +200,49 @@ def _held_out(x: np.ndarray, y: np.ndarray, fold: np.ndarray, groups: np.ndarray
     """Per example, the score of the probe fitted on the other folds."""
     scores = np.empty(len(y))
     variance = float(np.var(y)) if target == "regression" else 1.0
-    for f in np.unique(fold):
+    folds = np.unique(fold)
+    fitted = _map(_fit, [(x[fold != f], y[fold != f], groups[fold != f], probe, target)
+                         for f in folds])
+    for f, (model, choice) in zip(folds, fitted):
         test = fold == f
-        model, choice = _fit(x[~test], y[~test], groups[~test], probe, target)
         chosen.append(choice)
         scores[test] = _score(model, x[test], y[test], target, variance)
     return scores
+
+
+def probe_jobs() -> int:
+    """How many processes fit a cross-validation's folds at once: the environment
+    variable ``MECHCHECK_PROBE_JOBS``, else 2 where the machine has two cores or more
+    (each fit is single-threaded and small, so the second core is otherwise idle).
+    The folds are independent, so the results do not depend on it."""
+    import os
+
+    written = os.environ.get("MECHCHECK_PROBE_JOBS")
+    if written is not None:
+        try:
+            return max(1, int(written))
+        except ValueError:
+            raise ValueError(f"MECHCHECK_PROBE_JOBS={written!r} is not a whole number; "
+                             "set it to 1 (no worker processes) or more") from None
+    return min(2, os.cpu_count() or 1)
+
+
+def _map(fn: Any, calls: list[tuple[Any, ...]]) -> list[Any]:
+    """``[fn(*args) for args in calls]``, in worker processes when ``probe_jobs() > 1``
+    (joblib's pool, kept between calls)."""
+    jobs = min(probe_jobs(), len(calls))
+    if jobs <= 1:
+        return [fn(*args) for args in calls]
+    from joblib import Parallel, delayed
+
+    return Parallel(n_jobs=jobs)(delayed(_in_worker)(fn, args) for args in calls)
+
+
+def _in_worker(fn: Any, args: tuple[Any, ...]) -> Any:
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        return fn(*args)
 
 
 def _score(model: Any, x: np.ndarray, y: np.ndarray, target: str,

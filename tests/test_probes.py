@@ -648,3 +648,24 @@ def test_the_probe_detail_does_not_depend_on_the_hash_seed() -> None:
                               check=True).stdout for seed in range(6)}
     assert outputs == {"logistic 4->1, 5 parameters; chosen by nested CV: C=0.1, C=1, "
                        "C=0.01\n"}
+
+
+def test_fold_fits_in_worker_processes_give_the_same_scores(monkeypatch: Any) -> None:
+    x, labels, groups = planted(20, 3)
+    runs = {}
+    for jobs in ("1", "2"):
+        monkeypatch.setenv("MECHCHECK_PROBE_JOBS", jobs)
+        runs[jobs] = score_probe(x, labels, groups, folds=4, control="shuffled", seed=5)
+    assert np.array_equal(runs["1"].task, runs["2"].task)
+    assert np.array_equal(runs["1"].control, runs["2"].control)
+    assert runs["1"].complexity == runs["2"].complexity
+
+
+def test_a_bad_probe_jobs_value_says_what_to_set(monkeypatch: Any) -> None:
+    from mechcheck.probes import probe_jobs
+
+    monkeypatch.setenv("MECHCHECK_PROBE_JOBS", "two")
+    with pytest.raises(ValueError, match="MECHCHECK_PROBE_JOBS='two' is not a whole number"):
+        probe_jobs()
+    monkeypatch.setenv("MECHCHECK_PROBE_JOBS", "0")
+    assert probe_jobs() == 1
