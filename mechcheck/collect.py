@@ -79,16 +79,34 @@ class ClaimFileNode(pytest.File):
             return
         # checkpoint-major, so that each checkpoint's model is loaded once
         self.checkpoints = order = plugin.checkpoints(parsed)
+        entries = self._entries(parsed, order[0])
         for checkpoint in order:
-            yield from self._claim_items(parsed, checkpoint, order)
+            yield from self._claim_items(entries, checkpoint, order)
 
-    def _claim_items(self, parsed: ClaimFile, checkpoint: str | None,
+    def _entries(self, parsed: ClaimFile, checkpoint: str | None) -> list[Any]:
+        """The file's entries as its results will list them: a claim with ``each: true``
+        is one entry per component (named for the model of the first checkpoint, which
+        is loaded for it, and kept loaded for the first checkpoint's measurement)."""
+        from mechcheck.each import expand_entries, needs_model
+        from mechcheck.spec.schema import ClaimSpec
+
+        if not needs_model(parsed.claims):
+            return list(parsed.claims)
+        session = self.config.stash[PLUGIN_KEY].session
+        at = [c.at_checkpoint(checkpoint) if isinstance(c, ClaimSpec) else c
+              for c in parsed.claims]
+        return expand_entries(at, session)
+
+    def _claim_items(self, entries: Sequence[Any], checkpoint: str | None,
                      order: tuple[str | None, ...]) -> Iterator[ClaimItem]:
-        for index, (name, claim) in enumerate(zip(item_names(parsed.claims), parsed.claims)):
+        for index, (name, claim) in enumerate(zip(item_names(entries), entries)):
             if checkpoint is not None:
                 name = f"{name}[{checkpoint}]"
+            # the node id parsed from text, as pytest >= 9 parses the ids that --lf and
+            # --ff cached: a name's "[...]" (id[component], id[checkpoint]) are its params
             item = ClaimItem.from_parent(self, name=name, line=claim.line, entry=claim,
-                                         checkpoint=checkpoint, index=index)
+                                         checkpoint=checkpoint, index=index,
+                                         nodeid=f"{self.nodeid}::{name}")
             reason = getattr(claim, "xfail", None) or xfail_before(claim, checkpoint, order)
             if reason:
                 item.add_marker(pytest.mark.xfail(reason=reason, strict=True,

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from mechcheck.each import EachFailed, expand_entries, needs_model
 from mechcheck.engine.context import ClaimContext
 from mechcheck.engine.runner import Needs
 from mechcheck.errors import (
@@ -64,14 +65,15 @@ def evaluate_file(claim_file: ClaimFile, session: Session, *,
     start = time.perf_counter()
     order = [c.at_checkpoint(checkpoint) if isinstance(c, ClaimSpec) else c
              for c in claim_file.claims]
+    if needs_model(order):  # each: true claims, one entry per component
+        order = expand_entries(order, session)
     specs = [c for c in order if isinstance(c, ClaimSpec)]
     try:
         results = evaluate_claims(specs, session, correction=claim_file.correction,
                                   order=order)
     except Exception as exc:  # noqa: BLE001 - a last resort: every claim still gets a result
         results = [_internal_error(c, exc) if isinstance(c, ClaimSpec) else
-                   _error_result(c.path or claim_file.path, c.claim_id or f"claim[{i}]", c,
-                                 None) for i, c in enumerate(order)]
+                   _entry_error(c, i, claim_file.path) for i, c in enumerate(order)]
     for result in results:  # the result sinks (mechcheck_claim_result)
         session.registry.emit_result(result)
     counts = Counter(r.verdict for r in results)
@@ -99,9 +101,17 @@ def evaluate_claims(specs: Sequence[ClaimSpec], session: Session, *,
         if isinstance(item, ClaimSpec):
             results.append(done[id(item)])
         else:
-            results.append(_error_result(item.path or "", item.claim_id or f"claim[{i}]",
-                                         item, None))
+            results.append(_entry_error(item, i, ""))
     return results
+
+
+def _entry_error(item: Any, index: int, path: str) -> ClaimResult:
+    """The result of an entry that is no spec: the ClaimSpecError that replaced a bad
+    claim, or an ``each: true`` claim that could not be expanded (a skip when its
+    model is unavailable under ``skip_if_unavailable``)."""
+    if isinstance(item, EachFailed):
+        return _error_result(item.spec.path, item.spec.id, item.error, item.spec)
+    return _error_result(item.path or path, item.claim_id or f"claim[{index}]", item, None)
 
 
 def _prepare(specs: Sequence[ClaimSpec],
@@ -190,7 +200,7 @@ def _result(item: _Measured, p_adjusted: float, correction: str) -> ClaimResult:
         xfail=spec.xfail, device=loaded.device, dtype=loaded.dtype,
         versions=library_versions(), per_prompt=item.per_prompt,
         criteria=[c.record() for c in m.criteria],
-        profile=[dict(point) for point in m.profile],
+        profile=[dict(point) for point in m.profile], each_of=spec.each_of,
     )
     return result if label == "pass" else replace(result, message=format_failure(result))
 
@@ -207,6 +217,7 @@ def _error_result(path: str, claim_id: str, exc: MechcheckError,
         checkpoint=_checkpoint_of(spec),
         kind=spec.kind if spec else None, verdict=verdict, message=str(exc),
         seed=spec.seed if spec else None, line=exc.line, xfail=spec.xfail if spec else None,
+        each_of=spec.each_of if spec else None,
     )
 
 

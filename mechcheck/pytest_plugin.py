@@ -337,6 +337,7 @@ class MechcheckPlugin:
             terminalreporter.section("mechcheck claims")
             for line in lines:
                 terminalreporter.write_line(line)
+        self._each_summary(terminalreporter)
         if self.results and self.baseline:
             from mechcheck.report.baseline import format_changes
 
@@ -352,6 +353,19 @@ class MechcheckPlugin:
                                         red=True)
         for line in (self.report_note or "").strip().splitlines():
             terminalreporter.write_line(line)
+
+    def _each_summary(self, terminalreporter: Any) -> None:
+        """A text heatmap of each ``each: true`` claim's results (layers x heads)."""
+        if not any(r.each_of for r in self.results):
+            return
+        from mechcheck.report.figures import each_groups, text_heatmap
+
+        terminalreporter.section("mechcheck per-component claims")
+        for (file, parent, checkpoint), group in each_groups(self.ordered()).items():
+            where = f" [{checkpoint}]" if checkpoint else ""
+            terminalreporter.write_line(f"{Path(file).name}::{parent}{where}")
+            for line in text_heatmap(group, width=118).splitlines():
+                terminalreporter.write_line(f"  {line}")
 
     def ordered(self) -> list[ClaimResult]:
         """Results in file and line order, then checkpoints in their declared order

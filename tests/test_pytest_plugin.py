@@ -80,7 +80,7 @@ def test_report_json_and_csv_have_the_public_fields(project: pytest.Pytester) ->
     import pandas as pd
 
     frame = pd.read_csv(project.path / "out.csv")
-    assert list(frame.columns) == [*fields, "reason", "xfail", "line"]
+    assert list(frame.columns) == [*fields, "reason", "xfail", "line", "each_of"]
     assert frame["verdict"].tolist() == ["pass", "fail", "pass"]
     assert frame["reason"].fillna("").tolist() == ["", "refuted", ""]
     assert frame["line"].tolist() == [5, 10, 15]

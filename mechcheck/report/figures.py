@@ -10,14 +10,16 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mechcheck.report.results import ClaimResult
 
 __all__ = ["CHANGE_COLOURS", "GRID_COLOURMAPS", "PROFILE_COLOURS", "VERDICT_COLOURS",
+           "ComponentGrid", "component_grid", "component_heatmap", "component_label", "each_groups",
            "effects_grid", "forest", "grid_figure", "heatmap", "is_grid", "profile_figure",
-           "shown_verdict"]
+           "shown_verdict", "text_cell", "text_heatmap"]
 
 # The verdict as the report shows it: an expected failure is `xfail`; a claim expected
 # to fail that passed is `xpass` (strict: it fails the run).
@@ -412,3 +414,224 @@ def grid_figure(result: ClaimResult) -> bytes:
     figure.suptitle(plain_text(f"{result.id}{where}: {shown_verdict(result)}"), fontsize=10)
     figure.tight_layout()
     return _png(figure)
+
+
+# -- per-component claims (each: true) -------------------------------------------------
+# A cell of the text grid: the effect's sign, its size in tenths of the grid's largest
+# (0-9), and what the verdict was; a cell without a number says why.
+CELL_MARKS = {"pass": "*", "fail": " ", "xfail": "x", "xpass": "!"}
+CELL_NO_EFFECT = {"error": "E", "skip": "s"}
+MISSING_CELL = "."
+TEXT_WIDTH = 120  # the widest line text_heatmap writes (wider grids are split)
+_GLOBAL_ROWS = {"embed": -2, "pos_embed": -1, "ln_final": 10**6, "unembed": 10**6 + 1}
+
+
+@dataclass(frozen=True, slots=True)
+class ComponentGrid:
+    """Per-component results laid out as a grid: ``rows`` (layers, as text), ``columns``
+    (heads or neurons by index, or whole-layer sites such as ``mlp``) and the result in
+    each cell, by (row, column).  A sweep over whole layers only (``id[<layer>]``, one
+    site per layer) is one row with the layers across (``transposed``)."""
+
+    rows: tuple[str, ...]
+    columns: tuple[str, ...]
+    cells: dict[tuple[str, str], Any]
+    row_title: str = "layer"
+    column_title: str = "head"
+    transposed: bool = False
+
+
+def component_label(result: Any) -> str | None:
+    """What names the one component of a per-component result: the part of its id that
+    ``each: true`` added (``blocks.9.attn.head.9`` of ``id[blocks.9.attn.head.9]``, ``7``
+    of ``id[7]``), else its single component; None when it has several."""
+    parent = getattr(result, "each_of", None)
+    rid = str(getattr(result, "id", ""))
+    if parent and rid.startswith(parent + "[") and rid.endswith("]"):
+        return rid[len(parent) + 1:-1]
+    components = tuple(getattr(result, "components", ()) or ())
+    return str(components[0]) if len(components) == 1 else None
+
+
+def _place(label: str) -> tuple[int, str, str] | None:
+    """(layer for sorting, row, column) of a component label; None if it is no address."""
+    from mechcheck.addresses import Address
+    from mechcheck.errors import AddressError
+
+    if label.isdigit():
+        return int(label), label, "layer"
+    try:
+        address = Address.parse(label)
+    except AddressError:
+        return None
+    if address.layer is None:
+        return _GLOBAL_ROWS.get(address.site, 0), address.site, address.site
+    row = str(address.layer)
+    if address.site in ("feature",):
+        return int(address.layer), row, f"{address.sae}.{address.index}"
+    if address.index is not None:
+        suffix = "" if address.site in ("head", "neuron") else f".{address.site}"
+        return int(address.layer), row, f"{address.index}{suffix}"
+    return int(address.layer), row, str(address.site if address.sae is None else
+                                         f"{address.sae_site}.sae.{address.sae}.error")
+
+
+def component_grid(results: Sequence[Any]) -> ComponentGrid:
+    """The grid of ``results`` (ClaimResults, or records with ``id``, ``components``,
+    ``effect`` and ``verdict``), each placed by :func:`component_label`; results that
+    name no single component are left out."""
+    placed = []
+    for r in results:
+        label = component_label(r)
+        where = _place(label) if label is not None else None
+        if where is not None:
+            placed.append((where, r))
+    order = {row: key for (key, row, _), _ in placed}
+    rows = sorted(order, key=lambda row: (order[row], row))
+    columns = list(dict.fromkeys(col for (_, _, col), _ in placed))
+    numeric = sorted((c for c in columns if c.isdigit()), key=int)
+    columns = numeric + [c for c in columns if not c.isdigit()]
+    cells = {(row, col): r for (_, row, col), r in placed}
+    sites = {col for (_, _, col), _ in placed}
+    neurons = any(_is_neuron(r) for _, r in placed)
+    if len(columns) == 1 and len(rows) > 1:  # one value per layer: layers across
+        (col,) = columns
+        label = "effect" if col == "layer" else col
+        return ComponentGrid(rows=(label,), columns=tuple(rows),
+                             cells={(label, row): r for (row, c), r in cells.items()},
+                             row_title="", column_title="layer", transposed=True)
+    title = "neuron" if neurons else ("head" if numeric else "site")
+    return ComponentGrid(rows=tuple(rows), columns=tuple(columns), cells=cells,
+                         column_title=title if len(sites) > 0 else "")
+
+
+def _is_neuron(result: Any) -> bool:
+    label = component_label(result) or ""
+    return ".mlp.neuron." in label or label.lower().startswith("neuron")
+
+
+def _verdict(result: Any) -> str:
+    """:func:`shown_verdict` of a ClaimResult, or of any record with a ``verdict``."""
+    verdict = str(getattr(result, "verdict", "error"))
+    if getattr(result, "xfail", None) and verdict in ("pass", "fail"):
+        return "xpass" if verdict == "pass" else "xfail"
+    return verdict
+
+
+def _effect(result: Any) -> float | None:
+    value = getattr(result, "effect", None)
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def _grid_scale(grid: ComponentGrid) -> float:
+    sizes = [abs(e) for e in map(_effect, grid.cells.values()) if e is not None]
+    return max(sizes, default=0.0)
+
+
+def text_cell(result: Any, scale: float) -> str:
+    """Three characters for one result: sign (``-`` or blank), the effect's size on a
+    0-9 scale (9 = ``scale``), and its verdict mark (``*`` pass, blank fail, ``x``
+    xfail, ``!`` xpass); `` E `` error, `` s `` skipped, `` ? `` no effect; `` . `` for
+    None (not measured)."""
+    if result is None:
+        return f" {MISSING_CELL} "
+    verdict = _verdict(result)
+    if verdict in CELL_NO_EFFECT:
+        return f" {CELL_NO_EFFECT[verdict]} "
+    effect = _effect(result)
+    if effect is None:
+        return " ? "
+    digit = 0 if scale <= 0 else min(9, int(abs(effect) / scale * 9 + 0.5))
+    return f"{'-' if effect < 0 and digit else ' '}{digit}{CELL_MARKS.get(verdict, '?')}"
+
+
+def text_heatmap(results: Sequence[Any], *, width: int = TEXT_WIDTH) -> str:
+    """The results of a per-component sweep as a compact text grid: layers down, heads
+    (neurons, sites) across, or, for a sweep over layers, one row with the layers
+    across; each cell is :func:`text_cell`, and the last line explains the cells.
+    A grid wider than ``width`` characters is split into blocks of columns."""
+    grid = component_grid(results)
+    if not grid.cells:
+        return "(no per-component results)"
+    scale = _grid_scale(grid)
+    corner = f"{grid.row_title}\\{grid.column_title}" if grid.row_title else grid.column_title
+    left = max([len(corner), *(len(r) for r in grid.rows)])
+    cell_width = max([4, *(len(c) + 2 for c in grid.columns)])
+    per_block = max(1, (width - left - 1) // cell_width)
+    lines: list[str] = []
+    for start in range(0, len(grid.columns), per_block):
+        block = grid.columns[start:start + per_block]
+        if lines:
+            lines.append("")
+        lines.append(corner.ljust(left) + " " + "".join(c.rjust(cell_width - 1) + " "
+                                                        for c in block).rstrip())
+        for row in grid.rows:
+            cells = (text_cell(grid.cells.get((row, c)), scale).rjust(cell_width)
+                     for c in block)
+            lines.append((row.rjust(left) + " " + "".join(cells)).rstrip())
+    passed = sum(_verdict(r) == "pass" for r in grid.cells.values())
+    lines.append(f"{passed}/{len(grid.cells)} passed; digit: |effect| on 0-9, 9 = "
+                 f"{scale:.4g}")
+    lines.append("- negative; * pass; x xfail; ! xpass; E error; s skip; . not measured")
+    return "\n".join(lines)
+
+
+def component_heatmap(results: Sequence[Any], path: str | Path | None = None) -> bytes:
+    """The results of a per-component sweep as a heatmap (PNG bytes, also written to
+    ``path`` when given): layers down and heads (neurons, sites) across, or the layers
+    across for a sweep over layers; each cell coloured by its effect (blue negative,
+    red positive, white 0, a symmetric scale) and framed in its verdict's colour, with a
+    dot in every cell that passed."""
+    import numpy as np
+    from matplotlib.patches import Rectangle
+
+    grid = component_grid(results)
+    values = np.full((max(1, len(grid.rows)), max(1, len(grid.columns))), np.nan)
+    for (row, col), r in grid.cells.items():
+        effect = _effect(r)
+        if effect is not None:
+            values[grid.rows.index(row), grid.columns.index(col)] = effect
+    scale = max(_grid_scale(grid), 1e-9)
+    figure = _figure(min(16.0, 2.0 + 0.35 * values.shape[1]),
+                     min(16.0, 1.2 + 0.3 * values.shape[0]))
+    axes = figure.add_subplot()
+    image = axes.imshow(values, cmap="RdBu_r", vmin=-scale, vmax=scale, aspect="auto",
+                        interpolation="nearest")
+    small = values.size <= 400
+    for (row, col), r in sorted(grid.cells.items(), key=lambda c: (
+            grid.rows.index(c[0][0]), grid.columns.index(c[0][1]))):
+        y, x = grid.rows.index(row), grid.columns.index(col)
+        verdict = _verdict(r)
+        if small:
+            axes.add_patch(Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, linewidth=1.5,
+                                     edgecolor=VERDICT_COLOURS.get(verdict, MISSING_COLOUR)))
+        if verdict == "pass":
+            axes.plot([x], [y], marker="o", markersize=3 if small else 1.5, color="#222222")
+        elif verdict in CELL_NO_EFFECT:
+            axes.text(x, y, CELL_NO_EFFECT[verdict], ha="center", va="center", fontsize=7)
+    _sparse_ticks(axes, [plain_text(c) for c in grid.columns])
+    _sparse_ticks(axes, [plain_text(r) for r in grid.rows], vertical=True)
+    axes.set_xlabel(grid.column_title)
+    axes.set_ylabel(grid.row_title)
+    figure.colorbar(image, ax=axes, fraction=0.04, pad=0.02).set_label("effect")
+    first = min(grid.cells.values(), key=lambda r: str(getattr(r, "id", "")), default=None)
+    if first is not None:
+        name = getattr(first, "each_of", None) or getattr(first, "id", "")
+        passed = sum(_verdict(r) == "pass" for r in grid.cells.values())
+        axes.set_title(plain_text(f"{name}: {passed}/{len(grid.cells)} passed (dot)"),
+                       fontsize=9)
+    data = _png(figure)
+    if path is not None:
+        Path(path).write_bytes(data)
+    return data
+
+
+def each_groups(results: Sequence[ClaimResult]) -> dict[tuple[str, str, str | None],
+                                                       list[ClaimResult]]:
+    """The results that ``each: true`` made, by (file, parent id, checkpoint), in order
+    of first appearance."""
+    groups: dict[tuple[str, str, str | None], list[ClaimResult]] = {}
+    for r in results:
+        if r.each_of:
+            groups.setdefault((r.file, r.each_of, r.checkpoint), []).append(r)
+    return groups

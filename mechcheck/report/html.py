@@ -43,6 +43,8 @@ from mechcheck.report.figures import (
     CHANGE_COLOURS,
     NO_CHECKPOINT,
     VERDICT_COLOURS,
+    component_heatmap,
+    each_groups,
     effects_grid,
     forest,
     grid_cells,
@@ -51,6 +53,7 @@ from mechcheck.report.figures import (
     is_grid,
     profile_figure,
     shown_verdict,
+    text_heatmap,
 )
 from mechcheck.report.results import ClaimResult, format_p
 
@@ -288,6 +291,24 @@ def _curves_sections(results: Sequence[ClaimResult]) -> list[_Section]:
     return sections
 
 
+def _each_sections(results: Sequence[ClaimResult]) -> list[_Section]:
+    """A heatmap (and its text grid) of each ``each: true`` claim's results."""
+    groups = each_groups(results)
+    if not groups:
+        return []
+    sections = [_Section(title="Per-component claims", text="Each claim written with "
+                         "each: true, one cell per component (layers down, heads, neurons "
+                         "or sites across; or layers across): the effect's colour (red "
+                         "positive, blue negative), framed in the verdict's colour, with "
+                         "a dot where the claim passed.")]
+    for i, ((file, parent, checkpoint), group) in enumerate(groups.items()):
+        where = f" [{checkpoint}]" if checkpoint else ""
+        sections.append(_Section(title=f"{file}::{parent}{where}", level=3,
+                                 image=(f"components{i + 1}.png", component_heatmap(group)),
+                                 blocks=(("as text", text_heatmap(group)),)))
+    return sections
+
+
 def _grid_table(points: Sequence[dict[str, Any]]) -> tuple[tuple[str, ...],
                                                            tuple[tuple[str, ...], ...]]:
     """A grid profile (causal tracing) as a table: one row per site and layer, one
@@ -356,6 +377,7 @@ def _sections(results: Sequence[ClaimResult], baseline: Sequence[ClaimResult] | 
     criteria = _criteria_section(results)
     if criteria is not None:
         sections.append(criteria)
+    sections += _each_sections(results)
     sections += _curves_sections(results)
     if baseline is not None:
         sections.append(_baseline_section(results, baseline, max_drift))

@@ -19,7 +19,7 @@ REPORT_FIELDS = (
     "message", "seed", "duration_s",
 )
 # The CSV report's columns: REPORT_FIELDS, then columns appended later (never reordered).
-CSV_FIELDS = (*REPORT_FIELDS, "reason", "xfail", "line")
+CSV_FIELDS = (*REPORT_FIELDS, "reason", "xfail", "line", "each_of")
 # Smallest positive double is ~5e-324: a p-value of exactly 0.0 from a rule underflowed.
 P_FLOOR_TEXT = "< 1e-300"
 
@@ -55,6 +55,9 @@ class ClaimResult:
     ``task``, ``control``, ``selectivity``, ``ci_low``, ``ci_high``, ``chance``) or a
     steering claim's scales (``scale``, ``shift``, ``random_shift``, ``ci_low``,
     ``ci_high``).  The HTML and Markdown reports draw it.
+
+    ``each_of`` is, for one of the claims that ``each: true`` made of a claim (named
+    ``<parent>[<component>]``), the parent claim's id; None for any other claim.
     """
 
     file: str
@@ -92,6 +95,7 @@ class ClaimResult:
     per_prompt: dict[str, list[Any]] | None = None
     criteria: list[dict[str, Any]] = field(default_factory=list)
     profile: list[dict[str, Any]] = field(default_factory=list)
+    each_of: str | None = None
 
     def record(self, *, per_prompt: bool = False) -> dict[str, Any]:
         """A JSON-ready dict: report fields first, NaN/inf as None.

@@ -65,7 +65,7 @@ _MAX_LISTED = 20
 _FILE_ONLY = frozenset({"claims", "correction", "checkpoints"})
 _PROMPT_SOURCES = frozenset({"data", "task"})
 _SPEC_FIELDS = ("model", "data", "task", "alpha", "seed", "n", "test", "xfail", "description",
-                "skip_if_unavailable", "xfail_before", "saes")
+                "skip_if_unavailable", "xfail_before", "saes", "each")
 
 
 # ---------------------------------------------------------------------------
@@ -567,6 +567,7 @@ def _parse_claim(node: Any, ctx: _Context) -> ClaimSpec:
     problems.attempt(1, _check_prompt_source, own)
     merged = _merge(own, ctx.header.defaults, accepted, ctx.builder)
     parsed, suggested = _parse_keys(merged, failed, accepted, kind, problems, ctx)
+    problems.attempt(1, _check_each, parsed, own, accepted, kind)
     if kind is not None:  # a key that an unknown key's "did you mean" names is not missing
         present = merged.keys() | failed.keys() | suggested
         problems.attempt(2, _check_required, present, accepted)
@@ -669,6 +670,21 @@ def _merge(own: dict[str, _Value], defaults: dict[str, _Value],
     for name, value in inherited.items():
         builder.charge(value.size, value.key_line, name)
     return {**inherited, **own}
+
+
+def _check_each(parsed: dict[str, Any], own: dict[str, _Value],
+                accepted: Mapping[str, KeySpec], kind: str | None) -> None:
+    """``each: true`` needs a kind with ``components`` (or ``layers``) to split; a file's
+    ``each: true`` default leaves the claims of other kinds alone."""
+    if not parsed.get("each") or kind is None or {"components", "layers"} & accepted.keys():
+        return
+    if "each" not in own:
+        parsed["each"] = False
+        return
+    raise ClaimSpecError(
+        f"each: true makes one claim per component, but {kind} claims take no "
+        "components: (or layers:)", line=own["each"].key_line, key="each",
+        hint="remove each: true, or use a kind with components: such as necessary")
 
 
 def _check_required(present: AbstractSet[str], accepted: Mapping[str, KeySpec]) -> None:

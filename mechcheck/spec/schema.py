@@ -134,6 +134,8 @@ class ClaimSpec:
     checkpoint: str | None = None
     description: str | None = None
     saes: Mapping[str, str] | None = None  # SAE name -> path as written (see as_saes)
+    each: bool = False  # one claim per component (mechcheck.each.expand_each)
+    each_of: str | None = None  # for a copy that each: true made, the parent claim's id
     params: Mapping[str, Any] = field(default_factory=dict)
     key_lines: Mapping[str, int] = field(default_factory=dict)
     source: ModelSource | None = None
@@ -400,6 +402,9 @@ COMMON_KEYS: Mapping[str, KeySpec] = {
         KeySpec(name="skip_if_unavailable", parse=as_bool, default=False,
                 expected="true or false: skip (not fail) when an hf: model is neither in "
                 "the local HF cache nor reachable"),
+        KeySpec(name="each", parse=as_bool, default=False,
+                expected="true or false: one claim per component of components: (or per "
+                "layer of layers: for decodes and traced), named id[<component>]"),
     )
 }
 
@@ -408,7 +413,7 @@ COMMON_KEYS: Mapping[str, KeySpec] = {
 FILE_KEYS: Mapping[str, KeySpec] = {
     **{k: COMMON_KEYS[k] for k in ("model", "data", "task", "alpha", "seed", "n", "test",
                                    "description", "skip_if_unavailable", "xfail_before",
-                                   "saes")},
+                                   "saes", "each")},
     "metric": KeySpec(name="metric", expected="a metric such as logit_diff, logprob, prob, "
                       "accuracy or kl", parse=as_str),
     "correction": KeySpec(name="correction", expected="one of holm, bh, none",
