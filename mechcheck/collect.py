@@ -194,8 +194,9 @@ class ClaimItem(pytest.Item):
             raise ClaimErrored(self.result)
         if self.result.verdict == "skip":
             reason = self.result.message.split("\n")[0]
-            raise pytest.skip.Exception(f"model unavailable (skip_if_unavailable): {reason}",
-                                        _use_item_location=True)
+            if self.result.reason != "screened out":
+                reason = f"model unavailable (skip_if_unavailable): {reason}"
+            raise pytest.skip.Exception(reason, _use_item_location=True)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],
                      style: Any = None) -> Any:

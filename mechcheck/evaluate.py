@@ -93,7 +93,9 @@ def evaluate_claims(specs: Sequence[ClaimSpec], session: Session, *,
     bad claims) in file order; the results follow it, errors included.
     """
     contexts = {id(s): ClaimContext(session, s) for s in specs}
-    failed = _prepare(specs, contexts)
+    screened = _screen(specs, contexts)
+    failed = _prepare([s for s in specs if id(s) not in screened], contexts)
+    failed.update(screened)
     measured = {id(s): failed.get(id(s)) or _measure(s, contexts[id(s)]) for s in specs}
     done = _correct(measured, specs, correction)
     results = []
@@ -112,6 +114,59 @@ def _entry_error(item: Any, index: int, path: str) -> ClaimResult:
     if isinstance(item, EachFailed):
         return _error_result(item.spec.path, item.spec.id, item.error, item.spec)
     return _error_result(item.path or path, item.claim_id or f"claim[{index}]", item, None)
+
+
+def _screen(specs: Sequence[ClaimSpec],
+            contexts: dict[int, ClaimContext]) -> dict[int, ClaimResult]:
+    """The results of the sweep members that ``screen: attribution`` leaves out.
+
+    The members of one ``each: true`` claim with ``screen: attribution`` are ranked by
+    attribution patching's estimate of their drop (two forward passes and a backward
+    for all of them); the ``screen_top`` largest are measured exactly, as any claim,
+    and only those decide.  The rest are skipped, with their estimate and rank; a
+    screen that fails errors every member of its sweep."""
+    from mechcheck.engine.attribution import screen
+
+    sweeps: dict[tuple[str, str], list[ClaimSpec]] = {}
+    for spec in specs:
+        if spec.each_of is not None and spec.params.get("screen") == "attribution":
+            sweeps.setdefault((spec.path, spec.each_of), []).append(spec)
+    out: dict[int, ClaimResult] = {}
+    for members in sweeps.values():
+        first = members[0]
+        ctx = contexts[id(first)]
+        try:
+            iv = ctx.intervention(first.params["ablation"], base="clean", key="ablation")
+            kept, estimates = screen(
+                ctx.session.runner(first), [contexts[id(m)].components() for m in members],
+                iv, ctx.metric(), top_k=first.params["screen_top"], at=first.params.get("at"),
+                mean_by=first.params.get("mean_by"), ig_steps=first.params["ig_steps"])
+        except MechcheckError as exc:
+            out.update({id(m): _error_result(m.path, m.id, exc.located(key=exc.key or "screen"),
+                                             m) for m in members})
+            continue
+        except Exception as exc:  # noqa: BLE001 - one sweep's failure stops no other claim
+            out.update({id(m): _unexpected(m, exc) for m in members})
+            continue
+        ranks = {i: r + 1 for r, i in enumerate(sorted(range(len(members)),
+                                                       key=lambda i: (-estimates[i], i)))}
+        for i, member in enumerate(members):
+            if i not in kept:
+                out[id(member)] = _screened_out(
+                    member, contexts[id(member)].component_names(), float(estimates[i]),
+                    ranks[i], len(members), len(kept))
+    return out
+
+
+def _screened_out(spec: ClaimSpec, components: tuple[str, ...], estimate: float, rank: int,
+                  of: int, kept: int) -> ClaimResult:
+    return ClaimResult(
+        file=spec.path, id=spec.id, model=spec.model, checkpoint=_checkpoint_of(spec),
+        kind=spec.kind, components=components, verdict="skip", reason="screened out", seed=spec.seed,
+        line=spec.line, xfail=spec.xfail, each_of=spec.each_of,
+        message=f"screened out by attribution patching: its estimated drop {estimate:.4g} "
+                f"ranks {rank} of {of}, and the top {kept} (screen_top) were measured "
+                f"exactly; raise screen_top to measure it, or drop screen")
 
 
 def _prepare(specs: Sequence[ClaimSpec],

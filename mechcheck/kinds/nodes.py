@@ -16,7 +16,7 @@ from mechcheck.kinds.base import (
     as_positive,
     keys,
 )
-from mechcheck.spec.schema import KeySpec, as_number, as_str
+from mechcheck.spec.schema import KeySpec, as_choice, as_number, as_str, int_at_least
 
 if TYPE_CHECKING:
     from mechcheck.engine.context import ClaimContext
@@ -34,12 +34,31 @@ class Necessary:
     keys = keys(COMPONENTS, METRIC, AT, ABLATION, MEAN_BY,
                 KeySpec(name="min_drop", required=True, parse=as_min_drop,
                         expected="a number, e.g. 1.5, or a percentage of the clean "
-                        "metric's mean such as '40%'"))
+                        "metric's mean such as '40%'"),
+                KeySpec(name="screen", parse=as_choice("attribution"), default=None,
+                        expected="attribution: under each: true, estimate every "
+                        "component's drop by attribution patching and measure only the "
+                        "screen_top largest exactly"),
+                KeySpec(name="screen_top", parse=int_at_least(1, "confirm at least one "
+                        "component exactly"), default=10,
+                        expected="a whole number >= 1: how many components of the sweep "
+                        "attribution patching passes on to exact patching"),
+                KeySpec(name="ig_steps", parse=int_at_least(0, "0 is plain attribution "
+                        "patching, more steps integrate the gradients"), default=0,
+                        expected="a whole number >= 0: integrated-gradient steps of the "
+                        "screen's estimate (EAP-IG); 0 for one gradient"))
 
     def needs(self, claim: ClaimSpec, ctx: ClaimContext) -> Needs:
         return ctx.ablation_needs(claim.params["ablation"], base="clean")
 
     def measure(self, claim: ClaimSpec, ctx: ClaimContext) -> Measurement:
+        if claim.params.get("screen") is not None and claim.each_of is None:
+            from mechcheck.errors import ClaimSpecError
+
+            raise ClaimSpecError("screen: attribution screens the components of a sweep, "
+                                 "and this claim is not one", key="screen",
+                                 hint="add each: true (one claim per component), or drop "
+                                 "screen")
         clean, ablated, label = ctx.metric_pair(claim.params["ablation"], base="clean")
         metric = ctx.metric()
         sign = 1.0 if metric.higher_is_better else -1.0
