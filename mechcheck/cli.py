@@ -8,6 +8,7 @@
     mechcheck compare OLD.json NEW.json [--max-drift X]  # regressions, exit 1 if any
     mechcheck report RESULTS.json -o report.html [--baseline OLD.json]  # or .md
     mechcheck lens train CLAIMS.yaml --claim ID --out T.safetensors  # a tuned lens
+    mechcheck scan MODEL --data FILE --metric M [--method attribution] [--out D.yaml]
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     from mechcheck.sae_train import add_sae_parser
 
     add_sae_parser(commands)
+    from mechcheck.scan import add_scan_parser
+
+    add_scan_parser(commands)
     return parser
 
 
@@ -271,6 +275,12 @@ def _sae(args: argparse.Namespace) -> int:
     return sae_command(args)
 
 
+def _scan(args: argparse.Namespace) -> int:
+    from mechcheck.scan import scan_command
+
+    return scan_command(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = _parser().parse_args(argv)
@@ -278,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from mechcheck.tuned_lens import lens_command
 
         handlers = {"zoo": _zoo, "check": _check, "compare": _compare, "report": _report,
-                    "lens": lens_command, "sae": _sae}
+                    "lens": lens_command, "sae": _sae, "scan": _scan}
         return handlers[args.command](args)
     except MechcheckError as exc:
         print(f"mechcheck: {exc}", file=sys.stderr)
