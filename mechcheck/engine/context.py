@@ -20,7 +20,7 @@ from mechcheck.addresses import Address
 from mechcheck.engine.attention import attention_score
 from mechcheck.engine.lens import Lens
 from mechcheck.engine.runner import Needs, PatchSpec, Runner, position_mask, unknown_position
-from mechcheck.engine.runs import Placed, RunResult
+from mechcheck.engine.runs import PatchRequest, Placed, RunResult
 from mechcheck.errors import ClaimSpecError, DataError, MechcheckError, describe_exception
 
 if TYPE_CHECKING:
@@ -124,9 +124,14 @@ class ClaimContext:
 
     # -- needs (what the shared runs record before any claim is measured) --------
     def ablation_needs(self, name: str, *, base: str) -> Needs:
-        """What patching the claim's components with intervention ``name`` reads."""
-        needs = self._runner().needs_for(self._targets(name, base))
+        """What patching the claim's components with intervention ``name`` reads,
+        and the patched run itself (a :class:`PatchRequest` in ``Needs.patched``, so
+        that the runner can plan it with the file's other patched runs)."""
+        targets = self._targets(name, base)
+        needs = self._runner().needs_for(targets)
         needs.runs.add("clean")
+        at = self.params.get("at")
+        needs.patched.append(PatchRequest.of(targets, at, self.params.get("mean_by")))
         return needs
 
     def record_needs(self, run: str, addresses: Sequence[Address]) -> Needs:

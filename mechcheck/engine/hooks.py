@@ -4,6 +4,11 @@
 replacing them, reading attention patterns) and removes exactly the handles it
 installed when the block exits, also when the forward pass raises.  Hooks that the
 user or transformers installed are left alone.
+
+:func:`block_outputs` records what whole blocks return, and :func:`replayed` makes
+the first blocks of a forward pass return such a recording instead of computing
+(the exact sweeps of :mod:`mechcheck.engine.sweep`); both undo what they did on
+every path.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import torch
 
 from mechcheck.models.adapter import ModelAdapter, Site
 
-__all__ = ["Patch", "hook_count", "hooked"]
+__all__ = ["Patch", "block_outputs", "hook_count", "hooked", "replayed"]
 
 # A patch takes the activation at a site and returns its replacement (same shape).
 Patch = Callable[[torch.Tensor], torch.Tensor]
@@ -136,3 +141,70 @@ def hooked(
 def hook_count(model: torch.nn.Module) -> int:
     """Number of forward (pre-)hooks installed on ``model`` and its submodules."""
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def _output_capture(store: dict[int, Any], layer: int) -> Callable[..., Any]:
+    def post_hook(module: Any, args: tuple, output: Any) -> None:
+        store[layer] = output  # the block's own output object: a tensor or a tuple
+
+    return post_hook
+
+
+@contextmanager
+def block_outputs(adapter: ModelAdapter, layers: Sequence[int]) -> Iterator[dict[int, Any]]:
+    """Record, for one forward pass, what the blocks ``layers`` return, as returned
+    (a tensor or a tuple), under the layer index."""
+    store: dict[int, Any] = {}
+    blocks: Any = adapter.module(adapter.arch.blocks)  # a ModuleList
+    with ExitStack() as stack:
+        for layer in sorted(set(layers)):
+            handle = blocks[layer].register_forward_hook(_output_capture(store, layer))
+            stack.callback(handle.remove)
+        yield store
+
+
+def _last_position(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    act = _pre_activation(args, kwargs)
+    return _with_pre_activation(args, kwargs, act[:, -1:])
+
+
+@contextmanager
+def replayed(adapter: ModelAdapter, start: int, output: Any, *,
+             last_only: Sequence[str] = ()) -> Iterator[None]:
+    """For one forward pass, blocks ``0 .. start-1`` return ``output`` (what block
+    ``start - 1`` returned in an earlier pass, repeated to this pass's batch) without
+    computing; ``last_only`` names modules whose input is cut to the last position.
+
+    A block's input is only its predecessor's output (and the mask and position
+    embeddings the model computes again), so block ``start`` then sees exactly what
+    it saw in the earlier pass.  The blocks' ``forward`` attributes and the hooks are
+    restored when the block exits, also when the forward pass raises.
+    """
+    blocks: Any = adapter.module(adapter.arch.blocks)  # a ModuleList
+    with ExitStack() as stack:
+        for layer in range(start):
+            stack.enter_context(_returning(blocks[layer], output))
+        for path in last_only:
+            module = adapter.module(path)
+            handle = module.register_forward_pre_hook(_last_position, with_kwargs=True)
+            stack.callback(handle.remove)
+        yield
+
+
+@contextmanager
+def _returning(module: torch.nn.Module, output: Any) -> Iterator[None]:
+    """``module`` returns ``output`` when called, until the block exits."""
+    had = "forward" in module.__dict__
+    before = module.__dict__.get("forward")
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        return output
+
+    module.__dict__["forward"] = forward  # an instance attribute shadows the method
+    try:
+        yield
+    finally:
+        if had:
+            module.__dict__["forward"] = before
+        else:
+            del module.__dict__["forward"]

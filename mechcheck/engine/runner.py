@@ -21,7 +21,7 @@ from mechcheck.addresses import Address
 from mechcheck.data import Dataset
 from mechcheck.engine.hooks import Patch, hooked
 from mechcheck.engine.interventions import Intervention
-from mechcheck.engine.runs import PatchFn, Placed, RunResult
+from mechcheck.engine.runs import PatchFn, PatchRequest, Placed, RunResult
 from mechcheck.errors import (
     ClaimSpecError,
     DataError,
@@ -38,16 +38,23 @@ __all__ = ["Needs", "PatchSpec", "Runner", "position_mask", "unknown_position"]
 
 @dataclass(slots=True)
 class Needs:
-    """What the shared runs must record: ``(run, site)`` pairs and attention layers."""
+    """What the shared runs must record: ``(run, site)`` pairs and attention layers;
+    and the patched runs that the claims will ask for, in order (``patched``)."""
 
     record: set[tuple[str, Site]] = field(default_factory=set)
     patterns: set[int] = field(default_factory=set)
     runs: set[str] = field(default_factory=lambda: {"clean"})
+    patched: list[PatchRequest] = field(default_factory=list)
 
     def update(self, other: Needs) -> None:
         self.record |= other.record
         self.patterns |= other.patterns
         self.runs |= other.runs
+        known = set(self.patched)
+        for request in other.patched:
+            if request not in known:
+                self.patched.append(request)
+                known.add(request)
 
 
 def position_mask(dataset: Dataset, rows: np.ndarray, length: int,
@@ -138,6 +145,8 @@ class Runner:
         self._failed: dict[tuple[Any, ...], MechcheckError] = {}
         self._max_rows = batch_size  # lowered for good after an out-of-memory retry
         self._keep_one = "logits_to_keep" in _forward_parameters(loaded.model)
+        self._pending: list[PatchRequest] = []  # planned patched runs, in order
+        self._sweep_engine: Any = None  # the Sweeper, made when first needed
 
     # -- the shared runs -------------------------------------------------------
     def prepare(self, needs: Needs) -> None:
@@ -147,6 +156,7 @@ class Runner:
             MechcheckError: a shared run failed (the same error again for every later
                 request of the same pass, which is not retried).
         """
+        self._plan(needs.patched)
         for run in sorted(needs.runs | {r for r, _ in needs.record}):
             sites = sorted({s for r, s in needs.record if r == run} - self._sites(run),
                            key=lambda s: (s.module, s.when))
@@ -161,6 +171,38 @@ class Runner:
             except MechcheckError as exc:
                 self._failed[key] = _fresh(exc)
                 raise
+
+    def _plan(self, requests: Sequence[PatchRequest]) -> None:
+        """Remember the patched runs that the claims will ask for, in order."""
+        known = set(self._pending)
+        for request in requests:
+            if request not in known:
+                self._pending.append(request)
+                known.add(request)
+
+    def sweep(self, requests: Sequence[PatchRequest]) -> list[torch.Tensor]:
+        """Last-position logits ``[n, vocab]`` (row order) of each patched run, now.
+
+        Each equals ``patched_logits(request.targets, request.at,
+        mean_by=request.mean_by)`` to 1e-5.
+        """
+        from mechcheck.engine.sweep import fast_sweeps
+
+        fast: dict[PatchRequest, torch.Tensor] = {}
+        if fast_sweeps():
+            try:
+                fast = self._sweeper().compute(requests)
+            except Exception:  # noqa: BLE001, S110 - the plain runs report the error
+                pass
+        return [fast[r] if r in fast else self._plain_patched(r.targets, r.at, mean_by=r.mean_by)
+                for r in requests]
+
+    def _sweeper(self) -> Any:
+        from mechcheck.engine.sweep import Sweeper
+
+        if self._sweep_engine is None:
+            self._sweep_engine = Sweeper(self)
+        return self._sweep_engine
 
     def _sites(self, run: str) -> set[Site]:
         return {s for r, s in self._recorded if r == run}
@@ -226,7 +268,21 @@ class Runner:
 
         ``mean_by`` names a data column (e.g. ``template``): mean ablation then uses
         the mean over the rows sharing the row's value, as Wang et al. do per template.
+        A run that :meth:`prepare` planned (``Needs.patched``) comes from the exact
+        sweep engine (:mod:`mechcheck.engine.sweep`), with the planned runs after it.
         """
+        from mechcheck.engine.sweep import fast_sweeps
+
+        if fast_sweeps() and (self._pending or self._sweep_engine is not None):
+            got = self._sweeper().serve(PatchRequest.of(targets, at, mean_by), self._pending)
+            if got is not None:
+                return got
+        return self._plain_patched(targets, at, mean_by=mean_by)
+
+    def _plain_patched(self, targets: Sequence[tuple[Address, Intervention]],
+                       at: Sequence[int | str] | None = None, *,
+                       mean_by: str | None = None) -> torch.Tensor:
+        """:meth:`patched_logits` by one plain patched run."""
         base_runs = {iv.base_run for _, iv in targets}
         if len(base_runs) != 1:
             raise ValueError("all interventions of one run must share their base run")

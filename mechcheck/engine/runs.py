@@ -17,9 +17,10 @@ from mechcheck.addresses import Address
 from mechcheck.errors import ClaimSpecError
 
 if TYPE_CHECKING:
+    from mechcheck.engine.interventions import Intervention
     from mechcheck.models.adapter import ModelAdapter
 
-__all__ = ["PatchFn", "Placed", "RunResult"]
+__all__ = ["PatchFn", "PatchRequest", "Placed", "RunResult"]
 
 PatchFn = Callable[[torch.Tensor, np.ndarray], torch.Tensor]
 """A patch as a function: ``(current [b, pos, w], rows) -> replacement [b, pos, w]``.
@@ -44,6 +45,32 @@ class Placed:
 
     spec: Any
     at: Sequence[int | str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PatchRequest:
+    """One patched run a claim will ask for, as :meth:`Runner.patched_logits` takes it.
+
+    Claims announce their requests in their needs (``Needs.patched``) so that the
+    runner can plan them: :meth:`Runner.sweep` computes several at once.
+
+    Attributes:
+        targets: what to patch: ``(address, intervention)`` pairs.
+        at: the claim's ``at:`` as a tuple (None: every position).
+        mean_by: the claim's ``mean_by:`` (a data column), or None.
+    """
+
+    targets: tuple[tuple[Address, Intervention], ...]
+    at: tuple[int | str, ...] | None = None
+    mean_by: str | None = None
+
+    @classmethod
+    def of(cls, targets: Sequence[tuple[Address, Intervention]],
+           at: Sequence[int | str] | None = None,
+           mean_by: str | None = None) -> PatchRequest:
+        """The request of ``patched_logits(targets, at, mean_by=mean_by)``."""
+        return cls(tuple((a, iv) for a, iv in targets),
+                   None if at is None else tuple(at), mean_by)
 
 
 @dataclass(frozen=True, eq=False)
