@@ -21,7 +21,7 @@ import torch
 
 from mechcheck.models.adapter import ModelAdapter, Site
 
-__all__ = ["Patch", "block_outputs", "hook_count", "hooked", "replayed"]
+__all__ = ["Patch", "block_outputs", "hook_count", "hooked", "module_outputs", "replayed"]
 
 # A patch takes the activation at a site and returns its replacement (same shape).
 Patch = Callable[[torch.Tensor], torch.Tensor]
@@ -143,7 +143,7 @@ def hook_count(model: torch.nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
-def _output_capture(store: dict[int, Any], layer: int) -> Callable[..., Any]:
+def _output_capture(store: dict[Any, Any], layer: Any) -> Callable[..., Any]:
     def post_hook(module: Any, args: tuple, output: Any) -> None:
         store[layer] = output  # the block's own output object: a tensor or a tuple
 
@@ -169,11 +169,26 @@ def _last_position(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]
 
 
 @contextmanager
+def module_outputs(adapter: ModelAdapter, paths: Sequence[str]) -> Iterator[dict[str, Any]]:
+    """Record, for one forward pass, what the modules ``paths`` return, as returned,
+    under their path."""
+    store: dict[str, Any] = {}
+    with ExitStack() as stack:
+        for path in sorted(set(paths)):
+            handle = adapter.module(path).register_forward_hook(_output_capture(store, path))
+            stack.callback(handle.remove)
+        yield store
+
+
+@contextmanager
 def replayed(adapter: ModelAdapter, start: int, output: Any, *,
-             last_only: Sequence[str] = ()) -> Iterator[None]:
+             last_only: Sequence[str] = (),
+             returning: dict[str, Any] | None = None) -> Iterator[None]:
     """For one forward pass, blocks ``0 .. start-1`` return ``output`` (what block
     ``start - 1`` returned in an earlier pass, repeated to this pass's batch) without
-    computing; ``last_only`` names modules whose input is cut to the last position.
+    computing; ``last_only`` names modules whose input is cut to the last position;
+    ``returning`` maps further module paths to what they return instead of computing
+    (an attention module whose output a low-rank update gives).
 
     A block's input is only its predecessor's output (and the mask and position
     embeddings the model computes again), so block ``start`` then sees exactly what
@@ -184,6 +199,8 @@ def replayed(adapter: ModelAdapter, start: int, output: Any, *,
     with ExitStack() as stack:
         for layer in range(start):
             stack.enter_context(_returning(blocks[layer], output))
+        for path, value in (returning or {}).items():
+            stack.enter_context(_returning(adapter.module(path), value))
         for path in last_only:
             module = adapter.module(path)
             handle = module.register_forward_pre_hook(_last_position, with_kwargs=True)

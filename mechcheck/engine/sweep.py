@@ -17,6 +17,16 @@ and serves each from its cache.  What it saves, and why each saving is exact:
   position (the block broadcasts the ``[b, 1, d]`` result onto ``[b, T, d]``) leaves
   the last position exact; attention itself still reads every key.  Not done when a
   request patches anything in the final block or after it.
+* **Low-rank head ablation.**  A head's output enters its layer's attention output
+  only through the output projection, an affine map ``z -> W z + b``.  A replacement
+  that ignores the head's value (zero, a mean, another run's value) changes ``z`` by
+  ``new - z`` in the head's columns, so the attention output changes by ``(new - z)
+  @ W_O[head rows]``.  The run then starts at the head's own block, with that block's
+  attention module returning the base run's output plus this update instead of
+  computing (the block's own code still adds it to the residual stream, runs the MLP,
+  NeoX's parallel residual or Gemma's norms).  The rows of ``W_O`` are read by
+  applying the projection to one-hot inputs, so Linear and GPT-2's Conv1D need no
+  code of their own.
 * **Batching.**  Several requests share a pass: the batch of prompts is repeated
   once per request and each copy gets its own patches, as
   :meth:`~mechcheck.engine.runner.Runner.run_many` does.  Prompts do not interact,
@@ -40,8 +50,8 @@ import numpy as np
 import torch
 
 from mechcheck.addresses import Address
-from mechcheck.engine.hooks import Patch, block_outputs, hooked, replayed
-from mechcheck.engine.interventions import Intervention
+from mechcheck.engine.hooks import Patch, block_outputs, hooked, module_outputs, replayed
+from mechcheck.engine.interventions import BUILTIN_INTERVENTIONS, Intervention
 from mechcheck.engine.runs import PatchRequest
 
 if TYPE_CHECKING:
@@ -63,6 +73,11 @@ least one copy).  Measured on 2 CPU cores (shared with other jobs, so +-20%), GP
 small's shape (12 layers, d 768, 12 heads, vocabulary 50,257), 32 prompts x 16
 tokens, last-position logits, best of 3 passes, seconds per copy: 1 copy (512 tokens)
 1.32, 2 copies 1.19, 4 copies 1.45, 8 copies 1.38.  Larger passes leave the cache."""
+
+
+_LINEAR = frozenset(iv.replace for iv in BUILTIN_INTERVENTIONS)
+"""The replacements that ignore the current value (zeros, or the source's values), so
+a head's ablation changes its layer's attention output by a linear map of the change."""
 
 
 def fast_sweeps() -> bool:
@@ -100,6 +115,7 @@ class _Plan:
     base: str
     start: int
     last_only: bool
+    low_rank: bool  # one layer's heads, ablated by a replacement that ignores them
     specs: list[tuple[Address, Intervention]]
     masks: list[torch.Tensor]  # per batch, where the patches act
 
@@ -151,21 +167,26 @@ class Sweeper:
         self.runner.prepare(needs)
         runner = self.runner
         out: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(plans))}
-        groups: dict[tuple[str, int, bool], list[int]] = {}
+        groups: dict[tuple[str, int, bool, bool], list[int]] = {}
         for i, plan in enumerate(plans):
-            groups.setdefault((plan.base, plan.start, plan.last_only), []).append(i)
+            groups.setdefault((plan.base, plan.start, plan.last_only, plan.low_rank),
+                              []).append(i)
         for b, rows in enumerate(runner.batches):
             length = len(runner.dataset.prompts[rows[0]])
-            prefixes = self._prefixes(b, rows, {(base, s) for base, s, _ in groups})
+            prefixes = self._prefixes(b, rows, {(base, s) for base, s, _, _ in groups},
+                                      {(base, s) for base, s, _, low in groups if low})
             cap = max(1, min(runner._max_rows // len(rows),
                              TOKENS_PER_PASS // (len(rows) * length)))
-            for (base, start, last_only), members in groups.items():
+            for (base, start, last_only, low), members in groups.items():
                 makers = {i: runner._patches(plans[i].specs, b, plans[i].masks[b], length)
                           for i in members}
                 for at in range(0, len(members), cap):
                     part = members[at:at + cap]
-                    logits = self._forward(base, rows, [makers[i](slice(None)) for i in part],
-                                           start, prefixes.get((base, start)), last_only)
+                    patches = [makers[i](slice(None)) for i in part]
+                    attention = self._low_rank(base, start, patches, prefixes) if low else None
+                    logits = self._forward(base, rows, [] if low else patches, start,
+                                           prefixes.get((base, start)), last_only,
+                                           attention, copies=len(part))
                     for i, piece in zip(part, logits):
                         out[i].append(piece)
         return {plan.request: runner._in_row_order(out[i]) for i, plan in enumerate(plans)}
@@ -194,27 +215,78 @@ class Sweeper:
         last_only = all(isinstance(a.layer, int) and a.layer < final or
                         a.site in ("embed", "pos_embed") for a, _ in request.targets)
         specs = [(a, iv.with_mean_by(request.mean_by)) for a, iv in request.targets]
-        return _Plan(request, base, start, last_only, specs, masks)
+        low_rank = all(a.site == "head" and a.layer == start and iv.replace in _LINEAR
+                       for a, iv in request.targets)
+        return _Plan(request, base, start, last_only, low_rank, specs, masks)
 
-    def _prefixes(self, batch: int, rows: np.ndarray,
-                  wanted: set[tuple[str, int]]) -> dict[tuple[str, int], Any]:
+    def _prefixes(self, batch: int, rows: np.ndarray, wanted: set[tuple[str, int]],
+                  low: set[tuple[str, int]]) -> dict[Any, Any]:
         """What block ``start - 1`` returns in the unpatched base run of one batch, per
-        ``(base, start)`` with ``start > 0``."""
-        runner = self.runner
-        out: dict[tuple[str, int], Any] = {}
-        for base in sorted({base for base, start in wanted if start > 0}):
+        ``(base, start)`` with ``start > 0``; and, per ``(base, layer)`` of ``low``
+        (low-rank head ablations), that layer's attention output ``("attn", base,
+        layer)`` and the input of its output projection ``("heads", base, layer)``."""
+        runner, adapter = self.runner, self.runner.loaded.adapter
+        out: dict[Any, Any] = {}
+        for base in sorted({base for base, _ in wanted}):
             layers = sorted({start - 1 for b, start in wanted if b == base and start > 0})
-            with block_outputs(runner.loaded.adapter, layers) as store:
+            lows = sorted({layer for b, layer in low if b == base})
+            if not layers and not lows:
+                continue
+            attn = {layer: adapter.attention_module(layer) for layer in lows}
+            heads = {layer: adapter.site(Address("head", layer, 0)) for layer in lows}
+            with block_outputs(adapter, layers) as store, \
+                    module_outputs(adapter, list(attn.values())) as attn_store, \
+                    hooked(adapter, record=list(heads.values())) as recorded:
                 runner._forward(runner._inputs(base, rows))
             out.update({(base, layer + 1): store[layer] for layer in layers})
+            for layer in lows:
+                out[("attn", base, layer)] = attn_store[attn[layer]]
+                out[("heads", base, layer)] = recorded[heads[layer]]
         return out
 
+    def _low_rank(self, base: str, layer: int, patches: list[dict[Site, Patch]],
+                  prefixes: dict[Any, Any]) -> tuple[str, Any]:
+        """The attention output of ``layer`` for each copy, as the module returns it:
+        the base run's plus ``(new - z) @ W_O`` for the heads' rows of the output
+        projection, ``z`` its input in the base run and ``new`` what the copy's
+        patches make of it (only the heads' columns change, at their positions)."""
+        adapter = self.runner.loaded.adapter
+        site = adapter.site(Address("head", layer, 0))
+        z = prefixes[("heads", base, layer)]
+        recorded = prefixes[("attn", base, layer)]
+        value = recorded if isinstance(recorded, torch.Tensor) else recorded[0]
+        if not isinstance(recorded, torch.Tensor) and any(
+                isinstance(extra, torch.Tensor) for extra in recorded[1:]):
+            raise ValueError("the attention module returned tensors besides its output")
+        projection = adapter.module(site.module)
+        outputs = []
+        for copy in patches:
+            change = copy[site](z) - z
+            zero = torch.zeros_like(change[:1, :1])
+            # the output projection is affine: W @ change = proj(change) - proj(0), and
+            # only the heads' columns are nonzero, so use their rows of W alone
+            cols = change.abs().sum(dim=(0, 1)).nonzero().flatten()
+            if len(cols) == 0:
+                outputs.append(value)
+                continue
+            basis = torch.zeros(len(cols), z.shape[-1], dtype=z.dtype, device=z.device)
+            basis[torch.arange(len(cols)), cols] = 1
+            with torch.inference_mode():
+                rows = projection(basis[None])[0] - projection(zero)[0, 0]
+            outputs.append(value + change[..., cols] @ rows)
+        stacked = torch.cat([o.expand(len(z), *o.shape[1:]) for o in outputs])
+        result = stacked if isinstance(recorded, torch.Tensor) else (stacked, *recorded[1:])
+        return adapter.attention_module(layer), result
+
     def _forward(self, base: str, rows: np.ndarray, per_copy: list[dict[Site, Patch]],
-                 start: int, prefix: Any, last_only: bool) -> list[torch.Tensor]:
+                 start: int, prefix: Any, last_only: bool,
+                 attention: tuple[str, Any] | None = None, *,
+                 copies: int) -> list[torch.Tensor]:
         """One pass of ``rows`` repeated once per copy, each with its own patches,
-        computing blocks ``>= start`` only."""
+        computing blocks ``>= start`` only; ``attention`` (a module path and what it
+        returns) replaces that attention module's computation."""
         runner, adapter = self.runner, self.runner.loaded.adapter
-        n, copies = len(rows), len(per_copy)
+        n = len(rows)
         sites = sorted({s for p in per_copy for s in p}, key=lambda s: (s.module, s.when))
 
         def combined(site: Site) -> Patch:
@@ -230,7 +302,8 @@ class Sweeper:
         ids = runner._inputs(base, rows).repeat(copies, 1)
         cut = _final_modules(adapter) if last_only else ()
         with hooked(adapter, patches={s: combined(s) for s in sites}), \
-                replayed(adapter, start, _repeat(prefix, copies), last_only=cut):
+                replayed(adapter, start, _repeat(prefix, copies), last_only=cut,
+                         returning=dict([attention]) if attention else None):
             logits = runner._forward(ids, sites)
         return list(logits.split(n))
 
