@@ -153,7 +153,7 @@ def _screen(specs: Sequence[ClaimSpec],
         for i, member in enumerate(members):
             if i not in kept:
                 out[id(member)] = _screened_out(
-                    member, contexts[id(member)].component_names(), float(estimates[i]),
+                    member, contexts[id(member)].component_names(), float(estimates[i]) + 0.0,
                     ranks[i], len(members), len(kept))
     return out
 
