@@ -152,9 +152,9 @@ def _screen(specs: Sequence[ClaimSpec],
                                                        key=lambda i: (-estimates[i], i)))}
         for i, member in enumerate(members):
             if i not in kept:
-                out[id(member)] = _screened_out(
-                    member, contexts[id(member)].component_names(), float(estimates[i]) + 0.0,
-                    ranks[i], len(members), len(kept))
+                names = contexts[id(member)].component_names()
+                out[id(member)] = _screened_out(member, names, float(estimates[i]) + 0.0,
+                                                ranks[i], len(members), len(kept))
     return out
 
 
@@ -162,8 +162,8 @@ def _screened_out(spec: ClaimSpec, components: tuple[str, ...], estimate: float,
                   of: int, kept: int) -> ClaimResult:
     return ClaimResult(
         file=spec.path, id=spec.id, model=spec.model, checkpoint=_checkpoint_of(spec),
-        kind=spec.kind, components=components, verdict="skip", reason="screened out", seed=spec.seed,
-        line=spec.line, xfail=spec.xfail, each_of=spec.each_of,
+        kind=spec.kind, components=components, verdict="skip", reason="screened out",
+        seed=spec.seed, line=spec.line, xfail=spec.xfail, each_of=spec.each_of,
         message=f"screened out by attribution patching: its estimated drop {estimate:.4g} "
                 f"ranks {rank} of {of}, and the top {kept} (screen_top) were measured "
                 f"exactly; raise screen_top to measure it, or drop screen")

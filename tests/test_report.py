@@ -41,7 +41,8 @@ def test_json_round_trip_and_non_finite_numbers(tmp_path: Path) -> None:
 def test_csv_and_frame_columns(tmp_path: Path) -> None:
     write_report(_results(), tmp_path / "r.csv")
     header = (tmp_path / "r.csv").read_text().splitlines()[0].split(",")
-    assert header == [*REPORT_FIELDS, "reason", "xfail", "line", "each_of"]  # appended, never reordered
+    # appended, never reordered
+    assert header == [*REPORT_FIELDS, "reason", "xfail", "line", "each_of"]
     frame = results_frame(_results())
     assert list(frame.columns)[: len(REPORT_FIELDS)] == list(REPORT_FIELDS)
     assert frame.set_index("id").loc["two", "verdict"] == "fail"
