@@ -502,6 +502,8 @@ def _robust_fieller(
             value = excess(r, upper)
             return value if value > 0 else min(value, -1e-300)
 
+        if signed(inside) > 0:  # even the estimate is rejected (degenerate values,
+            return float(inside)  # e.g. a numerator that is rounding noise around 0)
         # negative at inside, positive at outside: the root is where the twin's p
         # crosses alpha
         root = brentq(signed, inside, outside, xtol=1e-13 * max(1.0, abs(inside)),

@@ -313,3 +313,22 @@ def test_a_file_of_necessary_claims_gives_the_same_results_with_and_without_the_
         assert a.effect == pytest.approx(b.effect, abs=1e-5)
         assert (a.ci_low, a.ci_high) == pytest.approx((b.ci_low, b.ci_high), abs=1e-5)
         assert a.p_value == pytest.approx(b.p_value, rel=1e-4)  # float32 rounding
+
+
+def test_a_run_two_claims_plan_is_computed_once_and_read_by_both(
+        models: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded = models["llama"]
+    request = PatchRequest.of([(Address("head", 1, 2), IV["mean"])], at=["last"])
+    other = PatchRequest.of([(Address("head", 0, 1), IV["zero"])])
+    runner = _runner(loaded)
+    runner.prepare(Needs(patched=[request, other, request]))
+    calls: list[int] = []
+    real = sweep.Sweeper.compute
+    monkeypatch.setattr(sweep.Sweeper, "compute",
+                        lambda self, chunk: calls.append(len(chunk)) or real(self, chunk))
+    first = runner.patched_logits(request.targets, request.at)
+    runner.patched_logits(other.targets)
+    second = runner.patched_logits(request.targets, request.at)
+    assert calls == [3]  # one chunk; the repeated run is not recomputed on the plain path
+    assert torch.equal(first, second)
+    assert runner._sweeper().ready == {}

@@ -50,11 +50,9 @@ class Needs:
         self.record |= other.record
         self.patterns |= other.patterns
         self.runs |= other.runs
-        known = set(self.patched)
-        for request in other.patched:
-            if request not in known:
-                self.patched.append(request)
-                known.add(request)
+        # every claim's request, repeats too: a run two claims ask for is computed
+        # once and kept until both have read it
+        self.patched.extend(other.patched)
 
 
 def position_mask(dataset: Dataset, rows: np.ndarray, length: int,
@@ -173,12 +171,9 @@ class Runner:
                 raise
 
     def _plan(self, requests: Sequence[PatchRequest]) -> None:
-        """Remember the patched runs that the claims will ask for, in order."""
-        known = set(self._pending)
-        for request in requests:
-            if request not in known:
-                self._pending.append(request)
-                known.add(request)
+        """Remember the patched runs that the claims will ask for, in order (a run
+        that several claims ask for once per claim)."""
+        self._pending.extend(requests)
 
     def sweep(self, requests: Sequence[PatchRequest]) -> list[torch.Tensor]:
         """Last-position logits ``[n, vocab]`` (row order) of each patched run, now.

@@ -128,13 +128,14 @@ class Sweeper:
         self.runner = runner
         self.ready: dict[PatchRequest, torch.Tensor] = {}
         self._chunk: set[PatchRequest] = set()  # the requests of the last chunk
+        self._reads: dict[PatchRequest, int] = {}  # reads each result still awaits
 
     def serve(self, request: PatchRequest, pending: list[PatchRequest]) -> torch.Tensor | None:
         """The logits of ``request``: from the cache, or by computing it with the
         pending requests that follow it (removed from ``pending``).  None: take the
         plain path."""
         if request in self.ready:
-            return self.ready.pop(request)
+            return self._read(request)
         if request in self._chunk:  # planned with the last chunk, but not fast
             return None
         self.ready.clear()  # results the claims went past are not read any more
@@ -146,12 +147,20 @@ class Sweeper:
         chunk = pending[first:first + cap]
         del pending[:first + cap]
         self._chunk = set(chunk)
+        self._reads = {r: chunk.count(r) for r in self._chunk}  # claims asking the same
         try:
             self.ready = self.compute(chunk)
         except Exception:  # noqa: BLE001 - the plain path reports the error itself
             self.ready = {}
             return None
-        return self.ready.pop(request, None)
+        return self._read(request) if request in self.ready else None
+
+    def _read(self, request: PatchRequest) -> torch.Tensor:
+        """A computed result, dropped once every claim that planned it has read it (so
+        two claims asking for the same run get the same values)."""
+        left = self._reads.get(request, 1) - 1
+        self._reads[request] = left
+        return self.ready.pop(request) if left <= 0 else self.ready[request]
 
     def compute(self, requests: Sequence[PatchRequest]) -> dict[PatchRequest, torch.Tensor]:
         """Logits ``[n, vocab]`` (row order) of each request that the fast path can
