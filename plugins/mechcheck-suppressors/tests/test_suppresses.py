@@ -44,7 +44,8 @@ def test_the_rise_is_the_negative_of_the_necessary_drop(tmp_path: Path) -> None:
     for head in ("1_1", "1_3"):
         rise, drop = results[f"suppresses_{head}"], results[f"necessary_{head}"]
         assert rise.verdict != "error" and drop.verdict != "error", (rise.message, drop.message)
-        assert rise.effect == pytest.approx(-drop.effect, abs=1e-9)
+        # necessary reads the exact sweep, this kind a plain run: equal to float32 rounding
+        assert rise.effect == pytest.approx(-drop.effect, abs=1e-5)
         assert rise.n == drop.n == 24
     assert results["necessary_1_3"].verdict == "pass"  # the name mover matters
     assert results["suppresses_1_3"].verdict == "fail"
