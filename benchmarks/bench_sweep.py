@@ -12,7 +12,7 @@ difference answer - wrong at the last position, per prompt::
     python benchmarks/bench_sweep.py                         # about 10-15 minutes on 2 cores
     python benchmarks/bench_sweep.py --layers 2 --prompts 8  # a quick look
     python benchmarks/bench_sweep.py --model zoo:smollm2-135m
-    /work/peers-venv/bin/python benchmarks/bench_sweep.py    # with the peers installed
+    ../peers-venv/bin/python benchmarks/bench_sweep.py       # with the peers installed
 
 Timed, each once, in this order:
 

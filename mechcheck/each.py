@@ -169,11 +169,4 @@ def expand_entries(entries: Sequence[Any], session: Session) -> list[Any]:
 
 
 def _adapter(spec: ClaimSpec, session: Session) -> ModelAdapter:
-    if spec.source_error is not None:
-        raise spec.source_error.located(key="model")
-    if spec.source is None:
-        raise MechcheckError("no model given", key="model",
-                             hint="add model: to the claim or the top of the file")
-    loaded = session.model(spec.source)
-    loaded.adapter.saes = session.saes(spec, loaded)
-    return loaded.adapter
+    return session.claim_model(spec).adapter

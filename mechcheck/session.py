@@ -143,10 +143,13 @@ class Session:
         self._saes.clear()
         gc.collect()
 
-    def runner(self, claim: ClaimSpec) -> Runner:
-        """The runner for the claim's model and data (built on first use)."""
-        from mechcheck.engine.runner import Runner
+    def claim_model(self, claim: ClaimSpec) -> LoadedModel:
+        """The claim's loaded model, with the claim's SAEs on its adapter.
 
+        Raises:
+            MechcheckError: the claim names no model, or one that cannot be loaded
+                (located at ``model``), or a bad SAE (at ``saes``).
+        """
         if claim.source_error is not None:
             raise claim.source_error.located(key="model")
         if claim.source is None:
@@ -154,6 +157,13 @@ class Session:
                                  hint="add model: to the claim or the top of the file")
         loaded = self.model(claim.source)
         loaded.adapter.saes = self.saes(claim, loaded)
+        return loaded
+
+    def runner(self, claim: ClaimSpec) -> Runner:
+        """The runner for the claim's model and data (built on first use)."""
+        from mechcheck.engine.runner import Runner
+
+        loaded = self.claim_model(claim)
         key = (loaded.key, self._data_key(claim), claim.n)
         if key not in self._runners:
             try:

@@ -9,7 +9,7 @@ claim's patched run as one batched forward pass per group of equal-length prompt
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +33,8 @@ from mechcheck.errors import (
 from mechcheck.models.adapter import Site
 from mechcheck.models.loading import LoadedModel, eager_attention
 
-__all__ = ["Needs", "PatchSpec", "Runner", "position_mask", "unknown_position"]
+__all__ = ["Needs", "PatchSpec", "Runner", "position_mask", "stacked_patches",
+           "unknown_position"]
 
 
 @dataclass(slots=True)
@@ -383,23 +384,11 @@ class Runner:
                         ) -> list[torch.Tensor]:
         """One forward pass of ``rows`` repeated once per patch maker."""
         per_copy = [make(slice(None)) for make in makers]
-        n = len(rows)
-        sites = sorted({s for p in per_copy for s in p}, key=lambda s: (s.module, s.when))
-
-        def combined(site: Site) -> Patch:
-            def patch(act: torch.Tensor) -> torch.Tensor:
-                parts = []
-                for j, patches in enumerate(per_copy):
-                    own = act if act.shape[0] == 1 else act[j * n:(j + 1) * n]
-                    parts.append(patches[site](own) if site in patches
-                                 else own.expand(n, *own.shape[1:]))
-                return torch.cat(parts)
-            return patch
-
         ids = self._inputs(base, rows).repeat(len(makers), 1)
-        with hooked(self.loaded.adapter, patches={s: combined(s) for s in sites}):
-            logits = self._forward(ids, sites)
-        return list(logits.split(n))
+        patches = stacked_patches(per_copy, len(rows))
+        with hooked(self.loaded.adapter, patches=patches):
+            logits = self._forward(ids, list(patches))
+        return list(logits.split(len(rows)))
 
     def gradients(self, base: str, addresses: Sequence[Address],
                   objective: Callable[[torch.Tensor, np.ndarray], torch.Tensor],
@@ -683,6 +672,25 @@ _OOM_HINT = ("mechcheck halved the batch down to one prompt; use a smaller dtype
 
 # One patch of a site: its columns, what replaces them, the source values, where.
 _Part = tuple[slice, Any, "torch.Tensor | None", torch.Tensor]
+
+
+def stacked_patches(per_copy: Sequence[Mapping[Site, Patch]], rows: int) -> dict[Site, Patch]:
+    """The patches of one pass in which a batch of ``rows`` prompts is repeated once
+    per entry of ``per_copy``: copy ``j`` (rows ``j*rows .. (j+1)*rows``) gets its own
+    patches, and a site a copy does not patch passes its rows through."""
+    sites = sorted({s for p in per_copy for s in p}, key=lambda s: (s.module, s.when))
+
+    def combined(site: Site) -> Patch:
+        def patch(act: torch.Tensor) -> torch.Tensor:
+            parts = []
+            for j, patches in enumerate(per_copy):
+                own = act if act.shape[0] == 1 else act[j * rows:(j + 1) * rows]
+                parts.append(patches[site](own) if site in patches
+                             else own.expand(rows, *own.shape[1:]))
+            return torch.cat(parts)
+        return patch
+
+    return {site: combined(site) for site in sites}
 
 
 def _unplaced(spec: Any) -> Any:

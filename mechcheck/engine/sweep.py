@@ -294,26 +294,17 @@ class Sweeper:
         """One pass of ``rows`` repeated once per copy, each with its own patches,
         computing blocks ``>= start`` only; ``attention`` (a module path and what it
         returns) replaces that attention module's computation."""
+        from mechcheck.engine.runner import stacked_patches
+
         runner, adapter = self.runner, self.runner.loaded.adapter
         n = len(rows)
-        sites = sorted({s for p in per_copy for s in p}, key=lambda s: (s.module, s.when))
-
-        def combined(site: Site) -> Patch:
-            def patch(act: torch.Tensor) -> torch.Tensor:
-                parts = []
-                for j, patches in enumerate(per_copy):
-                    own = act if act.shape[0] == 1 else act[j * n:(j + 1) * n]
-                    parts.append(patches[site](own) if site in patches
-                                 else own.expand(n, *own.shape[1:]))
-                return torch.cat(parts)
-            return patch
-
+        patches = stacked_patches(per_copy, n)
         ids = runner._inputs(base, rows).repeat(copies, 1)
         cut = _final_modules(adapter) if last_only else ()
-        with hooked(adapter, patches={s: combined(s) for s in sites}), \
+        with hooked(adapter, patches=patches), \
                 replayed(adapter, start, _repeat(prefix, copies), last_only=cut,
                          returning=dict([attention]) if attention else None):
-            logits = runner._forward(ids, sites)
+            logits = runner._forward(ids, list(patches))
         return list(logits.split(n))
 
 
