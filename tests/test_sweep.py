@@ -312,7 +312,9 @@ def test_a_file_of_necessary_claims_gives_the_same_results_with_and_without_the_
         assert a.id == b.id and a.n == b.n and a.seed == b.seed
         assert a.effect == pytest.approx(b.effect, abs=1e-5)
         assert (a.ci_low, a.ci_high) == pytest.approx((b.ci_low, b.ci_high), abs=1e-5)
-        assert a.p_value == pytest.approx(b.p_value, rel=1e-4)  # float32 rounding
+        # float32 rounding: effects of ~1e-4 that differ by ~3e-10 move a p-value near
+        # 0.04 by ~1e-5 (seen with one numpy/scipy build, not another)
+        assert a.p_value == pytest.approx(b.p_value, rel=1e-3)
 
 
 def test_a_run_two_claims_plan_is_computed_once_and_read_by_both(

@@ -19,8 +19,16 @@ import torch
 
 from mechcheck.addresses import Address
 from mechcheck.data import Dataset
-from mechcheck.engine.hooks import Patch, hooked
+from mechcheck.engine.hooks import Patch, block_outputs, hooked, replayed
 from mechcheck.engine.interventions import Intervention
+from mechcheck.engine.prefixes import (
+    Prefixes,
+    final_modules,
+    first_block,
+    repeat_output,
+    rows_of_output,
+    touches_final,
+)
 from mechcheck.engine.runs import PatchFn, PatchRequest, Placed, RunResult
 from mechcheck.errors import (
     ClaimSpecError,
@@ -146,6 +154,7 @@ class Runner:
         self._keep_one = "logits_to_keep" in _forward_parameters(loaded.model)
         self._pending: list[PatchRequest] = []  # planned patched runs, in order
         self._sweep_engine: Any = None  # the Sweeper, made when first needed
+        self.prefixes = Prefixes(loaded.adapter)  # the shared passes' block outputs
 
     # -- the shared runs -------------------------------------------------------
     def prepare(self, needs: Needs) -> None:
@@ -210,8 +219,13 @@ class Runner:
         recorded: dict[Site, list[torch.Tensor]] = {s: [] for s in sites}
         patterns: dict[int, list[torch.Tensor]] = {la: [] for la in layers}
         what = f"the shared {run} run"
-        for rows in self.batches:
-            batch_logits, store = self._execute(run, rows, what, record=sites, layers=layers)
+        keep = self._prefix_layers()
+        for b, rows in enumerate(self.batches):
+            with block_outputs(self.loaded.adapter, keep) as outputs:
+                batch_logits, store = self._execute(run, rows, what, record=sites,
+                                                    layers=layers)
+            if outputs and _rows_in(outputs) == len(rows):  # not pieced after running out of memory
+                self.prefixes.keep(run, b, outputs)
             logits.append(batch_logits)
             for site in sites:
                 recorded[site].append(store[site])
@@ -227,6 +241,26 @@ class Runner:
         self._say(f"{run} run: {len(self.dataset)} prompts of {self.dataset.source} on "
                   f"{self.loaded.key} in {time.perf_counter() - start:.2f} s"
                   + (f", recording {recording}" if recording else ""))
+
+    def _prefix_layers(self) -> list[int]:
+        """The blocks whose outputs the shared passes keep (none with prefix reuse off)."""
+        from mechcheck.engine.sweep import fast_sweeps
+
+        if not fast_sweeps():
+            return []
+        model_dtype = getattr(self.loaded.model, "dtype", torch.float32)
+        size = torch.empty((), dtype=model_dtype).element_size()
+        return self.prefixes.layers_to_keep(len(self.dataset), self.dataset.max_len, size)
+
+    def _first_block(self, patches: Sequence[tuple[Address, Any]],
+                     record: Sequence[Address] = ()) -> int:
+        """The first block a run must compute (0: every block)."""
+        from mechcheck.engine.sweep import fast_sweeps
+
+        if not patches or not fast_sweeps():
+            return 0
+        first = first_block(self.loaded.adapter, [a for a, _ in patches] + list(record))
+        return first or 0
 
     def _check_run(self, run: str) -> None:
         if run == "corrupt" and self.dataset.corrupts is None:
@@ -315,6 +349,9 @@ class Runner:
                                      hint="patch the head's q or k (which make its pattern) "
                                      "or its output, blocks.L.attn.head.H")
         what = what or "the patched run" if patches else what or f"a {base} run"
+        first = self._first_block(patches, record)
+        cut = positions == "last" and first > 0 and not touches_final(
+            adapter, [a for a, _ in patches] + list(record))
         logits: list[torch.Tensor] = []
         full: list[torch.Tensor] = []
         store: dict[Any, list[torch.Tensor]] = {s: [] for s in sites}
@@ -324,9 +361,10 @@ class Runner:
             mask = position_mask(self.dataset, rows, length, at)
             hooks = self._patches(patches, b, mask.to(self.loaded.device), length) \
                 if patches else None
-            batch_logits, recorded = self._execute(base, rows, what, record=sites,
-                                                   layers=layers, patches=hooks,
-                                                   all_positions=positions == "all")
+            batch_logits, recorded = self._execute(
+                base, rows, what, record=sites, layers=layers, patches=hooks,
+                all_positions=positions == "all",
+                replay=(*self.prefixes.start(base, b, first), cut) if first else None)
             if positions == "all":
                 full.extend(batch_logits)
                 logits.append(batch_logits[:, -1])
@@ -357,36 +395,55 @@ class Runner:
         self.prepare(self.needs_for(ivs) if ivs else Needs(runs={base}))
         what = what or f"{len(patch_sets)} patched runs"
         out: list[list[torch.Tensor]] = [[] for _ in patch_sets]
+        firsts = [self._first_block(ps) for ps in patch_sets]
+        cuts = [f > 0 and not touches_final(self.loaded.adapter, [a for a, _ in ps])
+                for f, ps in zip(firsts, patch_sets)]
+        groups: dict[tuple[int, bool], list[int]] = {}
+        for i, key in enumerate(zip(firsts, cuts)):
+            groups.setdefault(key, []).append(i)  # sets that start at the same block
         for b, rows in enumerate(self.batches):
             length = len(self.dataset.prompts[rows[0]])
             mask = position_mask(self.dataset, rows, length, at).to(self.loaded.device)
             makers = [self._patches(ps, b, mask, length) for ps in patch_sets]
-            start, cap = 0, max(1, self._max_rows // len(rows))
-            while start < len(patch_sets):
-                chunk = range(start, min(start + cap, len(patch_sets)))
-                try:
-                    logits = self._forward_copies(base, rows, [makers[i] for i in chunk])
-                except MechcheckError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - the model's or a plugin's failure
-                    self._unless_out_of_memory(exc, what)
-                    if cap > 1:
-                        cap = -(-cap // 2)
-                        continue
-                    logits = [self._execute(base, rows, what, patches=makers[start])[0]]
-                for i, piece in zip(chunk, logits):
-                    out[i].append(piece)
-                start = chunk.stop
+            for (first, cut), members in groups.items():
+                replay = (*self.prefixes.start(base, b, first), cut) if first else None
+                self._many_in_batch(base, b, rows, [makers[i] for i in members],
+                                    [out[i] for i in members], replay, what)
         return [self._in_row_order(per_batch) for per_batch in out]
+
+    def _many_in_batch(self, base: str, b: int, rows: np.ndarray,
+                       makers: Sequence[Callable[[slice], dict[Site, Patch]]],
+                       out: Sequence[list[torch.Tensor]],
+                       replay: tuple[int, Any, bool] | None, what: str) -> None:
+        """One batch of :meth:`run_many`: the sets' copies in passes of as many as the
+        batch size allows (halved after running out of memory)."""
+        start, cap = 0, max(1, self._max_rows // len(rows))
+        while start < len(makers):
+            chunk = range(start, min(start + cap, len(makers)))
+            try:
+                logits = self._forward_copies(base, rows, [makers[i] for i in chunk], replay)
+            except MechcheckError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the model's or a plugin's failure
+                self._unless_out_of_memory(exc, what)
+                if cap > 1:
+                    cap = -(-cap // 2)
+                    continue
+                logits = [self._execute(base, rows, what, patches=makers[start],
+                                        replay=replay)[0]]
+            for i, piece in zip(chunk, logits):
+                out[i].append(piece)
+            start = chunk.stop
 
     def _forward_copies(self, base: str, rows: np.ndarray,
                         makers: Sequence[Callable[[slice], dict[Site, Patch]]],
-                        ) -> list[torch.Tensor]:
+                        replay: tuple[int, Any, bool] | None = None) -> list[torch.Tensor]:
         """One forward pass of ``rows`` repeated once per patch maker."""
         per_copy = [make(slice(None)) for make in makers]
         ids = self._inputs(base, rows).repeat(len(makers), 1)
         patches = stacked_patches(per_copy, len(rows))
-        with hooked(self.loaded.adapter, patches=patches):
+        with hooked(self.loaded.adapter, patches=patches), \
+                self._replaying(replay, slice(None), len(makers)):
             logits = self._forward(ids, list(patches))
         return list(logits.split(len(rows)))
 
@@ -574,8 +631,14 @@ class Runner:
     def _execute(self, run: str, rows: np.ndarray, what: str, *, record: Sequence[Site] = (),
                  layers: Sequence[int] = (),
                  patches: Callable[[slice], dict[Site, Patch]] | None = None,
-                 all_positions: bool = False) -> tuple[torch.Tensor, Store]:
+                 all_positions: bool = False,
+                 replay: tuple[int, Any, bool] | None = None) -> tuple[torch.Tensor, Store]:
         """One batch's last-position logits and recordings.
+
+        ``replay`` is ``(start, output, cut)``: blocks before ``start`` return
+        ``output`` (what block ``start - 1`` returned in the unpatched base run,
+        :mod:`mechcheck.engine.prefixes`), and with ``cut`` the final block's
+        per-position modules see the last position only.
 
         Runs ``rows`` in pieces of at most the current batch size; a piece that runs out
         of memory is halved and retried, down to one prompt.  Any failure of the forward
@@ -588,7 +651,7 @@ class Runner:
             part = slice(start, start + size)
             try:
                 pieces.append((*self._forward_part(run, rows, part, record, layers, patches,
-                                                   all_positions), size))
+                                                   all_positions, replay), size))
             except MechcheckError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the model's or a plugin's failure
@@ -620,14 +683,26 @@ class Runner:
     def _forward_part(self, run: str, rows: np.ndarray, part: slice, record: Sequence[Site],
                       layers: Sequence[int],
                       patches: Callable[[slice], dict[Site, Patch]] | None,
-                      all_positions: bool = False) -> tuple[torch.Tensor, Store]:
+                      all_positions: bool = False,
+                      replay: tuple[int, Any, bool] | None = None) -> tuple[torch.Tensor, Store]:
         patched = patches(part) if patches is not None else {}
         eager = eager_attention(self.loaded.model) if layers else nullcontext()
         with hooked(self.loaded.adapter, patches=patched, record=record,
-                    patterns=layers) as store, eager:
+                    patterns=layers) as store, eager, self._replaying(replay, part):
             logits = self._forward(self._inputs(run, rows[part]), [*record, *patched],
                                    all_positions=all_positions)
         return logits, dict(store)
+
+    def _replaying(self, replay: tuple[int, Any, bool] | None, part: slice,
+                   copies: int = 1) -> Any:
+        """The context in which blocks before ``replay``'s start return its recorded
+        output (for the rows ``part``, repeated ``copies`` times); none without one."""
+        if replay is None or replay[1] is None:
+            return nullcontext()
+        start, output, cut = replay
+        adapter = self.loaded.adapter
+        return replayed(adapter, start, repeat_output(rows_of_output(output, part), copies),
+                        last_only=final_modules(adapter) if cut else ())
 
     # -- plumbing -----------------------------------------------------------------
     def _say(self, line: str) -> None:
@@ -691,6 +766,12 @@ def stacked_patches(per_copy: Sequence[Mapping[Site, Patch]], rows: int) -> dict
         return patch
 
     return {site: combined(site) for site in sites}
+
+
+def _rows_in(outputs: Mapping[int, Any]) -> int:
+    """The batch size of recorded block outputs."""
+    first = next(iter(outputs.values()))
+    return int((first if isinstance(first, torch.Tensor) else first[0]).shape[0])
 
 
 def _unplaced(spec: Any) -> Any:

@@ -10,7 +10,9 @@ and serves each from its cache.  What it saves, and why each saving is exact:
   whose earliest patched site is in block ``L`` equals a run in which blocks
   ``0 .. L-1`` return what block ``L-1`` returned in the unpatched base run (recorded
   once per batch, as the block returned it: tensor or tuple).  Only blocks ``>= L``
-  compute (:func:`mechcheck.engine.hooks.replayed`).
+  compute (:func:`mechcheck.engine.hooks.replayed`).  The shared passes keep their
+  blocks' outputs (:mod:`mechcheck.engine.prefixes`, which gives plain runs the same
+  saving); a block output they did not keep costs one unpatched pass per chunk.
 * **Only what is read.**  The runner reads the last position's logits only.  In the
   final block, the attention output projection and the MLP act per position, and
   their outputs are added to the residual stream, so cutting their input to the last
@@ -52,6 +54,7 @@ import torch
 from mechcheck.addresses import Address
 from mechcheck.engine.hooks import Patch, block_outputs, hooked, module_outputs, replayed
 from mechcheck.engine.interventions import BUILTIN_INTERVENTIONS, Intervention
+from mechcheck.engine.prefixes import final_modules, first_block, repeat_output, touches_final
 from mechcheck.engine.runs import PatchRequest
 
 if TYPE_CHECKING:
@@ -89,22 +92,9 @@ def fast_sweeps() -> bool:
 def start_layer(adapter: ModelAdapter, request: PatchRequest) -> int | None:
     """The first block that a request's run must compute, or None where the request
     takes the plain path."""
-    n_layers = adapter.dims.n_layers
-    starts: list[int] = []
-    for address, iv in request.targets:
-        if not isinstance(iv, Intervention) or not isinstance(address, Address):
-            return None
-        if address.sae is not None or address.site in ("unembed", "pattern"):
-            return None
-        if isinstance(address.layer, int):
-            starts.append(address.layer)
-        elif address.site in ("embed", "pos_embed"):
-            starts.append(0)
-        elif address.site == "ln_final":
-            starts.append(n_layers)
-        else:
-            return None
-    return min(starts) if starts else None
+    if not all(isinstance(iv, Intervention) for _, iv in request.targets):
+        return None
+    return first_block(adapter, [address for address, _ in request.targets])
 
 
 @dataclass(slots=True)
@@ -220,9 +210,7 @@ class Sweeper:
                      for rows in runner.batches]
         except Exception:  # noqa: BLE001 - the plain run reports it
             return None
-        final = adapter.dims.n_layers - 1
-        last_only = all(isinstance(a.layer, int) and a.layer < final or
-                        a.site in ("embed", "pos_embed") for a, _ in request.targets)
+        last_only = not touches_final(adapter, [a for a, _ in request.targets])
         specs = [(a, iv.with_mean_by(request.mean_by)) for a, iv in request.targets]
         low_rank = all(a.site == "head" and a.layer == start and iv.replace in _LINEAR
                        for a, iv in request.targets)
@@ -238,6 +226,11 @@ class Sweeper:
         out: dict[Any, Any] = {}
         for base in sorted({base for base, _ in wanted}):
             layers = sorted({start - 1 for b, start in wanted if b == base and start > 0})
+            for layer in list(layers):  # kept by the shared pass: no forward needed
+                start, output = runner.prefixes.start(base, batch, layer + 1)
+                if start == layer + 1:
+                    out[(base, layer + 1)] = output
+                    layers.remove(layer)
             lows = sorted({layer for b, layer in low if b == base})
             if not layers and not lows:
                 continue
@@ -300,27 +293,9 @@ class Sweeper:
         n = len(rows)
         patches = stacked_patches(per_copy, n)
         ids = runner._inputs(base, rows).repeat(copies, 1)
-        cut = _final_modules(adapter) if last_only else ()
+        cut = final_modules(adapter) if last_only else ()
         with hooked(adapter, patches=patches), \
-                replayed(adapter, start, _repeat(prefix, copies), last_only=cut,
+                replayed(adapter, start, repeat_output(prefix, copies), last_only=cut,
                          returning=dict([attention]) if attention else None):
             logits = runner._forward(ids, list(patches))
         return list(logits.split(n))
-
-
-def _final_modules(adapter: ModelAdapter) -> tuple[str, ...]:
-    """The final block's attention output projection and MLP (their inputs are cut to
-    the last position)."""
-    final = adapter.dims.n_layers - 1
-    head = adapter.site(Address("head", final, 0)).module
-    mlp = adapter._existing(f"{adapter.arch.blocks}.{final}.{adapter.arch.mlp}")
-    return (head, mlp)
-
-
-def _repeat(output: Any, copies: int) -> Any:
-    """A block's recorded output with its batch repeated ``copies`` times."""
-    if output is None:
-        return None
-    if isinstance(output, torch.Tensor):  # a copy: the blocks after it may add in place
-        return output.repeat(copies, *([1] * (output.dim() - 1)))
-    return (_repeat(output[0], copies), *output[1:])
