@@ -68,3 +68,29 @@ claims:
     assert expected in bad.message
     assert "key 'metric'" in bad.message and bad.line == 8
     assert "internal error" not in bad.message
+
+
+def test_a_derived_value_is_computed_once_per_model_and_data_and_a_failure_is_not_kept(
+        tiny_loaded: Any) -> None:
+    from tests.conftest import claim_context
+
+    ctx = claim_context(tiny_loaded("gpt2"), word_rows(4))
+    other = claim_context(tiny_loaded("gpt2"), word_rows(4))  # another runner
+    calls: list[int] = []
+
+    def compute() -> int:
+        calls.append(1)
+        return len(calls)
+
+    def fails() -> int:
+        calls.append(1)
+        raise ArithmeticError("no")
+
+    assert ctx.derived(("k", 1), compute) == 1
+    assert ctx.derived(("k", 1), compute) == 1 and len(calls) == 1
+    assert ctx.derived(("k", 2), compute) == 2
+    assert other.derived(("k", 1), compute) == 3  # not shared across data/runners
+    for _ in range(2):
+        with pytest.raises(ArithmeticError):
+            ctx.derived("bad", fails)
+    assert len(calls) == 5

@@ -10,7 +10,7 @@ about components, metrics or interventions itself.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -232,6 +232,16 @@ class ClaimContext:
         (concrete,) = self._expand(address)
         self._runner().prepare(self.record_needs(run, [concrete]))
         return self.shared(run).activations(concrete)
+
+    def derived(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        """``compute()``, once per model and data: a value that depends only on the
+        shared runs (a lens's scores at a layer, say), kept for the file's other claims
+        under ``key`` (which should name the kind, e.g. ``("decodes", site, ...)``).
+        An exception is not kept: the next claim computes again."""
+        memo = self._runner().derived
+        if key not in memo:
+            memo[key] = compute()
+        return memo[key]
 
     def text_activations(self, texts: Sequence[str], address: Address | str, *,
                          key: str) -> list[torch.Tensor]:

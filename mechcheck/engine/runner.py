@@ -155,6 +155,7 @@ class Runner:
         self._pending: list[PatchRequest] = []  # planned patched runs, in order
         self._sweep_engine: Any = None  # the Sweeper, made when first needed
         self.prefixes = Prefixes(loaded.adapter)  # the shared passes' block outputs
+        self.derived: dict[Any, Any] = {}  # ClaimContext.derived's values
 
     # -- the shared runs -------------------------------------------------------
     def prepare(self, needs: Needs) -> None:

@@ -33,7 +33,7 @@ rows the translator did not train on.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -272,23 +272,45 @@ def lens_scores(ctx: ClaimContext, site: Address, score: str, *,
     prompt at ``site``, for the data's answer (and wrong) tokens."""
     dataset = ctx.dataset
     rows = np.arange(len(dataset)) if rows is None else rows
+    if score == "logit_diff" and dataset.wrongs is None:
+        raise DataError("metric logit_diff needs a 'wrong' column in the data",
+                        key="metric", hint="add a wrong (contrast) token to every row, "
+                        "or use logprob, accuracy or rank")
+    if translator is None:  # the same for every claim of the file: computed once
+        key = ("lens", site, tuple(int(r) for r in rows),
+               None if positions is None else tuple(positions), _at_key(ctx))
+        summary = ctx.derived(key, lambda: _lens_summary(ctx, site, rows, None, positions))
+    else:
+        summary = _lens_summary(ctx, site, rows, translator, positions)
+    if score == "logprob":
+        return summary["answer"] - summary["logsumexp"]
+    if score == "logit_diff":
+        return summary["answer"] - summary["wrong"]
+    return (summary["rank"] == 1).astype(np.float64) if score == "accuracy" else summary["rank"]
+
+
+def _at_key(ctx: ClaimContext) -> Hashable:
+    """The claim's ``at:`` as a key (it picks the positions the lens reads)."""
+    return repr(ctx.params.get("at"))
+
+
+def _lens_summary(ctx: ClaimContext, site: Address, rows: np.ndarray,
+                  translator: Translator | None,
+                  positions: list[int] | None) -> dict[str, np.ndarray]:
+    """Per prompt, what every score is made of: the answer's and the wrong token's
+    logits, the log-sum-exp of all logits and the answer's rank (the tokens scored at
+    least as high as the answer, so ties count against it)."""
+    dataset = ctx.dataset
     logits = lens_logits(ctx, site, rows, translator, positions=positions).double()
     index = torch.as_tensor(rows, dtype=torch.long)
     answers = torch.as_tensor(dataset.answers)[index]
     picked = logits.gather(-1, answers.view(-1, 1)).squeeze(-1)
-    if score == "logprob":
-        values = torch.log_softmax(logits, dim=-1).gather(-1, answers.view(-1, 1)).squeeze(-1)
-    elif score == "logit_diff":
-        if dataset.wrongs is None:
-            raise DataError("metric logit_diff needs a 'wrong' column in the data",
-                            key="metric", hint="add a wrong (contrast) token to every row, "
-                            "or use logprob, accuracy or rank")
+    out = {"answer": picked.numpy(), "logsumexp": torch.logsumexp(logits, dim=-1).numpy(),
+           "rank": (logits >= picked.view(-1, 1)).sum(dim=-1).double().numpy()}
+    if dataset.wrongs is not None:
         wrongs = torch.as_tensor(dataset.wrongs)[index]
-        values = picked - logits.gather(-1, wrongs.view(-1, 1)).squeeze(-1)
-    else:  # rank: the tokens scored at least as high as the answer (ties count against)
-        rank = (logits >= picked.view(-1, 1)).sum(dim=-1).double()
-        values = (rank == 1).double() if score == "accuracy" else rank
-    return values.numpy()
+        out["wrong"] = logits.gather(-1, wrongs.view(-1, 1)).squeeze(-1).numpy()
+    return out
 
 
 # -- decisions ----------------------------------------------------------------------------------
