@@ -23,7 +23,6 @@ does not hang on one split.  scikit-learn does the fitting (imported on first us
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -261,44 +260,36 @@ def _predict(model: Any, x: np.ndarray) -> np.ndarray:
 
 def _fit(x: np.ndarray, y: np.ndarray, groups: np.ndarray, probe: str,
          target: str) -> tuple[Any, str]:
-    """A probe fitted on (x, y); its regularisation chosen by an inner grouped CV."""
+    """A probe fitted on (x, y), its regularisation chosen by a grouped inner CV (what
+    ``GridSearchCV(make_pipeline(StandardScaler(), estimator), cv=GroupKFold)`` chose,
+    without its overhead: :func:`mechcheck.probe_fit.search`); and the choice, as text."""
     if target == "classes" and len(np.unique(y)) < 2:
         return ("constant", y[0]), "constant (one class in training)"
-    from sklearn.model_selection import GridSearchCV, GroupKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from mechcheck.probe_fit import fit_default, search
 
-    estimator, grid = _estimator(probe, target)
-    pipeline = make_pipeline(StandardScaler(), estimator)
+    solver, name, values = _solver(probe, target)
     inner = min(_INNER_FOLDS, len(np.unique(groups)))
     if inner < 2:
-        pipeline.fit(x, y)
-        return pipeline, "default (too few groups to tune)"
-    search = GridSearchCV(pipeline, {f"{pipeline.steps[-1][0]}__{k}": v for k, v in grid.items()},
-                          cv=GroupKFold(n_splits=inner), refit=True)
-    with warnings.catch_warnings():
-        # an inner split with a class missing fails that one C, which then cannot win;
-        # lbfgs stopping at max_iter on a strongly regularised fit changes no prediction
-        warnings.filterwarnings("ignore", module=r"sklearn\.")
-        search.fit(x, y, groups=groups)
-    (name, value), = search.best_params_.items()
-    return search.best_estimator_, f"{name.rsplit('__', 1)[1]}={value:g}"
+        return fit_default(x, y, solver), "default (too few groups to tune)"
+    model, value = search(x, y, groups, solver, values, inner)
+    return model, f"{name}={value:g}"
 
 
-def _estimator(probe: str, target: str) -> tuple[Any, dict[str, Sequence[float]]]:
-    if probe == "logistic" and target == "classes":
-        from sklearn.linear_model import LogisticRegression
+def _solver(probe: str, target: str) -> tuple[Any, str, Sequence[float]]:
+    """The solver of ``probe`` for ``target``, its parameter's name and grid (a
+    logistic probe of a regression target is a ridge regression)."""
+    from mechcheck.probe_fit import Logistic, Ridge, Sklearn
 
-        return LogisticRegression(solver="lbfgs", max_iter=2000), {"C": _CS}
+    classes = target == "classes"
+    if probe == "logistic" and classes:
+        return Logistic(), "C", _CS
     if probe == "mlp":
         from sklearn.neural_network import MLPClassifier, MLPRegressor
 
-        cls = MLPRegressor if target == "regression" else MLPClassifier
-        return cls(hidden_layer_sizes=(_MLP_HIDDEN,), max_iter=500, random_state=0), \
-            {"alpha": _MLP_ALPHAS}
-    from sklearn.linear_model import Ridge, RidgeClassifier
-
-    return (Ridge() if target == "regression" else RidgeClassifier()), {"alpha": _ALPHAS}
+        cls = MLPClassifier if classes else MLPRegressor
+        mlp = cls(hidden_layer_sizes=(_MLP_HIDDEN,), max_iter=500, random_state=0)
+        return Sklearn(mlp, "alpha", classes), "alpha", _MLP_ALPHAS
+    return Ridge(classes=classes), "alpha", _ALPHAS
 
 
 def _control_scores(x: np.ndarray, y: np.ndarray, fold: np.ndarray, groups: np.ndarray,
