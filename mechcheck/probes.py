@@ -18,7 +18,9 @@ labels that carry no information the probe should be credited with:
 Selectivity is the task's score minus the control's on the same held-out examples.
 :func:`score_probe` repeats the cross-validation with ``repeats`` seeds (a new fold
 split and control draw each) and averages each example's scores over them, so a claim
-does not hang on one split.  scikit-learn does the fitting (imported on first use).
+does not hang on one split.  :mod:`mechcheck.probe_solvers` chooses the regularisation
+(as scikit-learn's ``GridSearchCV`` would) and solves the binary logistic probe; the
+other probes are scikit-learn's (imported on first use).
 """
 
 from __future__ import annotations
@@ -211,8 +213,9 @@ def _held_out(x: np.ndarray, y: np.ndarray, fold: np.ndarray, groups: np.ndarray
 
 def probe_jobs() -> int:
     """How many processes fit a cross-validation's folds at once: the environment
-    variable ``MECHCHECK_PROBE_JOBS``, else 2 where the machine has two cores or more
-    (each fit is single-threaded and small, so the second core is otherwise idle).
+    variable ``MECHCHECK_PROBE_JOBS``, else 1: the linear probes' fits take
+    milliseconds (:mod:`mechcheck.probe_solvers`), about what handing them to a worker
+    costs; more can pay for ``mlp`` probes.
     The folds are independent, so the results do not depend on it."""
     import os
 
@@ -223,7 +226,7 @@ def probe_jobs() -> int:
         except ValueError:
             raise ValueError(f"MECHCHECK_PROBE_JOBS={written!r} is not a whole number; "
                              "set it to 1 (no worker processes) or more") from None
-    return min(2, os.cpu_count() or 1)
+    return 1
 
 
 def _map(fn: Any, calls: list[tuple[Any, ...]]) -> list[Any]:

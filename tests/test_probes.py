@@ -669,3 +669,10 @@ def test_a_bad_probe_jobs_value_says_what_to_set(monkeypatch: Any) -> None:
         probe_jobs()
     monkeypatch.setenv("MECHCHECK_PROBE_JOBS", "0")
     assert probe_jobs() == 1
+
+
+def test_the_folds_are_fitted_in_this_process_unless_asked(monkeypatch: Any) -> None:
+    from mechcheck.probes import probe_jobs
+
+    monkeypatch.delenv("MECHCHECK_PROBE_JOBS", raising=False)
+    assert probe_jobs() == 1

@@ -220,7 +220,9 @@ class Runner:
         recorded: dict[Site, list[torch.Tensor]] = {s: [] for s in sites}
         patterns: dict[int, list[torch.Tensor]] = {la: [] for la in layers}
         what = f"the shared {run} run"
-        keep = self._prefix_layers()
+        # an eager-attention pass (patterns) rounds differently from the runs that
+        # would start from its blocks' outputs: keep those of plain passes only
+        keep = [] if layers else self._prefix_layers()
         for b, rows in enumerate(self.batches):
             with block_outputs(self.loaded.adapter, keep) as outputs:
                 batch_logits, store = self._execute(run, rows, what, record=sites,
