@@ -263,36 +263,49 @@ def _predict(model: Any, x: np.ndarray) -> np.ndarray:
 
 def _fit(x: np.ndarray, y: np.ndarray, groups: np.ndarray, probe: str,
          target: str) -> tuple[Any, str]:
-    """A probe fitted on (x, y), its regularisation chosen by a grouped inner CV (what
-    ``GridSearchCV(make_pipeline(StandardScaler(), estimator), cv=GroupKFold)`` chose,
-    without its overhead: :func:`mechcheck.probe_fit.search`); and the choice, as text."""
+    """A probe fitted on (x, y); its regularisation chosen by an inner grouped CV."""
     if target == "classes" and len(np.unique(y)) < 2:
         return ("constant", y[0]), "constant (one class in training)"
-    from mechcheck.probe_fit import fit_default, search
+    from mechcheck.probe_solvers import choose_and_fit, fit_standardised
 
-    solver, name, values = _solver(probe, target)
+    estimator, grid = _estimator(probe, target, binary=len(np.unique(y)) == 2)
     inner = min(_INNER_FOLDS, len(np.unique(groups)))
     if inner < 2:
-        return fit_default(x, y, solver), "default (too few groups to tune)"
-    model, value = search(x, y, groups, solver, values, inner)
+        return fit_standardised(estimator, x, y), "default (too few groups to tune)"
+    (name, values), = grid.items()
+    model, value = choose_and_fit(x, y, groups, lambda v: _with(estimator, name, v),
+                                  values, inner, classes=target == "classes")
     return model, f"{name}={value:g}"
 
 
-def _solver(probe: str, target: str) -> tuple[Any, str, Sequence[float]]:
-    """The solver of ``probe`` for ``target``, its parameter's name and grid (a
-    logistic probe of a regression target is a ridge regression)."""
-    from mechcheck.probe_fit import Logistic, Ridge, Sklearn
+def _with(estimator: Any, name: str, value: float) -> Any:
+    """A fresh copy of ``estimator`` with its parameter ``name`` set to ``value``."""
+    from sklearn.base import clone
 
-    classes = target == "classes"
-    if probe == "logistic" and classes:
-        return Logistic(), "C", _CS
+    if not hasattr(estimator, "get_params"):  # mechcheck's own solver
+        return type(estimator)(**{name: value})
+    return clone(estimator).set_params(**{name: value})
+
+
+def _estimator(probe: str, target: str, *,
+               binary: bool = False) -> tuple[Any, dict[str, Sequence[float]]]:
+    if probe == "logistic" and target == "classes" and binary:
+        from mechcheck.probe_solvers import BinaryLogistic
+
+        return BinaryLogistic(), {"C": _CS}
+    if probe == "logistic" and target == "classes":
+        from sklearn.linear_model import LogisticRegression
+
+        return LogisticRegression(solver="lbfgs", max_iter=2000), {"C": _CS}
     if probe == "mlp":
         from sklearn.neural_network import MLPClassifier, MLPRegressor
 
-        cls = MLPClassifier if classes else MLPRegressor
-        mlp = cls(hidden_layer_sizes=(_MLP_HIDDEN,), max_iter=500, random_state=0)
-        return Sklearn(mlp, "alpha", classes), "alpha", _MLP_ALPHAS
-    return Ridge(classes=classes), "alpha", _ALPHAS
+        cls = MLPRegressor if target == "regression" else MLPClassifier
+        return cls(hidden_layer_sizes=(_MLP_HIDDEN,), max_iter=500, random_state=0), \
+            {"alpha": _MLP_ALPHAS}
+    from sklearn.linear_model import Ridge, RidgeClassifier
+
+    return (Ridge() if target == "regression" else RidgeClassifier()), {"alpha": _ALPHAS}
 
 
 def _control_scores(x: np.ndarray, y: np.ndarray, fold: np.ndarray, groups: np.ndarray,
