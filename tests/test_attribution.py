@@ -166,7 +166,9 @@ def _close(got: np.ndarray, want: np.ndarray, what: str) -> None:
     (the random tiny models' effects are small, 1e-6 to 1e-2)."""
     scale = float(np.abs(want).max())
     assert scale > 1e-8, f"{what}: the reference is zero, the test would prove nothing"
-    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * scale, err_msg=what)
+    # 1e-3 of the largest: runs that start at their first patched block round the
+    # activations differently (seen: 3e-8 on values of 1e-5 to 1e-4 for tiny gpt2)
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * scale, err_msg=what)
 
 
 def _every(row: int, length: int) -> list[int]:
