@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from mechcheck.models.adapter import ModelAdapter
 
 __all__ = ["PREFIX_BYTES", "Prefixes", "final_modules", "first_block", "repeat_output",
+           "touches_final",
            "rows_of_output"]
 
 PREFIX_BYTES = 512 * 2**20
