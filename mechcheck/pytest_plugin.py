@@ -447,16 +447,26 @@ def _check_hook_names(plugin: object, plugin_name: str | None) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     from mechcheck.errors import MechcheckError
+    from mechcheck.workers import share_cores
 
     plugin = MechcheckPlugin(config)
     try:
         _check_options(config)
+        share_cores(config)
         if config.getoption(BASELINE_OPTION):
             plugin.baseline  # noqa: B018 - read (and check) the baseline now
     except MechcheckError as exc:
         raise _usage_error(exc) from None
     config.stash[PLUGIN_KEY] = plugin
     config.pluginmanager.register(plugin, "mechcheck-session")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under ``--dist load``, keep each claim file on one worker (it is measured whole)."""
+    from mechcheck.workers import scheduler
+
+    return scheduler(config, log)
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:

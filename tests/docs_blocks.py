@@ -356,6 +356,8 @@ def copy_claims(folder: Path) -> Path:
     data share one clean and corrupt run in a session."""
     for source in (ROOT / "claims").rglob("*"):
         target = folder / source.relative_to(ROOT)
+        if source.name == "conftest.py" or "__pycache__" in source.parts:
+            continue  # the suite's xdist default: the examples run in this process
         if source.is_dir():
             target.mkdir(parents=True, exist_ok=True)
         elif source.suffix in (".jsonl", ".csv"):

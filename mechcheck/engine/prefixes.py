@@ -98,6 +98,7 @@ class Prefixes:
         self.adapter = adapter
         self.budget = budget
         self._kept: dict[tuple[str, int], dict[int, Any]] = {}
+        self._kv: dict[tuple[str, int], Any] = {}  # keys and values, for suffix runs
         self.stride = 1
 
     def layers_to_keep(self, rows: int, tokens: int, element_bytes: int) -> list[int]:
@@ -109,9 +110,24 @@ class Prefixes:
         self.stride = max(1, -(-per_block * dims.n_layers // max(1, self.budget)))
         return list(range(dims.n_layers - 1, -1, -self.stride))[::-1]
 
-    def keep(self, run: str, batch: int, outputs: dict[int, Any]) -> None:
-        """Remember what the blocks returned in one batch of a shared pass."""
+    def keep(self, run: str, batch: int, outputs: dict[int, Any],
+             kv: Any = None) -> None:
+        """Remember what the blocks returned in one batch of a shared pass, and its
+        per-block keys and values (:func:`mechcheck.engine.suffixes.kv_pairs`)."""
         self._kept[(run, batch)] = dict(outputs)
+        if kv is not None:
+            self._kv[(run, batch)] = kv
+
+    def kv(self, run: str, batch: int) -> Any:
+        """The kept keys and values of one batch of a shared pass, or None."""
+        return self._kv.get((run, batch))
+
+    def kv_fits(self, rows: int, tokens: int, element_bytes: int) -> bool:
+        """Whether the shared passes may keep their keys and values too (every block's:
+        within the budget)."""
+        dims = self.adapter.dims
+        kv_width = 2 * dims.d_model * self.adapter.n_kv_heads // max(1, dims.n_heads)
+        return rows * tokens * kv_width * dims.n_layers * element_bytes <= self.budget
 
     def start(self, run: str, batch: int, first: int) -> tuple[int, Any]:
         """The block a run whose first patch is in block ``first`` starts at, and what

@@ -30,6 +30,7 @@ from mechcheck.engine.prefixes import (
     touches_final,
 )
 from mechcheck.engine.runs import PatchFn, PatchRequest, Placed, RunResult
+from mechcheck.engine.suffixes import Suffix, earliest_position, kv_pairs
 from mechcheck.errors import (
     ClaimSpecError,
     DataError,
@@ -151,7 +152,10 @@ class Runner:
         self._means: dict[tuple[Site, str | None, str], dict[Any, torch.Tensor]] = {}
         self._failed: dict[tuple[Any, ...], MechcheckError] = {}
         self._max_rows = batch_size  # lowered for good after an out-of-memory retry
-        self._keep_one = "logits_to_keep" in _forward_parameters(loaded.model)
+        parameters = _forward_parameters(loaded.model)
+        self._keep_one = "logits_to_keep" in parameters
+        # transformers 5.x names the keys and values "cache", 4.x "past_key_values"
+        self._cache_key = "cache" if "cache" in parameters else "past_key_values"
         self._pending: list[PatchRequest] = []  # planned patched runs, in order
         self._sweep_engine: Any = None  # the Sweeper, made when first needed
         self.prefixes = Prefixes(loaded.adapter)  # the shared passes' block outputs
@@ -223,12 +227,17 @@ class Runner:
         # an eager-attention pass (patterns) rounds differently from the runs that
         # would start from its blocks' outputs: keep those of plain passes only
         keep = [] if layers else self._prefix_layers()
+        n_layers = self.loaded.adapter.dims.n_layers
         for b, rows in enumerate(self.batches):
+            caches: list[Any] | None = [] if keep and self._keeps_kv() else None
             with block_outputs(self.loaded.adapter, keep) as outputs:
                 batch_logits, store = self._execute(run, rows, what, record=sites,
-                                                    layers=layers)
+                                                    layers=layers, caches=caches)
             if outputs and _rows_in(outputs) == len(rows):  # not pieced after running out of memory
-                self.prefixes.keep(run, b, outputs)
+                length = len(self.dataset.prompts[rows[0]])
+                kv = kv_pairs(caches[0], n_layers, length) if caches and len(caches) == 1 \
+                    else None
+                self.prefixes.keep(run, b, outputs, kv)
             logits.append(batch_logits)
             for site in sites:
                 recorded[site].append(store[site])
@@ -254,6 +263,33 @@ class Runner:
         model_dtype = getattr(self.loaded.model, "dtype", torch.float32)
         size = torch.empty((), dtype=model_dtype).element_size()
         return self.prefixes.layers_to_keep(len(self.dataset), self.dataset.max_len, size)
+
+    def _keeps_kv(self) -> bool:
+        """Whether the shared passes keep their keys and values (for suffix runs)."""
+        model_dtype = getattr(self.loaded.model, "dtype", torch.float32)
+        size = torch.empty((), dtype=model_dtype).element_size()
+        return self.prefixes.kv_fits(len(self.dataset), self.dataset.max_len, size)
+
+    def _suffix(self, base: str, batch: int, patches: Sequence[tuple[Address, PatchSpec]],
+                mask: torch.Tensor, length: int) -> Suffix | None:
+        """The suffix run of one batch whose patches all act from a position after the
+        first (:mod:`mechcheck.engine.suffixes`), or None: compute every position."""
+        from mechcheck.engine.sweep import fast_sweeps
+
+        kv = self.prefixes.kv(base, batch)
+        if kv is None or not patches or not fast_sweeps():
+            return None
+        rows = self.batches[batch]
+        start = earliest_position(self._own_mask(placed, mask, rows, length)
+                                  for _, placed in patches)
+        return Suffix(start, kv) if start > 0 else None
+
+    def _own_mask(self, placed: Any, mask: torch.Tensor, rows: np.ndarray,
+                  length: int) -> torch.Tensor:
+        """Where one patch acts: the run's ``at`` mask, or a Placed patch's own."""
+        if not isinstance(placed, Placed):
+            return mask
+        return position_mask(self.dataset, rows, length, placed.at).to(mask.device)
 
     def _first_block(self, patches: Sequence[tuple[Address, Any]],
                      record: Sequence[Address] = ()) -> int:
@@ -364,10 +400,13 @@ class Runner:
             mask = position_mask(self.dataset, rows, length, at)
             hooks = self._patches(patches, b, mask.to(self.loaded.device), length) \
                 if patches else None
+            suffix = self._suffix(base, b, patches, mask, length) \
+                if positions == "last" and not sites and not layers else None
             batch_logits, recorded = self._execute(
                 base, rows, what, record=sites, layers=layers, patches=hooks,
                 all_positions=positions == "all",
-                replay=(*self.prefixes.start(base, b, first), cut) if first else None)
+                replay=(*self.prefixes.start(base, b, first), cut) if first else None,
+                suffix=suffix)
             if positions == "all":
                 full.extend(batch_logits)
                 logits.append(batch_logits[:, -1])
@@ -410,21 +449,25 @@ class Runner:
             makers = [self._patches(ps, b, mask, length) for ps in patch_sets]
             for (first, cut), members in groups.items():
                 replay = (*self.prefixes.start(base, b, first), cut) if first else None
+                suffix = self._suffix(base, b, [t for i in members for t in patch_sets[i]],
+                                      mask, length)
                 self._many_in_batch(base, b, rows, [makers[i] for i in members],
-                                    [out[i] for i in members], replay, what)
+                                    [out[i] for i in members], replay, what, suffix)
         return [self._in_row_order(per_batch) for per_batch in out]
 
     def _many_in_batch(self, base: str, b: int, rows: np.ndarray,
                        makers: Sequence[Callable[[slice], dict[Site, Patch]]],
                        out: Sequence[list[torch.Tensor]],
-                       replay: tuple[int, Any, bool] | None, what: str) -> None:
+                       replay: tuple[int, Any, bool] | None, what: str,
+                       suffix: Suffix | None = None) -> None:
         """One batch of :meth:`run_many`: the sets' copies in passes of as many as the
         batch size allows (halved after running out of memory)."""
         start, cap = 0, max(1, self._max_rows // len(rows))
         while start < len(makers):
             chunk = range(start, min(start + cap, len(makers)))
             try:
-                logits = self._forward_copies(base, rows, [makers[i] for i in chunk], replay)
+                logits = self._forward_copies(base, rows, [makers[i] for i in chunk], replay,
+                                              suffix)
             except MechcheckError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the model's or a plugin's failure
@@ -433,21 +476,26 @@ class Runner:
                     cap = -(-cap // 2)
                     continue
                 logits = [self._execute(base, rows, what, patches=makers[start],
-                                        replay=replay)[0]]
+                                        replay=replay, suffix=suffix)[0]]
             for i, piece in zip(chunk, logits):
                 out[i].append(piece)
             start = chunk.stop
 
     def _forward_copies(self, base: str, rows: np.ndarray,
                         makers: Sequence[Callable[[slice], dict[Site, Patch]]],
-                        replay: tuple[int, Any, bool] | None = None) -> list[torch.Tensor]:
+                        replay: tuple[int, Any, bool] | None = None,
+                        suffix: Suffix | None = None) -> list[torch.Tensor]:
         """One forward pass of ``rows`` repeated once per patch maker."""
         per_copy = [make(slice(None)) for make in makers]
         ids = self._inputs(base, rows).repeat(len(makers), 1)
         patches = stacked_patches(per_copy, len(rows))
+        past = None
+        if suffix is not None:
+            ids, patches = suffix.ids(ids), suffix.patches(patches)
+            past = suffix.cache(slice(None), len(makers))
         with hooked(self.loaded.adapter, patches=patches), \
-                self._replaying(replay, slice(None), len(makers)):
-            logits = self._forward(ids, list(patches))
+                self._replaying(replay, slice(None), len(makers), suffix):
+            logits = self._forward(ids, list(patches), past=past)
         return list(logits.split(len(rows)))
 
     def gradients(self, base: str, addresses: Sequence[Address],
@@ -552,8 +600,7 @@ class Runner:
         for address, placed in targets:
             spec = _unplaced(placed)
             site = adapter.site(address)
-            own = mask if not isinstance(placed, Placed) else position_mask(
-                self.dataset, rows, length, placed.at).to(mask.device)
+            own = self._own_mask(placed, mask, rows, length)
             by_site.setdefault(site, []).append(
                 (adapter.columns(address), spec, self._values(spec, address, site, batch), own))
         n = mask.shape[0]
@@ -635,13 +682,17 @@ class Runner:
                  layers: Sequence[int] = (),
                  patches: Callable[[slice], dict[Site, Patch]] | None = None,
                  all_positions: bool = False,
-                 replay: tuple[int, Any, bool] | None = None) -> tuple[torch.Tensor, Store]:
+                 replay: tuple[int, Any, bool] | None = None,
+                 suffix: Suffix | None = None,
+                 caches: list[Any] | None = None) -> tuple[torch.Tensor, Store]:
         """One batch's last-position logits and recordings.
 
         ``replay`` is ``(start, output, cut)``: blocks before ``start`` return
         ``output`` (what block ``start - 1`` returned in the unpatched base run,
         :mod:`mechcheck.engine.prefixes`), and with ``cut`` the final block's
-        per-position modules see the last position only.
+        per-position modules see the last position only.  ``suffix`` computes only the
+        positions from its start (:mod:`mechcheck.engine.suffixes`); ``caches``, where
+        given, receives each piece's returned keys and values.
 
         Runs ``rows`` in pieces of at most the current batch size; a piece that runs out
         of memory is halved and retried, down to one prompt.  Any failure of the forward
@@ -654,7 +705,8 @@ class Runner:
             part = slice(start, start + size)
             try:
                 pieces.append((*self._forward_part(run, rows, part, record, layers, patches,
-                                                   all_positions, replay), size))
+                                                   all_positions, replay, suffix, caches),
+                               size))
             except MechcheckError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the model's or a plugin's failure
@@ -687,24 +739,34 @@ class Runner:
                       layers: Sequence[int],
                       patches: Callable[[slice], dict[Site, Patch]] | None,
                       all_positions: bool = False,
-                      replay: tuple[int, Any, bool] | None = None) -> tuple[torch.Tensor, Store]:
+                      replay: tuple[int, Any, bool] | None = None,
+                      suffix: Suffix | None = None,
+                      caches: list[Any] | None = None) -> tuple[torch.Tensor, Store]:
         patched = patches(part) if patches is not None else {}
+        ids, past = self._inputs(run, rows[part]), None
+        if suffix is not None:
+            ids, patched, past = suffix.ids(ids), suffix.patches(patched), suffix.cache(part)
         eager = eager_attention(self.loaded.model) if layers else nullcontext()
         with hooked(self.loaded.adapter, patches=patched, record=record,
-                    patterns=layers) as store, eager, self._replaying(replay, part):
-            logits = self._forward(self._inputs(run, rows[part]), [*record, *patched],
-                                   all_positions=all_positions)
+                    patterns=layers) as store, eager, self._replaying(replay, part,
+                                                                      suffix=suffix):
+            logits = self._forward(ids, [*record, *patched], all_positions=all_positions,
+                                   past=past, caches=caches)
         return logits, dict(store)
 
     def _replaying(self, replay: tuple[int, Any, bool] | None, part: slice,
-                   copies: int = 1) -> Any:
+                   copies: int = 1, suffix: Suffix | None = None) -> Any:
         """The context in which blocks before ``replay``'s start return its recorded
-        output (for the rows ``part``, repeated ``copies`` times); none without one."""
+        output (for the rows ``part``, from the suffix's start, repeated ``copies``
+        times); none without one."""
         if replay is None or replay[1] is None:
             return nullcontext()
         start, output, cut = replay
         adapter = self.loaded.adapter
-        return replayed(adapter, start, repeat_output(rows_of_output(output, part), copies),
+        output = rows_of_output(output, part)
+        if suffix is not None:
+            output = suffix.output(output)
+        return replayed(adapter, start, repeat_output(output, copies),
                         last_only=final_modules(adapter) if cut else ())
 
     # -- plumbing -----------------------------------------------------------------
@@ -719,16 +781,24 @@ class Runner:
         return ids.to(self.loaded.device)
 
     def _forward(self, input_ids: torch.Tensor, sites: Iterable[Site] = (), *,
-                 all_positions: bool = False) -> torch.Tensor:
+                 all_positions: bool = False, past: Any = None,
+                 caches: list[Any] | None = None) -> torch.Tensor:
         """Last-position logits ``[b, vocab]`` (every position's, ``[b, pos, vocab]``,
         with ``all_positions``); the unembedding runs on the last position only unless
-        a hooked site is the unembedding itself (whose positions must all exist)."""
-        kwargs: dict[str, Any] = {"use_cache": False}
+        a hooked site is the unembedding itself (whose positions must all exist).
+        ``past``: the keys and values of the positions before ``input_ids``;
+        ``caches``: a list that receives the pass's keys and values."""
+        kwargs: dict[str, Any] = {"use_cache": past is not None or caches is not None}
+        if past is not None:
+            kwargs[self._cache_key] = past
         unembed = self.loaded.adapter.site(Address("unembed"))
         if self._keep_one and unembed not in set(sites) and not all_positions:
             kwargs["logits_to_keep"] = 1
         with torch.inference_mode():
             out = self.loaded.model(input_ids=input_ids, **kwargs)
+        if caches is not None:
+            caches.append(next((out[k] for k in ("cache", "past_key_values") if k in out),
+                               None))
         return out.logits.float() if all_positions else out.logits[:, -1].float()
 
     def _in_row_order(self, per_batch: list[torch.Tensor]) -> torch.Tensor:

@@ -27,7 +27,10 @@ PatchFn = Callable[[torch.Tensor, np.ndarray], torch.Tensor]
 
 ``current`` is the component's slice of the activation for the prompts ``rows``
 (dataset row indices) of one batch; the replacement acts at the positions the run's
-``at`` selects."""
+``at`` selects.  Each position's replacement must depend on that position's activation
+only (as a projection, an added vector or a replaced value does): a run whose patches
+all act from position ``p`` on computes positions ``p ..`` only, and the patch then
+sees zeros before ``p`` (:mod:`mechcheck.engine.suffixes`)."""
 
 
 @dataclass(frozen=True, slots=True)

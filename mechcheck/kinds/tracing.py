@@ -344,6 +344,20 @@ def _windowed(address: Address, window: int, n_layers: int) -> list[Address]:
                                                              window, n_layers)]
 
 
+SHARED_NOISED_BYTES = 256 * 2**20
+"""The corrupted runs of a traced claim record the residual stream after every block
+(for the file's other traced claims) while that takes at most this many bytes."""
+
+
+def _start_layer(addresses: Sequence[Address]) -> int:
+    """The first block whose computation restoring ``addresses`` changes (0 where an
+    embedding is restored)."""
+    layers = [a.layer for a in addresses]
+    if not layers or not all(isinstance(la, int) for la in layers):
+        return 0
+    return min(int(la) for la in layers)  # type: ignore[arg-type]
+
+
 def _noise_text(noise: tuple[str, float]) -> str:
     kind, value = noise
     return f"{value:g}σ" if kind == "sigma" else f"std {value:g}"
@@ -369,6 +383,7 @@ class _Tracer:
         width = ctx.model.adapter.dims.d_model
         self.noise = [[noise_draw(self.seed, row, s, len(self.span[row]), width, self.std)
                        for s in range(self.samples)] for row in range(self.n)]
+        self.noised: list[Any] = []  # per draw, the corrupted run (see corrupted())
 
     def _probs(self, logits: torch.Tensor) -> np.ndarray:
         probs = torch.softmax(logits.double(), dim=-1)
@@ -400,9 +415,15 @@ class _Tracer:
         keep = None
         if embed:
             keep = {row: set(ctx.positions_of(row, list(placed))) for row in range(self.n)}
+        start = _start_layer(targets)
         sets = []
         for draw in range(self.samples):
             patches: dict[Any, Any] = {"embed": Placed(self._noise_fn(draw, keep), None)}
+            if start > 0 and self.noised:
+                # the corrupted run's residual stream before the first restored block
+                # is what the noise made it: patch it in, and blocks before it need
+                # not run again (the engine starts there)
+                patches = {Address("resid_post", start - 1): Placed(self.noised[draw], None)}
             for address in others:
                 patches[address] = Placed(self.clean, list(placed))
             sets.append(patches)
@@ -418,9 +439,28 @@ class _Tracer:
         return item
 
     def corrupted(self) -> np.ndarray:
-        logits = self.ctx.run_many("clean", [{"embed": Placed(self._noise_fn(d), None)}
-                                             for d in range(self.samples)])
-        return np.mean([self._probs(x) for x in logits], axis=0)
+        """p(answer) per prompt with the subject noised, averaged over the draws; each
+        draw's run records the residual stream where a restored run will start."""
+        plan, ctx = self.plan, self.ctx
+        jobs = [plan.targets] if plan.cells is None else [c[3] for c in plan.cells]
+        starts = sorted({_start_layer(t) for t in jobs} - {0})
+        layers = list(range(ctx.model.adapter.dims.n_layers - 1))
+        dataset = ctx.dataset
+        size = len(dataset) * dataset.max_len * ctx.model.adapter.dims.d_model * 4
+        if size * len(layers) * self.samples > SHARED_NOISED_BYTES:
+            layers = [s - 1 for s in starts]  # this claim's layers only, not shared
+        record = [Address("resid_post", la) for la in layers]
+
+        def runs() -> list[Any]:
+            return [ctx.run("clean", {"embed": Placed(self._noise_fn(d), None)},
+                            record=record) for d in range(self.samples)]
+
+        # the same noise (seed, draws, spans, scale) gives the same runs: the file's
+        # other traced claims read them
+        key = ("traced", self.seed, self.samples, self.std, tuple(map(tuple, self.span)),
+               tuple(layers))
+        self.noised = ctx.derived(key, runs)
+        return np.mean([self._probs(r.logits) for r in self.noised], axis=0)
 
     def restored(self, jobs: Sequence[tuple[Sequence[Address], Sequence[Any]]]
                  ) -> list[np.ndarray]:
