@@ -15,16 +15,9 @@ import pytest
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config: pytest.Config) -> None:
-    if getattr(config.option, "numprocesses", 0) is not None:
-        return  # no xdist, or -n given
-    if config.getoption("usepdb") or config.getoption("collectonly") or \
-            hasattr(config, "workerinput"):
-        return
-    from mechcheck.workers import cores
+    from mechcheck.workers import default_workers
 
-    workers = min(cores(), _claim_files(config))
-    if workers >= 2:
-        config.option.numprocesses = workers
+    default_workers(config, _claim_files(config))
 
 
 def _claim_files(config: pytest.Config) -> int:

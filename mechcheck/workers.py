@@ -18,7 +18,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["THREAD_VARIABLES", "cores", "scheduler", "share_cores", "worker_count"]
+__all__ = ["THREAD_VARIABLES", "cores", "default_workers", "scheduler", "share_cores",
+           "worker_count"]
 
 THREAD_VARIABLES = ("MECHCHECK_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 """Environment variables that, when set, already say how many threads a process uses:
@@ -32,6 +33,24 @@ def cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def default_workers(config: Any, units: int) -> int:
+    """For a suite's ``conftest.py`` (``pytest_cmdline_main``): run on one xdist worker
+    per core, at most ``units`` (the pieces of work: files, tests), unless ``-n`` was
+    given, xdist is not installed, or the run is ``--pdb``, ``--collect-only`` or itself
+    a worker; returns the number of workers set (0: none)."""
+    option = config.option
+    if getattr(option, "numprocesses", 0) is not None:
+        return 0  # no xdist, or -n given
+    if config.getoption("usepdb") or config.getoption("collectonly") or \
+            hasattr(config, "workerinput"):
+        return 0
+    workers = min(cores(), units)
+    if workers < 2:
+        return 0
+    option.numprocesses = workers
+    return workers
 
 
 def worker_count(config: Any) -> int | None:

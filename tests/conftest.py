@@ -23,6 +23,24 @@ ROOT = Path(__file__).resolve().parents[1]
 _WATCHED: list[Any] = []
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """``pytest tests/`` (a folder, or several files) runs on one pytest-xdist worker
+    per core (``-n 0``: in this process), each worker on its share of the cores
+    (mechcheck.workers); one test file runs in this process."""
+    from mechcheck.workers import default_workers
+
+    args = [config.invocation_params.dir / a.split("::", 1)[0] for a in config.args]
+    default_workers(config, units=sum(1 << 20 if p.is_dir() else 1 for p in args))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On xdist workers, the tests marked slow (minutes each) start first, so that the
+    run does not end waiting on one of them."""
+    if hasattr(config, "workerinput"):
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """``tiny_folder(arch, **kw)``: a saved tiny model (built once per arguments)."""

@@ -311,10 +311,10 @@ def _erased_metric(ctx: ClaimContext, site: Any, erasers: list[Any], row_fold: d
     eraser of the fold that held the row out."""
     def erase(current: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
         out = current.clone()
-        for b, row in enumerate(rows):
-            f = row_fold.get(int(row))
-            if f is not None:
-                out[b] = erasers[f](current[b].double()).to(current.dtype)
+        folds = [row_fold.get(int(row)) for row in rows]
+        for f in dict.fromkeys(x for x in folds if x is not None):
+            held = [b for b, x in enumerate(folds) if x == f]  # the fold's rows at once
+            out[held] = erasers[f](current[held].double()).to(current.dtype)
         return out
 
     result = ctx.run("clean", {site: erase}, at=at_of(ctx))
