@@ -17,6 +17,7 @@ computes), as it does the sweep's fast paths.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -27,9 +28,18 @@ from mechcheck.addresses import Address
 if TYPE_CHECKING:
     from mechcheck.models.adapter import ModelAdapter
 
-__all__ = ["PREFIX_BYTES", "Prefixes", "final_modules", "first_block", "repeat_output",
-           "touches_final",
-           "rows_of_output"]
+__all__ = ["PLAIN_SWITCH", "PREFIX_BYTES", "Prefixes", "fast_sweeps", "final_modules",
+           "first_block", "repeat_output", "rows_of_output", "touches_final"]
+
+PLAIN_SWITCH = "MECHCHECK_PLAIN_SWEEP"
+"""Environment variable: ``1`` serves every patched run by the plain path (no prefix
+or suffix reuse, no fast sweep)."""
+
+
+def fast_sweeps() -> bool:
+    """Whether patched runs take the fast exact paths (``MECHCHECK_PLAIN_SWEEP`` unset
+    or 0)."""
+    return os.environ.get(PLAIN_SWITCH, "").strip() in ("", "0")
 
 PREFIX_BYTES = 512 * 2**20
 """The shared passes of one runner keep at most about this many bytes of block
@@ -99,7 +109,6 @@ class Prefixes:
         self.budget = budget
         self._kept: dict[tuple[str, int], dict[int, Any]] = {}
         self._kv: dict[tuple[str, int], Any] = {}  # keys and values, for suffix runs
-        self.stride = 1
 
     def layers_to_keep(self, rows: int, tokens: int, element_bytes: int) -> list[int]:
         """The blocks whose outputs a shared pass keeps, for a dataset of ``rows``
@@ -107,8 +116,8 @@ class Prefixes:
         ``stride``-th (ending at the final block)."""
         dims = self.adapter.dims
         per_block = rows * tokens * dims.d_model * element_bytes
-        self.stride = max(1, -(-per_block * dims.n_layers // max(1, self.budget)))
-        return list(range(dims.n_layers - 1, -1, -self.stride))[::-1]
+        stride = max(1, -(-per_block * dims.n_layers // max(1, self.budget)))
+        return list(range(dims.n_layers - 1, -1, -stride))[::-1]
 
     def keep(self, run: str, batch: int, outputs: dict[int, Any],
              kv: Any = None) -> None:

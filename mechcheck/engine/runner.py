@@ -23,6 +23,7 @@ from mechcheck.engine.hooks import Patch, block_outputs, hooked, replayed
 from mechcheck.engine.interventions import Intervention
 from mechcheck.engine.prefixes import (
     Prefixes,
+    fast_sweeps,
     final_modules,
     first_block,
     repeat_output,
@@ -196,8 +197,6 @@ class Runner:
         Each equals ``patched_logits(request.targets, request.at,
         mean_by=request.mean_by)`` to 1e-5.
         """
-        from mechcheck.engine.sweep import fast_sweeps
-
         fast: dict[PatchRequest, torch.Tensor] = {}
         if fast_sweeps():
             try:
@@ -256,8 +255,6 @@ class Runner:
 
     def _prefix_layers(self) -> list[int]:
         """The blocks whose outputs the shared passes keep (none with prefix reuse off)."""
-        from mechcheck.engine.sweep import fast_sweeps
-
         if not fast_sweeps():
             return []
         model_dtype = getattr(self.loaded.model, "dtype", torch.float32)
@@ -274,8 +271,6 @@ class Runner:
                 mask: torch.Tensor, length: int) -> Suffix | None:
         """The suffix run of one batch whose patches all act from a position after the
         first (:mod:`mechcheck.engine.suffixes`), or None: compute every position."""
-        from mechcheck.engine.sweep import fast_sweeps
-
         kv = self.prefixes.kv(base, batch)
         if kv is None or not patches or not fast_sweeps():
             return None
@@ -294,8 +289,6 @@ class Runner:
     def _first_block(self, patches: Sequence[tuple[Address, Any]],
                      record: Sequence[Address] = ()) -> int:
         """The first block a run must compute (0: every block)."""
-        from mechcheck.engine.sweep import fast_sweeps
-
         if not patches or not fast_sweeps():
             return 0
         first = first_block(self.loaded.adapter, [a for a, _ in patches] + list(record))
@@ -340,8 +333,6 @@ class Runner:
         A run that :meth:`prepare` planned (``Needs.patched``) comes from the exact
         sweep engine (:mod:`mechcheck.engine.sweep`), with the planned runs after it.
         """
-        from mechcheck.engine.sweep import fast_sweeps
-
         if fast_sweeps() and (self._pending or self._sweep_engine is not None):
             got = self._sweeper().serve(PatchRequest.of(targets, at, mean_by), self._pending)
             if got is not None:

@@ -43,7 +43,6 @@ reports the error as usual).  ``MECHCHECK_PLAIN_SWEEP=1`` turns the fast path of
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -54,7 +53,14 @@ import torch
 from mechcheck.addresses import Address
 from mechcheck.engine.hooks import Patch, block_outputs, hooked, module_outputs, replayed
 from mechcheck.engine.interventions import BUILTIN_INTERVENTIONS, Intervention
-from mechcheck.engine.prefixes import final_modules, first_block, repeat_output, touches_final
+from mechcheck.engine.prefixes import (
+    PLAIN_SWITCH,
+    fast_sweeps,
+    final_modules,
+    first_block,
+    repeat_output,
+    touches_final,
+)
 from mechcheck.engine.runs import PatchRequest
 
 if TYPE_CHECKING:
@@ -63,9 +69,6 @@ if TYPE_CHECKING:
 
 __all__ = ["CACHE_BYTES", "PLAIN_SWITCH", "TOKENS_PER_PASS", "Sweeper", "fast_sweeps",
            "start_layer"]
-
-PLAIN_SWITCH = "MECHCHECK_PLAIN_SWEEP"
-"""Environment variable: ``1`` serves every patched run by the plain path."""
 
 CACHE_BYTES = 256 * 2**20
 """At most this many bytes of computed logits wait to be read."""
@@ -81,12 +84,6 @@ tokens, last-position logits, best of 3 passes, seconds per copy: 1 copy (512 to
 _LINEAR = frozenset(iv.replace for iv in BUILTIN_INTERVENTIONS)
 """The replacements that ignore the current value (zeros, or the source's values), so
 a head's ablation changes its layer's attention output by a linear map of the change."""
-
-
-def fast_sweeps() -> bool:
-    """Whether planned patched runs take the fast exact path (``MECHCHECK_PLAIN_SWEEP``
-    unset or 0)."""
-    return os.environ.get(PLAIN_SWITCH, "").strip() in ("", "0")
 
 
 def start_layer(adapter: ModelAdapter, request: PatchRequest) -> int | None:
