@@ -156,3 +156,28 @@ def test_a_patch_sees_the_full_length_activation() -> None:
     assert seen == [torch.Size([3, 6, 5])]
     assert out.shape == (3, 4, 5) and out.is_contiguous()
     assert torch.equal(out[0, :, 0], torch.tensor([2.0, 3.0, 4.0, 5.0]))  # positions 2..5
+
+
+def test_planned_sweeps_take_suffix_runs_too(
+        models: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    from mechcheck.engine.runs import PatchRequest
+
+    loaded = models["neox"]
+    requests = [PatchRequest.of([(A("blocks.0.attn.head.1"), IV["mean"])], ["last"]),
+                PatchRequest.of([(A("blocks.1.mlp"), IV["resample"])], [2]),
+                PatchRequest.of([(A("blocks.0.attn.head.2"), IV["zero"])], None)]
+    fast = _runner(loaded)
+    fast._sweeper().compute(requests)  # the shared passes record what the runs read
+    lengths = [len(fast.dataset.prompts[rows[0]]) for rows in fast.batches]
+    with _lengths(fast, 2) as seen:
+        got = fast._sweeper().compute(requests)  # the fast path itself, not a fallback
+    assert set(got) == set(requests)
+    # per batch: the last position (head 0.1, low-rank), from 2 (MLP 1), every position
+    # (head 0.2), and one unpatched pass recording layer 0's attention for the low-rank
+    # update
+    assert sorted(seen) == sorted([1] * len(lengths) + [n - 2 for n in lengths] +
+                                  lengths * 2)
+    with _plain(monkeypatch):
+        plain = _runner(loaded)
+        for request in requests:
+            _close(got[request], plain.patched_logits(request.targets, request.at))

@@ -62,6 +62,7 @@ from mechcheck.engine.prefixes import (
     touches_final,
 )
 from mechcheck.engine.runs import PatchRequest
+from mechcheck.engine.suffixes import Suffix, earliest_position
 
 if TYPE_CHECKING:
     from mechcheck.engine.runner import Runner
@@ -173,21 +174,35 @@ class Sweeper:
                                       {(base, s) for base, s, _, low in groups if low})
             cap = max(1, min(runner._max_rows // len(rows),
                              TOKENS_PER_PASS // (len(rows) * length)))
-            for (base, start, last_only, low), members in groups.items():
+            for (base, start, last_only, low), group in groups.items():
                 makers = {i: runner._patches(plans[i].specs, b, plans[i].masks[b], length)
-                          for i in members}
-                for at in range(0, len(members), cap):
-                    part = members[at:at + cap]
-                    patches = [makers[i](slice(None)) for i in part]
-                    attention = self._low_rank(base, start, patches, prefixes) if low else None
-                    logits = self._forward(base, rows, [] if low else patches, start,
-                                           prefixes.get((base, start)), last_only,
-                                           attention, copies=len(part))
-                    for i, piece in zip(part, logits):
-                        out[i].append(piece)
+                          for i in group}
+                for suffix, members in self._by_suffix(base, b, group, plans):
+                    for at in range(0, len(members), cap):
+                        part = members[at:at + cap]
+                        patches = [makers[i](slice(None)) for i in part]
+                        attention = self._low_rank(base, start, patches, prefixes) \
+                            if low else None
+                        logits = self._forward(base, rows, [] if low else patches, start,
+                                               prefixes.get((base, start)), last_only,
+                                               attention, copies=len(part), suffix=suffix)
+                        for i, piece in zip(part, logits):
+                            out[i].append(piece)
         return {plan.request: runner._in_row_order(out[i]) for i, plan in enumerate(plans)}
 
     # -- pieces -------------------------------------------------------------------
+    def _by_suffix(self, base: str, batch: int, members: list[int],
+                   plans: list[_Plan]) -> list[tuple[Suffix | None, list[int]]]:
+        """The members of a group by the suffix run their patches allow in one batch
+        (None: every position), in order (:mod:`mechcheck.engine.suffixes`)."""
+        kv = self.runner.prefixes.kv(base, batch)
+        by_start: dict[int, list[int]] = {}
+        for i in members:
+            start = earliest_position([plans[i].masks[batch]]) if kv is not None else 0
+            by_start.setdefault(start, []).append(i)
+        return [(Suffix(start, kv) if start > 0 and kv is not None else None, part)
+                for start, part in by_start.items()]
+
     def _plan(self, request: PatchRequest) -> _Plan | None:
         from mechcheck.engine.runner import position_mask
 
@@ -280,19 +295,26 @@ class Sweeper:
     def _forward(self, base: str, rows: np.ndarray, per_copy: list[dict[Site, Patch]],
                  start: int, prefix: Any, last_only: bool,
                  attention: tuple[str, Any] | None = None, *,
-                 copies: int) -> list[torch.Tensor]:
+                 copies: int, suffix: Suffix | None = None) -> list[torch.Tensor]:
         """One pass of ``rows`` repeated once per copy, each with its own patches,
-        computing blocks ``>= start`` only; ``attention`` (a module path and what it
-        returns) replaces that attention module's computation."""
+        computing blocks ``>= start`` only (and with ``suffix``, positions from its
+        start only); ``attention`` (a module path and what it returns) replaces that
+        attention module's computation."""
         from mechcheck.engine.runner import stacked_patches
 
         runner, adapter = self.runner, self.runner.loaded.adapter
         n = len(rows)
         patches = stacked_patches(per_copy, n)
         ids = runner._inputs(base, rows).repeat(copies, 1)
+        output, past = repeat_output(prefix, copies), None
+        if suffix is not None:
+            ids, patches = suffix.ids(ids), suffix.patches(patches)
+            output, past = suffix.output(output), suffix.cache(slice(None), copies)
+            if attention is not None:
+                attention = (attention[0], suffix.output(attention[1]))
         cut = final_modules(adapter) if last_only else ()
         with hooked(adapter, patches=patches), \
-                replayed(adapter, start, repeat_output(prefix, copies), last_only=cut,
+                replayed(adapter, start, output, last_only=cut,
                          returning=dict([attention]) if attention else None):
-            logits = runner._forward(ids, list(patches))
+            logits = runner._forward(ids, list(patches), past=past)
         return list(logits.split(n))
