@@ -248,9 +248,12 @@ class Sweeper:
                 continue
             attn = {layer: adapter.attention_module(layer) for layer in lows}
             heads = {layer: adapter.site(Address("head", layer, 0)) for layer in lows}
+            # this pass too starts from the shared pass's kept outputs where it can
+            start, output = runner.prefixes.start(base, batch, min(layers + lows))
             with block_outputs(adapter, layers) as store, \
                     module_outputs(adapter, list(attn.values())) as attn_store, \
-                    hooked(adapter, record=list(heads.values())) as recorded:
+                    hooked(adapter, record=list(heads.values())) as recorded, \
+                    replayed(adapter, start, repeat_output(output, 1)):
                 runner._forward(runner._inputs(base, rows))
             out.update({(base, layer + 1): store[layer] for layer in layers})
             for layer in lows:
