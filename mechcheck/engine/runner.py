@@ -227,8 +227,9 @@ class Runner:
         # would start from its blocks' outputs: keep those of plain passes only
         keep = [] if layers else self._prefix_layers()
         n_layers = self.loaded.adapter.dims.n_layers
+        keep_kv = bool(keep) and self._keeps_kv()
         for b, rows in enumerate(self.batches):
-            caches: list[Any] | None = [] if keep and self._keeps_kv() else None
+            caches: list[Any] | None = [] if keep_kv else None
             with block_outputs(self.loaded.adapter, keep) as outputs:
                 batch_logits, store = self._execute(run, rows, what, record=sites,
                                                     layers=layers, caches=caches)
